@@ -1,0 +1,82 @@
+"""The one small interface every backend implements: load, describe inputs/outputs, run.
+
+Task code always exchanges float32 arrays with a `Session`: a backend whose model has int8/uint8
+inputs or outputs (full-integer TFLite) quantizes and dequantizes with the tensor's own scale and
+zero point, so pre- and post-processing never depend on the precision of the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output. `shape` uses -1 for dynamic dimensions."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name of the tensor inside the model, e.g. "float32", "int8"
+    scale: float | None = None  # quantization: real = scale * (q - zero_point)
+    zero_point: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+
+def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """float -> the tensor's integer dtype, with its scale and zero point (rounding, saturating)."""
+    dtype = np.dtype(info.dtype)
+    if dtype.kind == "f" or info.scale in (None, 0.0):
+        return x.astype(dtype, copy=False)
+    lim = np.iinfo(dtype)
+    q = np.round(x / info.scale) + (info.zero_point or 0)
+    return np.clip(q, lim.min, lim.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """The tensor's integer values -> float32 (no-op for float tensors)."""
+    if q.dtype.kind == "f" or info.scale in (None, 0.0):
+        return q.astype(np.float32, copy=False)
+    return (q.astype(np.float32) - np.float32(info.zero_point or 0)) * np.float32(info.scale)
+
+
+class Session(ABC):
+    """A loaded model, ready to run. Create one with `edgecell.backends.load_session`."""
+
+    #: short backend name: "litert", "tflite-runtime", "tf.lite", "openvino", "onnxruntime"
+    backend: str = ""
+    path: Path
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    threads: int | None = None
+    #: the metadata JSON embedded in the model file, if the format carries one
+    embedded_metadata: str | None = None
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run once on float32 inputs (a dict by input name, or one array for a single-input
+        model); return float32 outputs by output name, in the model's output order."""
+
+    def run_raw(self, feeds: dict[str, np.ndarray]) -> object:
+        """The backend's own call with already-prepared inputs; used by benchmarks to measure
+        our overhead against the bare backend. Default: same as run."""
+        return self.run(feeds)
+
+    def _as_feeds(self, feeds: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(feeds, np.ndarray):
+            if len(self.inputs) != 1:
+                names = ", ".join(i.name for i in self.inputs)
+                raise ValueError(f"model has {len(self.inputs)} inputs ({names}); pass a dict")
+            return {self.inputs[0].name: feeds}
+        return feeds
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "path": str(self.path), "threads": self.threads,
+                "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs]}

@@ -1,0 +1,176 @@
+"""Decode and validate images once, at the edge of the program.
+
+Everything after `decode_image` sees an H x W x 3 uint8 RGB array. Problems a user can meet
+(empty file, truncated JPEG/PNG, a PDF renamed .jpg, a 20000 x 20000 "decompression bomb")
+become one `ImageError` line instead of a crash deep inside a backend.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecell.errors import ImageError
+
+#: Largest image we decode, in pixels (width x height). A 3246 x 2448 microscope frame is 8 MP;
+#: a 20000 x 20000 PNG would need 1.2 GB as RGB. Override with EDGECELL_MAX_PIXELS.
+MAX_PIXELS = int(os.environ.get("EDGECELL_MAX_PIXELS", 64_000_000))
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402  (after the pixel limit is set)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG or JPEG header without decoding, or None if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return int(w), int(h)
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            seg_len = struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                return int(w), int(h)
+            i += 2 + seg_len
+    return None
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """JPEG must end with EOI (FF D9), PNG with an IEND chunk; OpenCV silently decodes the rest."""
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-64:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-32:]
+    return False
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Any decoded array (grey, BGR, BGRA, 16-bit) as H x W x 3 uint8 RGB.
+
+    16-bit images (X-ray detectors write 12- or 16-bit PNG) are scaled by their bit depth, not by
+    their min/max, so that brightness means the same thing in every image.
+    """
+    if image.dtype == np.uint16:
+        depth = 4095.0 if image.max(initial=0) <= 4095 else 65535.0
+        image = np.clip(image.astype(np.float32) * (255.0 / depth) + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_bytes(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8, or raise one clear `ImageError`."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: file is empty (0 bytes); expected a JPEG, PNG, BMP or TIFF image")
+    size = header_size(data)
+    if size and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: image is {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} MP, over the "
+            f"{MAX_PIXELS / 1e6:.0f} MP limit; downscale it or raise EDGECELL_MAX_PIXELS"
+        )
+    if _looks_truncated(data):
+        raise ImageError(f"{name}: image file is truncated (no end marker); re-copy or re-export it")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError(f"{name}: not a readable image; expected a JPEG, PNG, BMP or TIFF file")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{name}: image is {image.shape[1]}x{image.shape[0]}, over the pixel limit")
+    return to_rgb8(image)
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB. DICOM (.dcm) needs the `dicom` extra."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.suffix.lower() == ".dcm":
+        return _decode_dicom(path)
+    return decode_bytes(path.read_bytes(), str(path))
+
+
+def _decode_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageError(f"{path}: DICOM needs pydicom; install it with: pip install 'edgecell[dicom]'") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # pydicom raises many types for bad files
+        raise ImageError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    lo, hi = np.percentile(pixels, [0.5, 99.5])
+    grey = np.clip((pixels - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+    return to_rgb8(grey if grey.ndim == 2 else grey[..., 0])
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was placed into the model input: model = image * scale + pad."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Map N x 4 boxes (x1, y1, x2, y2) from model-input pixels back to image pixels."""
+        out = boxes.astype(np.float32).copy()
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        return out
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 114) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio into (width, height), padding with grey; uint8 out."""
+    width, height = size
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    pad_x, pad_y = (width - nw) // 2, (height - nh) // 2
+    canvas = np.full((height, width, image.shape[2]), fill, dtype=np.uint8)
+    canvas[pad_y : pad_y + nh, pad_x : pad_x + nw] = resized
+    return canvas, Letterbox(scale, pad_x, pad_y)
+
+
+def resize_stretch(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (width, height) ignoring aspect ratio (what most classifiers were trained with)."""
+    h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp)
+
+
+def write_image_atomic(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
+    """Write an RGB image so that a reader never sees half a file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError(f"{path}: could not encode image")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+    return path
