@@ -1,0 +1,75 @@
+"""TFLite models through LiteRT (`ai-edge-litert`, the default), `tflite-runtime` (older Pi
+images with numpy<2; 3-8x slower on INT8 here, so only a fallback) or `tensorflow.lite`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecell.backends.base import Session, TensorInfo, dequantize, quantize
+from edgecell.errors import BackendNotInstalled, ModelError
+
+#: backend name -> (module that provides Interpreter, pip requirement)
+FLAVOURS = {
+    "litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
+    "tflite-runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
+    "tf.lite": ("tensorflow.lite", "tensorflow"),
+}
+
+
+def interpreter_class(flavour: str):
+    import importlib
+
+    module_name, requirement = FLAVOURS[flavour]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise BackendNotInstalled(
+            f"backend {flavour!r} is not installed; install it with: pip install {requirement}"
+        ) from None
+    return module.Interpreter
+
+
+def _tensor_info(detail: dict) -> TensorInfo:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    quantized = np.dtype(detail["dtype"]).kind in "iu" and scale
+    return TensorInfo(
+        name=detail["name"],
+        shape=tuple(int(s) for s in detail.get("shape_signature", detail["shape"])),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero_point) if quantized else None,
+    )
+
+
+class LiteRTSession(Session):
+    def __init__(self, path: Path, *, threads: int | None = None, flavour: str = "litert"):
+        Interpreter = interpreter_class(flavour)
+        self.backend = flavour
+        self.path = Path(path)
+        self.threads = threads
+        try:
+            self._interp = Interpreter(model_path=str(path), num_threads=threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: not a loadable TFLite model ({first}); re-export or re-copy the file") from None
+        self._in = self._interp.get_input_details()
+        self._out = self._interp.get_output_details()
+        self.inputs = [_tensor_info(d) for d in self._in]
+        self.outputs = [_tensor_info(d) for d in self._out]
+
+    def run(self, feeds):
+        feeds = self._as_feeds(feeds)
+        for detail, info in zip(self._in, self.inputs):
+            self._interp.set_tensor(detail["index"], quantize(np.asarray(feeds[info.name]), info))
+        self._interp.invoke()
+        return {info.name: dequantize(self._interp.get_tensor(d["index"]), info)
+                for d, info in zip(self._out, self.outputs)}
+
+    def run_raw(self, feeds):
+        for detail, info in zip(self._in, self.inputs):
+            self._interp.set_tensor(detail["index"], feeds[info.name])
+        self._interp.invoke()
+        return [self._interp.get_tensor(d["index"]) for d in self._out]

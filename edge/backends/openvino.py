@@ -1,0 +1,77 @@
+"""OpenVINO IR (`.xml` + `.bin`); OpenVINO also reads `.onnx` and `.tflite` directly.
+Device is selectable (CPU, GPU, NPU, AUTO); latency hint by default, as on a one-camera device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecell.backends.base import Session, TensorInfo
+from edgecell.errors import BackendNotInstalled, ModelError
+
+
+def _import():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendNotInstalled(
+            "backend 'openvino' is not installed; install it with: pip install 'edgecell[openvino]'"
+        ) from None
+    return openvino
+
+
+class OpenVINOSession(Session):
+    backend = "openvino"
+
+    def __init__(self, path: Path, *, threads: int | None = None, device: str = "CPU",
+                 hint: str = "LATENCY"):
+        ov = _import()
+        self.path = Path(path)
+        self.threads = threads
+        self.device = device
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long texts
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: not a loadable OpenVINO/ONNX/TFLite model ({first})") from None
+        if model.has_rt_info(["edgecell"]):
+            self.embedded_metadata = str(model.get_rt_info(["edgecell"]).astype(str))
+        # a dynamic batch dimension is fixed to 1: one image at a time is the device's job
+        shapes = {}
+        for inp in model.inputs:
+            ps = inp.get_partial_shape()
+            if ps.rank.is_static and ps.rank.get_length() > 0 and ps[0].is_dynamic:
+                ps[0] = 1
+                shapes[inp.get_any_name()] = ps
+        if shapes:
+            model.reshape(shapes)
+        config = {"PERFORMANCE_HINT": hint}
+        if threads and device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self._compiled = core.compile_model(model, device, config)
+        except Exception as exc:
+            raise ModelError(f"{path}: OpenVINO could not compile the model for {device} "
+                             f"({str(exc).strip().splitlines()[0][:200]}); try --device CPU") from None
+        self._request = self._compiled.create_infer_request()
+        self.inputs = [self._info(p) for p in self._compiled.inputs]
+        self.outputs = [self._info(p) for p in self._compiled.outputs]
+
+    @staticmethod
+    def _info(port) -> TensorInfo:
+        ps = port.get_partial_shape()
+        shape = tuple(int(d.get_length()) if d.is_static else -1 for d in ps)
+        names = port.get_names()
+        name = port.get_any_name() if names else f"output_{port.get_index()}"
+        return TensorInfo(name=name, shape=shape, dtype=np.dtype(port.get_element_type().to_dtype()).name)
+
+    def run(self, feeds):
+        feeds = self._as_feeds(feeds)
+        result = self._request.infer({name: np.ascontiguousarray(v, dtype=np.float32) for name, v in feeds.items()})
+        return {info.name: np.asarray(result[port]).astype(np.float32, copy=False)
+                for info, port in zip(self.outputs, self._compiled.outputs)}
+
+    def run_raw(self, feeds):
+        return self._request.infer(feeds)
