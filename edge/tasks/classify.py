@@ -1,0 +1,70 @@
+"""Image classification (the product classifier, and any plain classifier): top-k categories,
+and an `uncertain` flag below `min_confidence` so that a person checks instead of a guess."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.common import require_task, softmax, to_input_tensor
+
+
+@dataclass
+class ClassifyResult:
+    label: str
+    index: int
+    confidence: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+    uncertain: bool = False
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "index": self.index, "confidence": round(self.confidence, 5),
+                "top": [{"label": l, "p": round(p, 5)} for l, p in self.top],
+                "uncertain": self.uncertain}
+
+    def summary(self) -> str:
+        flag = " (uncertain: check by hand)" if self.uncertain else ""
+        return f"{self.label} {self.confidence:.2f}{flag}"
+
+
+def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, None]:
+    require_task(info, "classify", "products", "raw", "gate", "xray")
+    tensor, _ = to_input_tensor(image, info)
+    return tensor, None
+
+
+def probabilities(outputs: dict[str, np.ndarray], info: ModelInfo) -> np.ndarray:
+    """Class probabilities from the model's first output (softmax applied if it gives logits)."""
+    name = info.settings.get("probs_output")
+    raw = outputs[name] if name in outputs else next(iter(outputs.values()))
+    raw = raw.reshape(-1).astype(np.float32)
+    if raw.min() < -1e-3 or abs(float(raw.sum()) - 1.0) > 0.02:
+        raw = softmax(raw)
+    return raw
+
+
+def postprocess(outputs: dict[str, np.ndarray], context, info: ModelInfo, *, top_k: int = 3,
+                min_confidence: float | None = None, **_) -> ClassifyResult:
+    probs = probabilities(outputs, info)
+    labels = info.labels or [str(i) for i in range(probs.size)]
+    order = np.argsort(-probs)[: max(1, top_k)]
+    best = int(order[0])
+    threshold = min_confidence if min_confidence is not None else info.settings.get("min_confidence", 0.0)
+    return ClassifyResult(
+        label=labels[best] if best < len(labels) else str(best), index=best, confidence=float(probs[best]),
+        top=[(labels[i] if i < len(labels) else str(i), float(probs[i])) for i in order],
+        uncertain=bool(probs[best] < threshold),
+    )
+
+
+def annotate(image: np.ndarray, result: ClassifyResult) -> np.ndarray:
+    out = image.copy()
+    scale = max(0.5, out.shape[1] / 640)
+    colour = (230, 160, 0) if result.uncertain else (0, 170, 0)
+    text = result.summary()
+    cv2.rectangle(out, (0, 0), (out.shape[1], int(34 * scale)), (0, 0, 0), -1)
+    cv2.putText(out, text, (6, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour, max(1, int(2 * scale)))
+    return out
