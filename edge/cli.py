@@ -1,3 +1,388 @@
+"""The `edgecell` command line. User errors print one line (`edgecell: error: ...`) and exit
+non-zero; tracebacks are for bugs only (set EDGECELL_DEBUG=1 to see them for user errors too)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgecell import __version__
 from edgecell.errors import EdgecellError
-def main():
-    raise SystemExit("not yet")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODELS_DIR = PACKAGE_DIR / "models"
+SAMPLES_DIR = PACKAGE_DIR / "samples"
+DEFAULT_MODEL = "cells"
+DEFAULT_SAMPLES = SAMPLES_DIR / "bccd"
+
+app = typer.Typer(
+    name="edgecell",
+    help="Run medical and retail image models on small devices (LiteRT, OpenVINO, ONNX Runtime).\n\n"
+         "Try `edgecell run` (counts blood cells in the shipped sample smears), `edgecell info`, "
+         "`edgecell models`.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def shipped_models() -> dict[str, Path]:
+    """Shipped model names -> files: 'cells' -> models/cells_int8.tflite (INT8 TFLite preferred)."""
+    out: dict[str, Path] = {}
+    for path in sorted(MODELS_DIR.glob("*_int8.tflite")):
+        out[path.name[: -len("_int8.tflite")]] = path
+    return out
+
+
+def resolve_model_path(model: str) -> Path:
+    """A path, or the name of a shipped model ('cells', 'products', ...)."""
+    path = Path(model)
+    if path.exists():
+        return path
+    shipped = shipped_models()
+    if model in shipped:
+        return shipped[model]
+    names = ", ".join(shipped) or "none installed"
+    raise EdgecellError(f"{model}: no such model file, and not a shipped model name (shipped: {names})")
+
+
+def _parse_thresholds(values: list[str] | None) -> dict[str, float] | None:
+    if not values:
+        return None
+    out = {}
+    for item in ",".join(values).split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise EdgecellError(f"--threshold {item!r}: expected CLASS=VALUE, e.g. --threshold RBC=0.5")
+    return out
+
+
+@app.command()
+def run(
+    model: str = typer.Argument(DEFAULT_MODEL, help="Model file (.tflite, .xml, .onnx) or a shipped model name."),
+    source: Optional[str] = typer.Argument(None, help="Image, folder (recursive), video file, camera index or "
+                                           "rtsp:// / http:// URL. Default: the shipped sample images."),
+    camera: Optional[int] = typer.Option(None, "--camera", help="Read camera N (same as SOURCE=N)."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, litert, openvino, onnxruntime, tflite-runtime, tf.lite"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Inference threads (default: the backend's choice)."),
+    device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO."),
+    providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, comma-separated, "
+                                            "e.g. TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for overlays, results.jsonl and results.csv."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per image to stdout (for machines)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N images or frames."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second."),
+    threshold: Optional[List[str]] = typer.Option(None, "--threshold", help="Per-class confidence, e.g. RBC=0.5 (repeatable)."),
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="Cells: split each image into N x N overlapping tiles (0 = auto)."),
+    top_k: int = typer.Option(3, "--top-k", help="Classifiers: how many classes to report."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Classifiers: below this the "
+                                                   "image is marked uncertain, for a person to check."),
+    show: bool = typer.Option(False, "--show", help="Show the overlay in a window (needs a display)."),
+) -> None:
+    """Run a model on images, a folder, a video or a camera; print results and write overlays.
+
+    With no arguments: counts blood cells in the shipped sample smears with the shipped INT8 model.
+    """
+    from edgecell.model import load_model
+    from edgecell.pipeline import Record, annotate, predict
+    from edgecell.sinks import JsonlWriter, overlay_name, write_text_atomic
+    from edgecell.sources import count_frames, describe_source, iter_frames
+    from edgecell.images import write_image_atomic
+
+    if camera is not None:
+        source = str(camera)
+    if source is None:
+        source = str(DEFAULT_SAMPLES)
+    kind = describe_source(source)
+    loaded = load_model(resolve_model_path(model), backend, threads=threads, device=device,
+                        providers=providers.split(",") if providers else None)
+    options = {"top_k": top_k}
+    if min_confidence is not None:
+        options["min_confidence"] = min_confidence
+    thresholds = _parse_thresholds(threshold)
+    if thresholds:
+        unknown = set(thresholds) - set(loaded.info.labels)
+        if unknown and loaded.info.labels:
+            raise EdgecellError(f"--threshold names {', '.join(sorted(unknown))}; this model's classes are "
+                                f"{', '.join(loaded.info.labels)}")
+        options["thresholds"] = thresholds
+    if tiles is not None:
+        options["tiles"] = tiles
+
+    err = _stderr_console()
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    writer = JsonlWriter(out / "results.jsonl" if out else None, sys.stdout if as_json else None)
+    records: list[dict] = []
+    failures = 0
+    total = count_frames(source)
+    if max_frames is not None and total is not None:
+        total = min(total, max_frames)
+    err.print(f"[bold]{loaded.info.name or loaded.path.name}[/] ({loaded.info.task}, {loaded.info.precision}) "
+              f"on {loaded.session.backend} <- {kind} {source}", highlight=False)
+    progress = _progress(err, total, disable=(kind == "image"))
+    started = time.perf_counter()
+    window = None
+    try:
+        with progress:
+            task_id = progress.add_task("images", total=total)
+            for frame in iter_frames(source, max_frames=max_frames, fps=fps):
+                if frame.image is None:
+                    record = Record(frame.name, ok=False, task=loaded.info.task, error=frame.error)
+                else:
+                    try:
+                        result, timings = predict(loaded, frame.image, **options)
+                        record = Record(frame.name, ok=True, task=loaded.info.task, result=result, timings=timings)
+                        if out or show:
+                            overlay = annotate(loaded, frame.image, result)
+                            if out:
+                                record.overlay = str(write_image_atomic(out / overlay_name(frame.name, frame.index), overlay))
+                            if show:
+                                window = _show(overlay, window)
+                    except EdgecellError as exc:
+                        record = Record(frame.name, ok=False, task=loaded.info.task, error=str(exc))
+                if not record.ok:
+                    failures += 1
+                    progress.console.print(f"[red]edgecell: error:[/] {record.error}", highlight=False, soft_wrap=True)
+                row = record.to_dict()
+                writer.write(row)
+                records.append(row)
+                progress.advance(task_id)
+    except KeyboardInterrupt:
+        err.print("interrupted; results so far are written")
+    finally:
+        writer.close()
+        if out and records:
+            write_text_atomic(out / "results.csv", _records_csv(records))
+    elapsed = time.perf_counter() - started
+    if not as_json and (kind != "image" or failures == 0):
+        _print_summary(records, elapsed)
+    if out:
+        err.print(f"results: {out / 'results.jsonl'}, {out / 'results.csv'}" + (", overlays" if records else ""))
+    if failures:
+        if kind != "image":
+            err.print(f"{failures} of {len(records)} inputs failed")
+        raise typer.Exit(1)
+
+
+def _progress(console, total, disable):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=disable or not console.is_terminal)
+
+
+def _show(image, window):
+    import cv2
+
+    try:
+        cv2.imshow("edgecell", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.waitKey(1)
+    except cv2.error:
+        raise EdgecellError("--show needs a display and an OpenCV with GUI support "
+                            "(opencv-python instead of opencv-python-headless); use --out DIR instead") from None
+    return True
+
+
+def _flat_result(result: dict) -> dict:
+    """Flatten a task result for the CSV: counts per class, label/confidence, ..."""
+    row = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(v, (list, dict)):
+                    row[f"{key}_{k}"] = v
+        elif not isinstance(value, list):
+            row[key] = value
+    return row
+
+
+def _records_csv(records: list[dict]) -> str:
+    rows = []
+    for r in records:
+        row = {"source": r["source"], "ok": r["ok"], "error": r.get("error", "")}
+        row.update(_flat_result(r.get("result", {})))
+        row.update(r.get("timings", {}))
+        rows.append(row)
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _print_summary(records: list[dict], elapsed: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecell.pipeline import Timings  # noqa: F401
+
+    console = Console()
+    ok = [r for r in records if r["ok"]]
+    table = Table(show_lines=False, title=f"{len(ok)} of {len(records)} inputs in {elapsed:.1f} s")
+    table.add_column("source", overflow="fold")
+    counts_mode = bool(ok) and "counts" in ok[0]["result"]
+    classes = list(ok[0]["result"]["counts"]) if counts_mode else []
+    if counts_mode:
+        for c in classes:
+            table.add_column(c, justify="right")
+    else:
+        table.add_column("result")
+    table.add_column("ms", justify="right")
+    totals = {c: 0 for c in classes}
+    shown = records if len(records) <= 50 else records[:25] + records[-25:]
+    for r in records:
+        if r["ok"] and counts_mode:
+            for c in classes:
+                totals[c] += r["result"]["counts"].get(c, 0)
+    for r in shown:
+        name = Path(r["source"].split("#")[0]).name + ("#" + r["source"].split("#")[1] if "#" in r["source"] else "")
+        if not r["ok"]:
+            table.add_row(name, *([""] * (len(classes) - 1 if counts_mode else 0)), f"[red]{r['error']}[/]", "")
+        elif counts_mode:
+            table.add_row(name, *[str(r["result"]["counts"].get(c, 0)) for c in classes], f"{r['timings']['total_ms']:.1f}")
+        else:
+            res = r["result"]
+            text = f"{res['label']} {res['confidence']:.2f}" + (" [yellow]uncertain[/]" if res.get("uncertain") else "") \
+                if "label" in res else json.dumps(res)[:60]
+            table.add_row(name, text, f"{r['timings']['total_ms']:.1f}")
+    if counts_mode and len(ok) > 1:
+        table.add_row("[bold]total[/]", *[f"[bold]{totals[c]}[/]" for c in classes], "")
+    console.print(table)
+    if ok:
+        import statistics
+
+        t = [r["timings"]["total_ms"] for r in ok]
+        console.print(f"per image: median {statistics.median(t):.1f} ms "
+                      f"(pre {statistics.median(r['timings']['pre_ms'] for r in ok):.1f}, "
+                      f"infer {statistics.median(r['timings']['infer_ms'] for r in ok):.1f}, "
+                      f"post {statistics.median(r['timings']['post_ms'] for r in ok):.1f})", highlight=False)
+
+
+@app.command()
+def info(
+    model: Optional[str] = typer.Argument(None, help="Model file or shipped model name; omit to describe this device."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="Backend used to open the model."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Describe a model (task, labels, inputs, outputs, metrics) or, with no model, this device."""
+    from rich.console import Console
+
+    console = Console()
+    if model is None:
+        from edgecell.device import describe_device
+
+        data = describe_device()
+        data["edgecell"] = __version__
+        data["shipped_models"] = {k: str(v) for k, v in shipped_models().items()}
+        if as_json:
+            print(json.dumps(data, indent=2))
+            return
+        for key, value in data.items():
+            console.print(f"[bold]{key:>17}[/]: {value}", highlight=False)
+        if not data["backends"]:
+            console.print("no inference backend installed: pip install ai-edge-litert (or 'edgecell[openvino]')")
+        return
+    from dataclasses import asdict
+
+    from edgecell.model import load_model
+
+    loaded = load_model(resolve_model_path(model), backend)
+    data = {"file": str(loaded.path), "size_bytes": loaded.path.stat().st_size, **loaded.session.describe(),
+            "metadata": asdict(loaded.info)}
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    meta = data.pop("metadata")
+    for key in ("file", "size_bytes", "backend"):
+        console.print(f"[bold]{key:>12}[/]: {data[key]}", highlight=False)
+    for key in ("inputs", "outputs"):
+        for t in data[key]:
+            q = f" scale={t['scale']:.6g} zero_point={t['zero_point']}" if t["scale"] else ""
+            console.print(f"[bold]{key[:-1]:>12}[/]: {t['name']} {t['shape']} {t['dtype']}{q}", highlight=False)
+    for key, value in meta.items():
+        if value not in ({}, [], ""):
+            console.print(f"[bold]{key:>12}[/]: {json.dumps(value) if isinstance(value, (dict, list)) else value}",
+                          highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the models that ship with edgecell."""
+    from edgecell.modelinfo import read_model_info
+
+    shipped = shipped_models()
+    if not shipped:
+        print("no shipped models found in", MODELS_DIR)
+        return
+    for name, path in shipped.items():
+        meta = read_model_info(path)
+        print(f"{name:<10} {meta.task:<9} {path.stat().st_size / 1e6:5.2f} MB  {path}")
+
+
+@app.command(name="eval")
+def evaluate(
+    models_: List[Path] = typer.Argument(..., metavar="MODEL...", help="Model files to evaluate side by side."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder (default: $EDGECELL_DATA or ../shared/data)."),
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="Report folder (JSON, Markdown, PNG)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Held-out split (cells: Testing; classifiers: test)."),
+    backend: str = typer.Option("auto", "--backend", "-b"),
+) -> None:
+    """Measure accuracy on held-out images with the same pipeline the device runs."""
+    from edgecell.modelinfo import read_model_info
+
+    paths = [resolve_model_path(str(m)) for m in models_]
+    task = read_model_info(paths[0]).task
+    if task == "cells":
+        from edgecell.calibration import dataset_dir
+        from edgecell.evaluation.detection import evaluate_cells
+
+        report = evaluate_cells(paths, dataset_dir("cbc_bccd_cleaned", data), out, backend=backend,
+                                split=split or "Testing")
+    elif task in ("products", "classify", "xray", "gate"):
+        from edgecell.evaluation.classification import evaluate_classifier
+
+        report = evaluate_classifier(paths, data, out, split=split or "test", backend=backend)
+    else:
+        raise EdgecellError(f"{paths[0]}: no evaluation for task {task!r}; expected a cells, products, xray or gate model")
+    print(json.dumps(report, indent=2, default=str)[:4000])
+    print(f"report written to {out}")
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app()
+    except EdgecellError as exc:
+        if os.environ.get("EDGECELL_DEBUG"):
+            raise
+        print(f"edgecell: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,10 @@ images with numpy<2; 3-8x slower on INT8 here, so only a fallback) or `tensorflo
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,30 @@ def interpreter_class(flavour: str):
     return module.Interpreter
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LiteRT prints 'INFO: Created TensorFlow Lite XNNPACK delegate' from C++ on every load;
+    hide C-level stderr while loading (Python exceptions still carry the error text)."""
+    if os.environ.get("EDGECELL_DEBUG"):
+        yield
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        yield
+        return
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _tensor_info(detail: dict) -> TensorInfo:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     quantized = np.dtype(detail["dtype"]).kind in "iu" and scale
@@ -50,8 +78,9 @@ class LiteRTSession(Session):
         self.path = Path(path)
         self.threads = threads
         try:
-            self._interp = Interpreter(model_path=str(path), num_threads=threads)
-            self._interp.allocate_tensors()
+            with _quiet_stderr():
+                self._interp = Interpreter(model_path=str(path), num_threads=threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: not a loadable TFLite model ({first}); re-export or re-copy the file") from None

@@ -1,0 +1,45 @@
+"""A model ready for a task: the backend session plus its self-description."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecell.backends import Session, load_session
+from edgecell.modelinfo import ModelInfo, read_model_info
+
+
+@dataclass
+class Model:
+    session: Session
+    info: ModelInfo
+
+    @property
+    def path(self) -> Path:
+        return self.session.path
+
+
+def _fill_from_session(info: ModelInfo, session: Session) -> ModelInfo:
+    """A model without metadata: take input size, channels and layout from its input tensor."""
+    first = session.inputs[0]
+    info.precision = "int8" if first.dtype in ("int8", "uint8") else "fp32"
+    shape = first.shape
+    if len(shape) == 4:
+        if shape[1] in (1, 3) and shape[3] not in (1, 3):
+            info.layout, info.channels, h, w = "NCHW", shape[1], shape[2], shape[3]
+        else:
+            info.layout, h, w, info.channels = "NHWC", shape[1], shape[2], shape[3]
+        if h > 0 and w > 0:
+            info.input_size = (int(w), int(h))
+    return info
+
+
+def load_model(path: str | os.PathLike, backend: str = "auto", *, threads: int | None = None,
+               device: str = "CPU", providers: list[str] | None = None) -> Model:
+    """Load a model file with its metadata (sidecar JSON, or embedded in ONNX / OpenVINO)."""
+    session = load_session(path, backend, threads=threads, device=device, providers=providers)
+    info = read_model_info(path, session.embedded_metadata)
+    if info.task == "raw":
+        info = _fill_from_session(info, session)
+    return Model(session, info)

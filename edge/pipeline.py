@@ -1,0 +1,74 @@
+"""One image through a model: task pre-processing, inference, post-processing, each timed.
+The same function serves `edgecell run`, `edgecell eval` and the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgecell.model import Model
+from edgecell.tasks import get_task
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent in each stage of one image."""
+
+    pre: float = 0.0
+    infer: float = 0.0
+    post: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.pre + self.infer + self.post
+
+    def to_dict(self) -> dict:
+        return {"pre_ms": round(self.pre, 3), "infer_ms": round(self.infer, 3),
+                "post_ms": round(self.post, 3), "total_ms": round(self.total, 3)}
+
+
+@dataclass
+class Record:
+    """What `edgecell run` writes per image or frame (one JSONL line)."""
+
+    source: str
+    ok: bool
+    task: str = ""
+    result: Any = None
+    error: str | None = None
+    timings: Timings = field(default_factory=Timings)
+    overlay: str | None = None
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"source": self.source, "ok": self.ok, "task": self.task}
+        if self.ok:
+            out["result"] = self.result.to_dict()
+            out["timings"] = self.timings.to_dict()
+        else:
+            out["error"] = self.error
+        if self.overlay:
+            out["overlay"] = self.overlay
+        return out
+
+
+def predict(model: Model, image: np.ndarray, **options) -> tuple[Any, Timings]:
+    """Run the model's task on one RGB uint8 image; returns (task result, timings)."""
+    task = get_task(model.info.task)
+    t0 = time.perf_counter()
+    tensor, context = task.preprocess(image, model.info)
+    t1 = time.perf_counter()
+    if hasattr(task, "infer"):
+        outputs = task.infer(model.session, tensor, context, model.info, **options)
+    else:
+        outputs = model.session.run(tensor)
+    t2 = time.perf_counter()
+    result = task.postprocess(outputs, context, model.info, **options)
+    t3 = time.perf_counter()
+    return result, Timings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+
+def annotate(model: Model, image: np.ndarray, result: Any) -> np.ndarray:
+    return get_task(model.info.task).annotate(image, result)
