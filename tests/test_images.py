@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from edgecell.errors import ImageError
+from edgecell.images import Letterbox, decode_image, header_size, letterbox, write_image_atomic
+
+
+def test_real_jpeg_decodes_to_rgb_uint8(real_jpeg):
+    image = decode_image(real_jpeg)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert header_size(real_jpeg.read_bytes()) == (image.shape[1], image.shape[0])
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("empty", "0 bytes"), ("truncated", "truncated"), ("not_image", "not a readable image"),
+    ("bomb", "20000x20000"), ("truncated_png", "truncated"),
+])
+def test_bad_file_gives_one_line_error(bad_inputs, kind, words):
+    with pytest.raises(ImageError) as info:
+        decode_image(bad_inputs[kind])
+    message = str(info.value)
+    assert words in message and "\n" not in message
+
+
+def test_missing_file_is_image_error(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        decode_image(tmp_path / "nope.jpg")
+
+
+def test_rgba_png_drops_alpha(odd_images, real_jpeg):
+    image = decode_image(odd_images["rgba"])
+    assert image.shape[2] == 3
+    assert np.abs(image.astype(int) - decode_image(real_jpeg).astype(int)).mean() < 3  # PNG of the JPEG's pixels
+
+
+def test_16bit_grey_png_scales_by_bit_depth(odd_images):
+    wide = decode_image(odd_images["grey16"])
+    narrow = decode_image(odd_images["grey8"])
+    assert wide.shape == narrow.shape and wide.dtype == np.uint8
+    assert np.abs(wide.astype(int) - narrow.astype(int)).max() <= 1
+
+
+def test_letterbox_keeps_aspect_and_maps_boxes_back():
+    image = np.zeros((480, 640, 3), np.uint8)
+    canvas, box = letterbox(image, (416, 320))
+    assert canvas.shape == (320, 416, 3)
+    assert box == Letterbox(scale=0.65, pad_x=0, pad_y=4)
+    back = box.to_image(np.array([[0, 4, 416, 316]], np.float32))
+    np.testing.assert_allclose(back, [[0, 0, 640, 480]], atol=0.01)
+
+
+def test_write_image_atomic_leaves_no_temp_file(tmp_path):
+    path = write_image_atomic(tmp_path / "o" / "x.png", np.full((8, 8, 3), 200, np.uint8))
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["x.png"]
