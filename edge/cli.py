@@ -31,7 +31,7 @@ app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 
@@ -371,6 +371,40 @@ def evaluate(
         raise EdgecellError(f"{paths[0]}: no evaluation for task {task!r}; expected a cells, products, xray or gate model")
     print(json.dumps(report, indent=2, default=str)[:4000])
     print(f"report written to {out}")
+
+
+@app.command()
+def bench(
+    models_: Optional[List[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files or folders; each "
+                                                   "brings its FP32/INT8 and format siblings. Default: the shipped models."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Only these backends (repeatable)."),
+    precision: Optional[List[str]] = typer.Option(None, "--precision", help="Only these precisions: fp32, int8."),
+    threads: Optional[List[int]] = typer.Option(None, "--threads", "-t", help="Thread counts (repeatable; default 1 and all)."),
+    iterations: int = typer.Option(100, "--iterations", "-n", help="Timed runs per row."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per row instead of a run count."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="raspberry-pi, jetson or x86-legacy: formats, "
+                                          "backends and threads suited to that device."),
+    out: Path = typer.Option(Path("bench-results"), "--out", "-o", help="Folder for results.jsonl/json/csv/md and latency.png."),
+    repeats: int = typer.Option(1, "--repeats", help="Run the matrix this many times, alternating row order."),
+    vendor: bool = typer.Option(False, "--vendor", help="Check against OpenVINO benchmark_app and a bare backend loop."),
+    accuracy: Optional[Path] = typer.Option(None, "--accuracy", help="An `edgecell eval` report to add an accuracy column."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+) -> None:
+    """Latency of every model x backend x precision x threads, beside the papers' timing claims.
+
+    Each row runs in its own process (load, first inference, warm-up, timed runs: median, p90, p99,
+    IQR, throughput, peak RSS, our overhead over the bare backend call). Rows that cannot load are
+    marked skipped with the reason; results are appended as they come.
+    """
+    from edgecell.benchmarks.matrix import run_bench
+
+    result = run_bench([Path(resolve_model_path(str(m))) for m in models_] if models_ else None,
+                       backends=backend or None, precisions=precision or None, threads=threads or None,
+                       iterations=iterations, seconds=seconds, warmup=warmup, profile=profile, out_dir=out,
+                       repeats=repeats, compare_vendor=vendor, accuracy_data=accuracy, quiet=as_json)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
 
 
 def main() -> None:

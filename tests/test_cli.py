@@ -1,0 +1,117 @@
+"""The CLI as a user meets it: real processes, real files, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURE_MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
+
+
+def edgecell(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "EDGECELL_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "edgecell", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Path:
+    found = sorted(FIXTURE_MODELS.glob("*classifier*_int8.tflite"))
+    assert found, "fixture classifier missing; run tests/fixtures/make_tiny_models.py"
+    return found[0]
+
+
+def test_help_lists_commands():
+    out = edgecell("--help")
+    assert out.returncode == 0
+    for command in ("run", "info", "models", "eval", "bench"):
+        assert command in out.stdout
+
+
+def test_info_describes_device_as_json():
+    out = edgecell("info", "--json")
+    data = json.loads(out.stdout)
+    assert data["cores"] >= 1 and "litert" in data["backends"]
+
+
+def test_info_describes_model(classifier):
+    data = json.loads(edgecell("info", classifier, "--json").stdout)
+    assert data["backend"] == "litert" and data["inputs"][0]["dtype"] == "int8"
+    assert data["metadata"]["task"] == "classify"
+
+
+def test_run_single_image_writes_jsonl_and_overlay(classifier, real_jpeg, tmp_path):
+    out = edgecell("run", classifier, real_jpeg, "-o", tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["ok"] and record["result"]["label"] in ("red", "green", "blue")
+    assert set(record["timings"]) == {"pre_ms", "infer_ms", "post_ms", "total_ms"}
+    assert Path(record["overlay"]).is_file()
+
+
+def test_run_json_prints_one_line_per_image(classifier, real_jpeg, tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(real_jpeg.read_bytes())
+    out = edgecell("run", classifier, tmp_path, "--json")
+    assert [json.loads(l)["ok"] for l in out.stdout.splitlines()] == [True, True]
+
+
+def test_batch_goes_on_past_bad_files_and_keeps_results(classifier, real_jpeg, bad_inputs, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, path in bad_inputs.items():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "good.jpg").write_bytes(real_jpeg.read_bytes())
+    out = edgecell("run", classifier, folder, "-o", tmp_path / "out")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    records = [json.loads(l) for l in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == len(bad_inputs) + 1
+    assert [r["ok"] for r in records].count(True) == 1
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == len(records) + 1
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "not_image", "bomb"])
+def test_single_bad_image_is_one_line_and_nonzero(classifier, bad_inputs, kind):
+    out = edgecell("run", classifier, bad_inputs[kind])
+    assert out.returncode != 0
+    errors = [l for l in out.stderr.splitlines() if l.startswith("edgecell: error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr
+
+
+def test_foreign_model_file_is_one_line(tmp_path, real_jpeg):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a model at all")
+    out = edgecell("run", bad, real_jpeg)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "not a loadable ONNX model" in out.stderr
+
+
+def test_missing_backend_names_the_extra(classifier, real_jpeg):
+    if "tflite_runtime" in sys.modules or _has("tflite_runtime"):
+        pytest.skip("tflite-runtime installed here")
+    out = edgecell("run", classifier, real_jpeg, "--backend", "tflite-runtime")
+    assert out.returncode == 2 and "pip install tflite-runtime" in out.stderr
+
+
+def test_camera_that_does_not_exist(classifier):
+    out = edgecell("run", classifier, "--camera", "97")
+    assert out.returncode == 2 and "camera 97: cannot be opened" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_model_name_lists_shipped_models(real_jpeg):
+    out = edgecell("run", "no-such-model", real_jpeg)
+    assert out.returncode == 2 and "not a shipped model name" in out.stderr
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
