@@ -1,0 +1,5 @@
+"""Keras model definitions used by the training commands (need the `train` extra)."""
+
+from edgecell.convert.models.tiny_yolo import build_tiny_yolo
+
+__all__ = ["build_tiny_yolo"]

@@ -1,0 +1,327 @@
+"""Train the paper's Tiny-YOLOv2 blood-cell detector on CBC/BCCD.
+
+    python -m edgecell.convert.train_cells --data DIR --out DIR --minutes 60 --seed 0
+
+* data: Training split only (300 images). The 14 training XMLs with no RBC box at all are left
+  out of training (their RBCs would be taught as background); zero-area boxes are dropped by the
+  VOC loader. A fixed-seed hold-out of 30 of the remaining training images selects the best
+  checkpoint (the official Validation split is a subset of Training, not independent).
+* pre-processing: `edgecell.tasks.cells.preprocess`, the runtime's own function.
+* augmentation: same-scale mosaic of 4 smears (p=0.5), random scale 0.75-1.25 with translation,
+  horizontal and vertical flips, HSV colour jitter.
+* schedule: Adam, warm-up then cosine decay over the wall-clock budget (--minutes); one line per
+  epoch with validation loss and mAP@0.5; best/last weights and the Keras model in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="dataset folder (or the folder holding cbc_bccd_cleaned/)")
+    p.add_argument("--out", required=True, help="output folder for checkpoints, logs, the Keras model")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input", type=parse_size, default=(416, 320), help="W x H, multiples of 32")
+    p.add_argument("--width", type=float, default=1.0, help="filter multiplier (1.0 = the paper's Tiny-YOLOv2)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--holdout", type=int, default=30, help="training images held out to pick the checkpoint")
+    p.add_argument("--mosaic", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke test)")
+    p.add_argument("--epochs", type=int, default=10_000, help="upper bound; the wall-clock budget usually stops first")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- augmentation
+def _clip_boxes(boxes, labels, w, h, min_visible=0.4):
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4), labels
+    area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    b = boxes.copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    keep = (area >= min_visible * np.maximum(area0, 1e-6)) & (b[:, 2] - b[:, 0] > 3) & (b[:, 3] - b[:, 1] > 3)
+    return b[keep], labels[keep]
+
+
+def mosaic(samples, rng):
+    """Four smears at their own scale, one per quadrant around a random centre."""
+    h, w = samples[0][0].shape[:2]
+    cx, cy = int(rng.uniform(0.3, 0.7) * w), int(rng.uniform(0.3, 0.7) * h)
+    canvas = np.full((h, w, 3), 114, np.uint8)
+    boxes, labels = [], []
+    regions = [(0, 0, cx, cy), (cx, 0, w, cy), (0, cy, cx, h), (cx, cy, w, h)]
+    for (img, b, l), (x0, y0, x1, y1) in zip(samples, regions):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ih, iw = img.shape[:2]
+        # take the same-size region from a random place in the source image
+        sx = int(rng.integers(0, max(1, iw - (x1 - x0) + 1)))
+        sy = int(rng.integers(0, max(1, ih - (y1 - y0) + 1)))
+        canvas[y0:y1, x0:x1] = img[sy : sy + (y1 - y0), sx : sx + (x1 - x0)]
+        bb = b.copy()
+        bb[:, [0, 2]] += x0 - sx
+        bb[:, [1, 3]] += y0 - sy
+        # clip to the quadrant
+        if len(bb):
+            area0 = (bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1])
+            cb = bb.copy()
+            cb[:, [0, 2]] = np.clip(cb[:, [0, 2]], x0, x1)
+            cb[:, [1, 3]] = np.clip(cb[:, [1, 3]], y0, y1)
+            area = (cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])
+            keep = (area >= 0.4 * area0) & (cb[:, 2] - cb[:, 0] > 3) & (cb[:, 3] - cb[:, 1] > 3)
+            boxes.append(cb[keep]), labels.append(l[keep])
+    return canvas, np.concatenate(boxes).reshape(-1, 4), np.concatenate(labels)
+
+
+def augment(img, boxes, labels, rng):
+    import cv2
+
+    h, w = img.shape[:2]
+    # scale + translate
+    s = rng.uniform(0.75, 1.25)
+    tx = rng.uniform(-0.15, 0.15) * w + (1 - s) * w / 2
+    ty = rng.uniform(-0.15, 0.15) * h + (1 - s) * h / 2
+    m = np.array([[s, 0, tx], [0, s, ty]], np.float32)
+    img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+    boxes = boxes * s + np.array([tx, ty, tx, ty], np.float32)
+    boxes, labels = _clip_boxes(boxes, labels, w, h)
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+        boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1) if len(boxes) else boxes
+    if rng.random() < 0.5:
+        img = img[::-1]
+        boxes = np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], 1) if len(boxes) else boxes
+    # HSV jitter
+    gains = rng.uniform(-1, 1, 3) * np.array([0.02, 0.4, 0.3]) + 1
+    hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] * gains[0]) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * gains[1], 0, 255)
+    hsv[..., 2] = np.clip(hsv[..., 2] * gains[2], 0, 255)
+    img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    return img, boxes.astype(np.float32).reshape(-1, 4), labels
+
+
+def to_input(img, boxes, info):
+    """Run the runtime pre-processing; map boxes to model-input pixels."""
+    from edgecell.tasks.cells import preprocess
+
+    x, ctx = preprocess(img, info)
+    lb = ctx.letterbox
+    b = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
+    return x[0], b
+
+
+class Batches:
+    """Background thread producing augmented batches (OpenCV releases the GIL)."""
+
+    def __init__(self, data, info, anchors, grid, batch, seed, mosaic_p):
+        self.data, self.info, self.anchors, self.grid = data, info, anchors, grid
+        self.batch, self.mosaic_p = batch, mosaic_p
+        self.rng = np.random.default_rng(seed)
+        self.q: queue.Queue = queue.Queue(maxsize=6)
+        self.steps_per_epoch = max(1, len(data) // batch)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        from edgecell.convert.yolo_loss import build_targets
+
+        while True:
+            order = self.rng.permutation(len(self.data))
+            for s in range(self.steps_per_epoch):
+                xs, bs, ls = [], [], []
+                for k in order[s * self.batch : (s + 1) * self.batch]:
+                    img, b, l = self.data[k]
+                    if self.rng.random() < self.mosaic_p:
+                        others = [self.data[j] for j in self.rng.integers(0, len(self.data), 3)]
+                        img, b, l = mosaic([(img, b, l)] + others, self.rng)
+                    img, b, l = augment(img, b, l, self.rng)
+                    x, b = to_input(img, b, self.info)
+                    xs.append(x), bs.append(b), ls.append(l)
+                y, gt = build_targets(bs, ls, self.anchors, tuple(self.info.input_size), self.grid)
+                self.q.put((np.stack(xs), y, gt))
+
+    def get(self):
+        return self.q.get()
+
+
+def progress(epoch, step, total, loss, lr, elapsed, budget, end="\r"):
+    n = 24
+    done = int(n * step / total)
+    eta = max(0.0, budget - elapsed)
+    line = (f"epoch {epoch:3d} [{'#' * done}{'.' * (n - done)}] {step:3d}/{total} loss {loss:8.3f} "
+            f"lr {lr:.2e} elapsed {elapsed / 60:5.1f} min, budget left {eta / 60:5.1f} min")
+    if sys.stdout.isatty():
+        print(line, end=end, flush=True)
+    elif end == "\n":
+        print(line, flush=True)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import keras
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras.utils.set_random_seed(args.seed)
+
+    from edgecell.calibration import dataset_dir
+    from edgecell.calibration.voc import CELL_CLASSES, load_split, missing_class
+    from edgecell.convert.anchors import kmeans_anchors
+    from edgecell.convert.models import build_tiny_yolo
+    from edgecell.convert.yolo_loss import build_targets, make_loss
+    from edgecell.evaluation.detection import map50
+    from edgecell.images import decode_image
+    from edgecell.modelinfo import ModelInfo, write_sidecar
+    from edgecell.tasks import cells
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = dataset_dir("cbc_bccd_cleaned", args.data)
+    anns = load_split(data_dir, "Training")
+    empty_rbc = set(missing_class(anns, "RBC"))
+    usable = [a for a in anns if a.stem not in empty_rbc]
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(len(usable))
+    hold = sorted(usable[i].stem for i in perm[: args.holdout])
+    train = [a for a in usable if a.stem not in set(hold)]
+    holdout = [a for a in usable if a.stem in set(hold)]
+    split = {"train": [a.stem for a in train], "holdout": hold, "excluded_no_rbc_boxes": sorted(empty_rbc),
+             "dropped_boxes": {a.stem: a.dropped for a in anns if a.dropped}}
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+    print(f"data {data_dir}: {len(train)} train, {len(holdout)} hold-out, {len(empty_rbc)} excluded (no RBC boxes)", flush=True)
+
+    in_w, in_h = args.input
+    grid = (in_w // 32, in_h // 32)
+    scale = min(in_w / 640, in_h / 480)
+    wh = np.concatenate([(a.boxes[:, 2:] - a.boxes[:, :2]) for a in train]) * scale
+    anchors, miou = kmeans_anchors(wh, 5, seed=args.seed)
+    print(f"anchors (input px): {np.round(anchors, 1).tolist()}  mean IoU {miou:.3f}", flush=True)
+
+    info = ModelInfo(task="cells", name="cells-tiny-yolov2", version="1", labels=list(CELL_CLASSES),
+                     input_size=(in_w, in_h), mean=[0.0], std=[255.0], resize="letterbox", precision="fp32",
+                     settings={"anchors": np.round(anchors, 3).tolist(), "thresholds": dict(cells.DEFAULT_THRESHOLDS),
+                               "nms_iou": cells.DEFAULT_NMS_IOU, "platelet_iou": cells.DEFAULT_PLATELET_IOU,
+                               "architecture": f"tiny-yolov2 width {args.width}", "anchor_iou": round(miou, 4)})
+
+    def load(a):
+        return decode_image(a.image_path), a.boxes.copy(), a.labels.copy()
+
+    train_data = [load(a) for a in train]
+    hold_x, hold_b, hold_l, hold_ctx = [], [], [], []
+    for a in holdout:
+        img = decode_image(a.image_path)
+        x, ctx = cells.preprocess(img, info)
+        lb = ctx.letterbox
+        hold_x.append(x[0]), hold_ctx.append(ctx)
+        hold_b.append(a.boxes * lb.scale + np.array([lb.pad_x, lb.pad_y] * 2, np.float32)), hold_l.append(a.labels)
+    hold_x = np.stack(hold_x)
+    hold_y, hold_gt = build_targets(hold_b, hold_l, anchors, (in_w, in_h), grid)
+
+    model = build_tiny_yolo((in_w, in_h), len(CELL_CLASSES), 5, width=args.width)
+    print(f"model: {model.count_params():,} parameters, grid {grid[0]}x{grid[1]}", flush=True)
+    loss_fn = make_loss(anchors, (in_w, in_h), grid, len(CELL_CLASSES))
+    opt = keras.optimizers.Adam(learning_rate=args.lr, weight_decay=5e-4, clipnorm=10.0)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y, gt):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            total, parts = loss_fn(pred, y, gt)
+        grads = tape.gradient(total, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return total, parts
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        return model(x, training=False)
+
+    def validate():
+        preds, losses = [], []
+        for i in range(0, len(hold_x), 10):
+            p = predict(hold_x[i : i + 10])
+            losses.append(float(loss_fn(p, hold_y[i : i + 10], hold_gt[i : i + 10])[0]) * len(p))
+            for k, pk in enumerate(p.numpy()):
+                b, c, s = cells.decode(pk[None], info, floor=0.01)
+                keep = cells.nms_per_class(b, c, s)
+                preds.append((b[keep], c[keep], s[keep]))
+        m = map50(preds, list(zip(hold_b, hold_l)), CELL_CLASSES)
+        return sum(losses) / len(hold_x), m
+
+    batches = Batches(train_data, info, anchors, grid, args.batch, args.seed, args.mosaic)
+    spe = batches.steps_per_epoch
+    budget = args.minutes * 60
+    warmup = min(150, spe * 3)
+    t0 = time.time()
+    best_map, step, log = -1.0, 0, open(out / "train_log.jsonl", "a")
+    epoch_times = []
+    for epoch in range(1, args.epochs + 1):
+        te = time.time()
+        run = []
+        for s in range(spe):
+            elapsed = time.time() - t0
+            frac = min(1.0, elapsed / budget)
+            lr = args.lr * (min(1.0, (step + 1) / warmup)) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+            opt.learning_rate.assign(lr)
+            x, y, gt = batches.get()
+            total, parts = train_step(tf.constant(x), tf.constant(y), tf.constant(gt))
+            run.append(float(total))
+            step += 1
+            progress(epoch, s + 1, spe, float(np.mean(run[-20:])), lr, elapsed, budget)
+            if args.max_steps and step >= args.max_steps:
+                break
+        vloss, m = validate()
+        epoch_times.append(time.time() - te)
+        elapsed = time.time() - t0
+        rec = {"epoch": epoch, "step": step, "train_loss": float(np.mean(run)), "val_loss": vloss,
+               "val_map50": m["map"], "val_ap": m["ap"], "lr": lr, "elapsed_s": round(elapsed, 1),
+               "parts": {k: float(v) for k, v in parts.items()}}
+        log.write(json.dumps(rec) + "\n"), log.flush()
+        improved = m["map"] > best_map
+        if improved:
+            best_map = m["map"]
+            model.save_weights(out / "best.weights.h5")
+        model.save_weights(out / "last.weights.h5")
+        if epoch % 20 == 0:
+            model.save_weights(out / f"epoch{epoch:03d}.weights.h5")
+        progress(epoch, spe, spe, float(np.mean(run)), lr, elapsed, budget, end="\n")
+        print(f"  val loss {vloss:.3f}  mAP@0.5 {m['map']:.4f}  AP " +
+              " ".join(f"{k} {v:.3f}" for k, v in m["ap"].items()) +
+              f"  epoch {epoch_times[-1]:.0f} s{'  *best*' if improved else ''}", flush=True)
+        if args.max_steps and step >= args.max_steps:
+            break
+        if elapsed + np.mean(epoch_times[-3:]) > budget:
+            break
+    model.load_weights(out / "best.weights.h5")
+    model.save(out / "cells_tiny_yolo.keras")
+    info.metrics = {"holdout_map50": round(best_map, 4), "epochs": epoch, "steps": step,
+                    "train_minutes": round((time.time() - t0) / 60, 1)}
+    write_sidecar(out / "cells_tiny_yolo.keras", info)
+    print(f"done: {epoch} epochs, {step} steps, {(time.time() - t0) / 60:.1f} min, best hold-out mAP@0.5 {best_map:.4f}; "
+          f"model {out / 'cells_tiny_yolo.keras'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""Blood-cell counting (RBC, WBC, platelets) with a YOLOv2-style detector.
+
+Pipeline, one function each, shared by training, calibration, evaluation and the runtime:
+
+    preprocess  letterbox to info.input_size, x = (pixel - mean) / std (default pixel / 255)
+    decode      raw grid output N x H/32 x W/32 x A*(5+C) -> boxes, classes, scores (numpy)
+    postprocess per-class confidence thresholds, per-class NMS, platelet double-count removal
+                (Alam & Islam 2019: nearest platelet by centre distance; drop when IoU > 0.10),
+                counts per class
+    annotate    circles (centre and radius from the box) coloured by class, counts in a corner
+    infer       N x N overlapping tiles for smears much larger than the model input; detections
+                are kept only in the tile whose core holds their centre, then merged by NMS, so a
+                cell on a seam is counted once
+
+Settings read from the model's sidecar (`info.settings`): `anchors` (A x 2, model-input pixels),
+`thresholds` ({class: confidence}), `nms_iou`, `platelet_iou`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgecell.errors import ModelError
+from edgecell.images import Letterbox, letterbox
+from edgecell.modelinfo import ModelInfo
+
+TASK = "cells"
+CLASSES = ("RBC", "WBC", "Platelets")
+#: Paper defaults (Alam & Islam 2019, Table 1): chosen by minimum mean absolute count error.
+DEFAULT_THRESHOLDS = {"RBC": 0.55, "WBC": 0.35, "Platelets": 0.25}
+DEFAULT_NMS_IOU = 0.45
+DEFAULT_PLATELET_IOU = 0.10
+#: circle colours (RGB) for the overlay
+COLOURS = {"RBC": (220, 40, 40), "WBC": (40, 90, 230), "Platelets": (30, 170, 60)}
+
+
+# --------------------------------------------------------------------------- model checks
+def check_info(info: ModelInfo) -> None:
+    """Refuse a model made for another task, with one line saying what was expected."""
+    if info.task != TASK:
+        raise ModelError(f"this model is a {info.task!r} model; the cells pipeline expects a 'cells' model "
+                         f"(a detector with labels RBC, WBC, Platelets and anchors in its metadata)")
+    if not info.settings.get("anchors"):
+        raise ModelError("cells model metadata has no 'anchors' setting; re-export it with edgecell.convert")
+
+
+def labels_of(info: ModelInfo) -> list[str]:
+    return list(info.labels) if info.labels else list(CLASSES)
+
+
+def thresholds_of(info: ModelInfo, thresholds: Any = None) -> np.ndarray:
+    """Per-class confidence thresholds: option (float, list or {name: value}) > model settings >
+    paper defaults."""
+    labels = labels_of(info)
+    base = dict(DEFAULT_THRESHOLDS)
+    base.update(info.settings.get("thresholds") or {})
+    if thresholds is None:
+        pass
+    elif isinstance(thresholds, (int, float)):
+        base = {c: float(thresholds) for c in labels}
+    elif isinstance(thresholds, dict):
+        unknown = set(thresholds) - set(labels)
+        if unknown:
+            raise ValueError(f"thresholds name unknown classes {sorted(unknown)}; classes are {labels}")
+        base.update({k: float(v) for k, v in thresholds.items()})
+    else:
+        vals = list(thresholds)
+        if len(vals) != len(labels):
+            raise ValueError(f"expected {len(labels)} thresholds ({', '.join(labels)}), got {len(vals)}")
+        base = dict(zip(labels, map(float, vals)))
+    return np.array([base.get(c, 0.5) for c in labels], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- pre-processing
+@dataclass
+class CellsContext:
+    """What postprocess needs to map detections back to the image."""
+
+    letterbox: Letterbox
+    image_size: tuple[int, int]  # (width, height) of the original image
+    image: np.ndarray | None = None  # kept for tiling; not serialised
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """H x W, H x W x 1 or H x W x 3/4 uint8 -> H x W x 3 uint8 (greyscale smears work)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    return image
+
+
+def normalise(canvas: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """uint8 H x W x C canvas -> float32 1 x H x W x C (or NCHW) model input."""
+    x = canvas.astype(np.float32)
+    mean = np.asarray(info.mean, dtype=np.float32)
+    std = np.asarray(info.std, dtype=np.float32)
+    if not (mean.size == 1 and mean[0] == 0.0 and std.size == 1 and std[0] == 255.0):
+        x = (x - mean) / std
+    else:
+        x *= np.float32(1.0 / 255.0)
+    x = x[None]
+    if info.layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x
+
+
+def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, CellsContext]:
+    """RGB (or grey) uint8 image -> (float32 1 x H x W x 3 letterboxed input, context).
+
+    The ONE pre-processing of the cells model: training, calibration, evaluation and the
+    runtime all call this function."""
+    image = as_rgb(image)
+    if info.channels == 1:
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        image = grey[:, :, None]
+    canvas, lb = letterbox(image, tuple(info.input_size))
+    if canvas.ndim == 2:
+        canvas = canvas[:, :, None]
+    h, w = image.shape[:2]
+    return normalise(canvas, info), CellsContext(lb, (w, h), image)
+
+
+# --------------------------------------------------------------------------- decoding
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def grid_output(outputs: dict[str, np.ndarray] | np.ndarray, num_anchors: int, num_classes: int) -> np.ndarray:
+    """The raw output as Gh x Gw x A x (5 + C) float32 (accepts NHWC or NCHW, batch 1)."""
+    out = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+    out = np.asarray(out, dtype=np.float32)
+    depth = num_anchors * (5 + num_classes)
+    if out.ndim == 4:
+        out = out[0]
+    if out.ndim != 3:
+        raise ModelError(f"cells model output has shape {out.shape}; expected 1 x H x W x {depth}")
+    if out.shape[-1] != depth and out.shape[0] == depth:
+        out = out.transpose(1, 2, 0)
+    if out.shape[-1] != depth:
+        raise ModelError(f"cells model output has {out.shape[-1]} channels; expected {num_anchors} anchors x "
+                         f"(5 + {num_classes} classes) = {depth}")
+    return out.reshape(out.shape[0], out.shape[1], num_anchors, 5 + num_classes)
+
+
+def decode(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, floor: float = 0.005
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """YOLOv2 decode in numpy. Returns boxes (N x 4, x1 y1 x2 y2 in model-input pixels), class
+    indices, scores = sigmoid(objectness) * softmax(class), keeping scores >= floor."""
+    anchors = np.asarray(info.settings["anchors"], dtype=np.float32).reshape(-1, 2)
+    labels = labels_of(info)
+    g = grid_output(outputs, len(anchors), len(labels))
+    gh, gw = g.shape[:2]
+    in_w, in_h = info.input_size
+    sx, sy = in_w / gw, in_h / gh
+    obj = _sigmoid(g[..., 4])
+    logits = g[..., 5:]
+    logits = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(-1, keepdims=True)
+    cls = probs.argmax(-1)
+    score = obj * probs.max(-1)
+    keep = score >= floor
+    if not keep.any():
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    gy, gx, ga = np.nonzero(keep)
+    t = g[gy, gx, ga]
+    cx = (gx + _sigmoid(t[:, 0])) * sx
+    cy = (gy + _sigmoid(t[:, 1])) * sy
+    bw = anchors[ga, 0] * np.exp(np.clip(t[:, 2], -8, 6))
+    bh = anchors[ga, 1] * np.exp(np.clip(t[:, 3], -8, 6))
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
+    return boxes, cls[keep].astype(np.int64), score[keep].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- box utilities
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of N x 4 and M x 4 boxes (x1, y1, x2, y2)."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_NMS_IOU) -> np.ndarray:
+    """Greedy NMS; indices kept, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        if order.size == 1:
+            break
+        ious = box_iou(boxes[i : i + 1], boxes[order[1:]])[0]
+        order = order[1:][ious <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def nms_per_class(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_NMS_IOU) -> np.ndarray:
+    keep = [np.nonzero(classes == c)[0][nms(boxes[classes == c], scores[classes == c], iou)] for c in np.unique(classes)]
+    if not keep:
+        return np.zeros(0, np.int64)
+    keep = np.concatenate(keep)
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def platelet_dedupe(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_PLATELET_IOU) -> np.ndarray:
+    """The paper's platelet double-count removal: going from the highest score down, find the
+    nearest already-kept platelet by centre distance (1-NN) and drop this one if their IoU is
+    above `iou` (0.10). Returns the indices kept."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            d = np.sum((centres[kept] - centres[i]) ** 2, axis=1)
+            j = kept[int(np.argmin(d))]
+            if box_iou(boxes[i : i + 1], boxes[j : j + 1])[0, 0] > iou:
+                continue
+        kept.append(int(i))
+    return np.asarray(kept, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class CellsResult:
+    """Detections in image pixels and counts per class."""
+
+    boxes: np.ndarray  # N x 4 float32, x1 y1 x2 y2
+    classes: np.ndarray  # N int
+    scores: np.ndarray  # N float32
+    labels: list[str] = field(default_factory=lambda: list(CLASSES))
+    image_size: tuple[int, int] = (0, 0)
+    tiles: int = 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return count_cells(self.classes, self.labels)
+
+    def to_dict(self) -> dict:
+        return {
+            "task": TASK,
+            "counts": self.counts,
+            "total": int(len(self.classes)),
+            "image_size": list(self.image_size),
+            "tiles": self.tiles,
+            "detections": [
+                {"label": self.labels[int(c)], "score": round(float(s), 4),
+                 "box": [round(float(v), 1) for v in b]}
+                for b, c, s in zip(self.boxes, self.classes, self.scores)
+            ],
+        }
+
+
+def count_cells(classes: np.ndarray, labels: list[str] | tuple[str, ...] = CLASSES) -> dict[str, int]:
+    classes = np.asarray(classes)
+    return {name: int((classes == i).sum()) for i, name in enumerate(labels)}
+
+
+def select(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
+           nms_iou: float = DEFAULT_NMS_IOU, platelet_iou: float = DEFAULT_PLATELET_IOU,
+           labels: list[str] | tuple[str, ...] = CLASSES) -> np.ndarray:
+    """Indices kept after per-class thresholds, per-class NMS and platelet de-duplication."""
+    idx = np.nonzero(scores >= thresholds[classes])[0] if len(scores) else np.zeros(0, np.int64)
+    if idx.size == 0:
+        return idx
+    idx = idx[nms_per_class(boxes[idx], classes[idx], scores[idx], nms_iou)]
+    if "Platelets" in labels and platelet_iou is not None and platelet_iou < 1:
+        p = labels.index("Platelets")
+        pl = idx[classes[idx] == p]
+        if pl.size > 1:
+            drop = set(pl.tolist()) - set(pl[platelet_dedupe(boxes[pl], scores[pl], platelet_iou)].tolist())
+            idx = np.asarray([i for i in idx if i not in drop], dtype=np.int64)
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+def _to_image(boxes: np.ndarray, ctx: CellsContext) -> np.ndarray:
+    out = ctx.letterbox.to_image(boxes) if len(boxes) else boxes.reshape(0, 4).astype(np.float32)
+    w, h = ctx.image_size
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
+    return out
+
+
+def postprocess(outputs: dict[str, np.ndarray], context: CellsContext, info: ModelInfo,
+                thresholds: Any = None, nms_iou: float | None = None, platelet_iou: float | None = None,
+                **_: Any) -> CellsResult:
+    """Raw model outputs -> CellsResult in image pixels. `thresholds`: a float, a list in label
+    order, or {label: value}; default the model's stored thresholds, else the paper's."""
+    check_info(info)
+    labels = labels_of(info)
+    thr = thresholds_of(info, thresholds)
+    nms_iou = float(info.settings.get("nms_iou", DEFAULT_NMS_IOU) if nms_iou is None else nms_iou)
+    platelet_iou = float(info.settings.get("platelet_iou", DEFAULT_PLATELET_IOU) if platelet_iou is None else platelet_iou)
+    if "__tiles__" in outputs:  # produced by infer() for a tiled smear: already in image pixels
+        boxes, classes, scores = outputs["boxes"], outputs["classes"].astype(np.int64), outputs["scores"]
+        tiles = int(outputs["__tiles__"])
+    else:
+        boxes, classes, scores = decode(outputs, info, floor=float(thr.min()))
+        boxes = _to_image(boxes, context)
+        tiles = 1
+    keep = select(boxes, classes, scores, thr, nms_iou, platelet_iou, labels)
+    return CellsResult(boxes[keep], classes[keep], scores[keep], labels, tuple(context.image_size), tiles)
+
+
+# --------------------------------------------------------------------------- tiling
+def auto_tiles(image_size: tuple[int, int], input_size: tuple[int, int]) -> int:
+    """1 unless the image is at least twice the model input on both sides; then about one tile
+    per 1.6 x input, at most 4 x 4."""
+    ratio = min(image_size[0] / input_size[0], image_size[1] / input_size[1])
+    return 1 if ratio < 2 else int(min(4, math.ceil(ratio / 1.6)))
+
+
+def tile_grid(image_size: tuple[int, int], n: int, overlap: float = 0.2) -> list[tuple[int, int, int, int, tuple[float, float, float, float]]]:
+    """N x N tiles covering the image with `overlap` (fraction of a tile) between neighbours.
+    Each entry: (x0, y0, x1, y1, core) where core = (cx0, cy0, cx1, cy1) is the part of the
+    image this tile is responsible for (cores partition the image at the overlap midlines)."""
+    w, h = image_size
+
+    def spans(length: int) -> list[tuple[int, int, float, float]]:
+        if n == 1:
+            return [(0, length, 0.0, float(length))]
+        size = int(math.ceil(length / (n - (n - 1) * overlap)))
+        starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+        out = []
+        for i, s in enumerate(starts):
+            lo = 0.0 if i == 0 else (s + starts[i - 1] + size) / 2  # midline of the overlap
+            hi = float(length) if i == n - 1 else (starts[i + 1] + s + size) / 2
+            out.append((s, s + size, lo, hi))
+        return out
+
+    tiles = []
+    for y0, y1, cy0, cy1 in spans(h):
+        for x0, x1, cx0, cx1 in spans(w):
+            tiles.append((x0, y0, x1, y1, (cx0, cy0, cx1, cy1)))
+    return tiles
+
+
+def merge_tiles(per_tile: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tiles: list, nms_iou: float = DEFAULT_NMS_IOU
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge detections (already in image pixels) from overlapping tiles so a cell is counted
+    once: keep a detection only from the tile whose core holds its centre, then per-class NMS
+    across tiles for cells split right on a core border."""
+    bs, cs, ss = [], [], []
+    for (boxes, classes, scores), tile in zip(per_tile, tiles):
+        if len(boxes) == 0:
+            continue
+        cx0, cy0, cx1, cy1 = tile[4]
+        cx = (boxes[:, 0] + boxes[:, 2]) / 2
+        cy = (boxes[:, 1] + boxes[:, 3]) / 2
+        m = (cx >= cx0) & (cx < cx1) & (cy >= cy0) & (cy < cy1)
+        bs.append(boxes[m]), cs.append(classes[m]), ss.append(scores[m])
+    if not bs:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    boxes, classes, scores = np.concatenate(bs), np.concatenate(cs), np.concatenate(ss)
+    keep = nms_per_class(boxes, classes, scores, nms_iou)
+    return boxes[keep], classes[keep], scores[keep]
+
+
+def infer(session, tensor: np.ndarray, info: ModelInfo, context: CellsContext | None = None,
+          tiles: int | str | None = "auto", overlap: float = 0.2, thresholds: Any = None, **_: Any) -> dict:
+    """Run the model once, or on N x N overlapping tiles when the smear is much larger than the
+    model input (`tiles="auto"`, or an int N; pass `context` from preprocess for tiling).
+    Returns outputs for `postprocess`."""
+    check_info(info)
+    if context is None or context.image is None:
+        return session.run(tensor)
+    n = auto_tiles(context.image_size, tuple(info.input_size)) if tiles in ("auto", None) else int(tiles)
+    if n <= 1:
+        return session.run(tensor)
+    thr = thresholds_of(info, thresholds)
+    grid = tile_grid(context.image_size, n, overlap)
+    per_tile = []
+    for x0, y0, x1, y1, _core in grid:
+        crop = context.image[y0:y1, x0:x1]
+        t, ctx = preprocess(crop, info)
+        boxes, classes, scores = decode(session.run(t), info, floor=float(thr.min()))
+        boxes = _to_image(boxes, ctx)
+        boxes[:, [0, 2]] += x0
+        boxes[:, [1, 3]] += y0
+        per_tile.append((boxes, classes, scores))
+    boxes, classes, scores = merge_tiles(per_tile, grid, float(info.settings.get("nms_iou", DEFAULT_NMS_IOU)))
+    return {"boxes": boxes, "classes": classes, "scores": scores, "__tiles__": np.int64(n)}
+
+
+def run_image(session, image: np.ndarray, info: ModelInfo, **options: Any) -> CellsResult:
+    """The whole device pipeline on one RGB image: preprocess, infer (tiles), postprocess."""
+    check_info(info)
+    tensor, ctx = preprocess(image, info)
+    outputs = infer(session, tensor, info, context=ctx, **options)
+    return postprocess(outputs, ctx, info, **options)
+
+
+# --------------------------------------------------------------------------- overlay
+def annotate(image: np.ndarray, result: CellsResult) -> np.ndarray:
+    """Circles (centre and radius from each box) coloured by class, counts in the top-left."""
+    out = as_rgb(image).copy()
+    scale = max(out.shape[:2]) / 640.0
+    thick = max(1, round(2 * scale))
+    for b, c in zip(result.boxes, result.classes):
+        name = result.labels[int(c)]
+        centre = (int(round((b[0] + b[2]) / 2)), int(round((b[1] + b[3]) / 2)))
+        radius = max(2, int(round(((b[2] - b[0]) + (b[3] - b[1])) / 4)))
+        cv2.circle(out, centre, radius, COLOURS.get(name, (255, 200, 0)), thick, cv2.LINE_AA)
+    y = int(22 * scale)
+    for name, n in result.counts.items():
+        text = f"{name}: {n}"
+        cv2.putText(out, text, (int(8 * scale), y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(out, text, (int(8 * scale), y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, COLOURS.get(name, (255, 255, 255)), thick, cv2.LINE_AA)
+        y += int(24 * scale)
+    return out
