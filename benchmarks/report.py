@@ -1,0 +1,396 @@
+"""Benchmark reports: terminal table (rich), JSON, CSV, Markdown and a PNG chart of the latency
+distribution of every row; the papers' claims beside the measurements; the device description.
+
+matplotlib is imported only when a PNG is written (`pip install 'edgecell[plots]'`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgecell.benchmarks import stats
+
+CSV_FIELDS = ["name", "family", "format", "backend", "backend_version", "precision", "threads", "repeat",
+              "status", "median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "mean_ms", "iqr_ms", "noise",
+              "n", "sync_fps", "async_fps", "async_requests", "raw_median_ms", "overhead_ratio",
+              "load_ms", "first_ms", "peak_rss_mb", "size_bytes", "pre_ms", "inference_ms", "post_ms",
+              "pipeline_ms", "accuracy", "input_sha1", "reason", "install", "model"]
+
+
+# --------------------------------------------------------------------------------------------
+# device
+
+
+def describe_device() -> dict[str, Any]:
+    """`edgecell.device.describe_device()` when available, else a minimal description here."""
+    try:
+        from edgecell.device import describe_device as full
+
+        info = dict(full())
+        info.setdefault("source", "edgecell.device")
+        return info
+    except Exception as exc:  # module not there yet, or unreadable sensors
+        info = {"source": f"fallback ({type(exc).__name__}: edgecell.device unavailable)",
+                "machine": platform.machine(), "system": platform.system(), "release": platform.release(),
+                "python": platform.python_version(), "cores": os.cpu_count()}
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+            for line in text.splitlines():
+                if line.startswith(("model name", "Model")) and "cpu_model" not in info:
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                if line.startswith(("flags", "Features")) and "isa" not in info:
+                    flags = set(line.split(":", 1)[1].split())
+                    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "neon", "asimd")
+                                   if f in flags]
+        except OSError:
+            pass
+        return info
+
+
+def device_line(dev: dict[str, Any]) -> str:
+    parts = []
+    for key in ("model", "board", "cpu_model", "cpu"):
+        if dev.get(key):
+            parts.append(str(dev[key]))
+            break
+    cores = dev.get("cores") or dev.get("cpu_count") or dev.get("logical_cores")
+    if cores:
+        parts.append(f"{cores} cores")
+    isa = dev.get("isa") or dev.get("flags")
+    if isinstance(isa, dict):
+        isa = [k for k, v in isa.items() if v]
+    if isa:
+        parts.append("ISA " + " ".join(str(x) for x in isa))
+    for key, unit in (("frequency_mhz", " MHz"), ("max_mhz", " MHz"), ("temperature_c", " °C")):
+        if dev.get(key):
+            parts.append(f"{dev[key]}{unit}")
+    if dev.get("throttling") or dev.get("throttled"):
+        parts.append(f"throttling: {dev.get('throttling') or dev.get('throttled')}")
+    return ", ".join(parts) or platform.platform()
+
+
+# --------------------------------------------------------------------------------------------
+# building the result
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return (r.get("name"), r.get("format"), r.get("backend"), r.get("threads"))
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (model file, backend, threads) across repeats: median of the row medians and
+    their spread (the run-to-run noise that a single row's IQR does not show)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok":
+            groups[_key(r)].append(r)
+    out = []
+    for key, rs in groups.items():
+        meds = [r["latency_ms"]["median"] for r in rs]
+        p90s = [r["latency_ms"]["p90"] for r in rs]
+        entry = {"name": key[0], "format": key[1], "backend": key[2], "threads": key[3],
+                 "family": rs[0].get("family"), "precision": rs[0].get("precision"), "repeats": len(rs),
+                 "median_ms": stats.median(meds), "p90_ms": stats.median(p90s),
+                 "median_range_ms": [min(meds), max(meds)],
+                 "repeat_spread": (max(meds) - min(meds)) / stats.median(meds) if len(meds) > 1 else None}
+        ov = [r["overhead_ratio"] for r in rs if r.get("overhead_ratio")]
+        entry["overhead_ratio"] = stats.median(ov) if ov else None
+        out.append(entry)
+    return out
+
+
+def precision_ratios(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """INT8 median / FP32 median for the same family, format, backend and threads (< 1: INT8 faster)."""
+    by = {}
+    for a in agg:
+        by[(a["family"], a["format"], a["backend"], a["threads"], a["precision"])] = a
+    out = []
+    for (fam, fmt, backend, threads, prec), a in by.items():
+        if prec != "int8":
+            continue
+        b = by.get((fam, fmt, backend, threads, "fp32"))
+        if b:
+            out.append({"family": fam, "format": fmt, "backend": backend, "threads": threads,
+                        "int8_ms": a["median_ms"], "fp32_ms": b["median_ms"],
+                        "int8_over_fp32": stats.ratio(a["median_ms"], b["median_ms"])})
+    return out
+
+
+def load_accuracy(path: Path | None) -> dict[str, float]:
+    """Accuracy by model (file name, stem or path) from `edgecell eval` output: a JSON object
+    {model: accuracy}, a JSON list / JSONL of {"model": ..., "accuracy": ...}, or {"results": [...]}."""
+    if not path:
+        return {}
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        items = data.get("results", data) if isinstance(data, dict) else data
+    except json.JSONDecodeError:
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out: dict[str, float] = {}
+    if isinstance(items, dict):
+        for k, v in items.items():
+            if isinstance(v, (int, float)):
+                out[k] = float(v)
+            elif isinstance(v, dict) and isinstance(v.get("accuracy"), (int, float)):
+                out[k] = float(v["accuracy"])
+        return out
+    for it in items:
+        if isinstance(it, dict) and it.get("model") is not None:
+            acc = it.get("accuracy", (it.get("metrics") or {}).get("accuracy"))
+            if isinstance(acc, (int, float)):
+                out[str(it["model"])] = float(acc)
+    return out
+
+
+def _accuracy_for(row: dict[str, Any], accuracy: dict[str, float]) -> float | None:
+    model = row.get("model") or ""
+    for k in (model, Path(model).name, Path(model).stem, row.get("name")):
+        if k in accuracy:
+            return accuracy[k]
+    return None
+
+
+def build(rows: list[dict[str, Any]], *, vendor: list[dict[str, Any]] | None = None,
+          accuracy: dict[str, float] | None = None, meta: dict[str, Any] | None = None,
+          device: dict[str, Any] | None = None) -> dict[str, Any]:
+    from edgecell.benchmarks.claims import compare, load_claims
+
+    try:
+        claims = compare(load_claims(), rows)
+        claims_error = None
+    except Exception as exc:
+        claims, claims_error = [], str(exc)
+    if accuracy:
+        for r in rows:
+            r["accuracy"] = _accuracy_for(r, accuracy)
+    agg = aggregate(rows)
+    try:
+        from edgecell.backends import backend_versions
+
+        versions = backend_versions()
+    except Exception:
+        versions = {}
+    hashes = defaultdict(set)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("input_sha1"):
+            hashes[r.get("family")].add(r["input_sha1"])
+    return {
+        "device": device or describe_device(),
+        "versions": versions,
+        "meta": meta or {},
+        "rows": rows,
+        "aggregate": agg,
+        "int8_vs_fp32": precision_ratios(agg),
+        "claims": claims,
+        "claims_error": claims_error,
+        "vendor": vendor,
+        "same_input": {fam: len(h) == 1 for fam, h in hashes.items()},
+        "counts": {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "skipped", "failed")},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# flat rows
+
+
+def flat_row(r: dict[str, Any]) -> dict[str, Any]:
+    lat = r.get("latency_ms") or {}
+    raw = r.get("raw_latency_ms") or {}
+    pipe = r.get("pipeline_ms") or {}
+    asy = r.get("async") or {}
+    out = {k: r.get(k) for k in ("name", "family", "format", "backend", "backend_version", "precision", "threads",
+                                 "repeat", "status", "sync_fps", "overhead_ratio", "load_ms", "first_ms",
+                                 "peak_rss_mb", "size_bytes", "accuracy", "input_sha1", "reason", "install", "model")}
+    for k in ("median", "p90", "p99", "min", "max", "mean", "iqr"):
+        out[f"{k}_ms"] = lat.get(k)
+    out["noise"] = lat.get("noise")
+    out["n"] = lat.get("n")
+    out["raw_median_ms"] = raw.get("median")
+    out["async_fps"] = asy.get("fps")
+    out["async_requests"] = asy.get("requests")
+    for k, name in (("pre", "pre_ms"), ("inference", "inference_ms"), ("post", "post_ms"), ("total", "pipeline_ms")):
+        out[name] = (pipe.get(k) or {}).get("median")
+    return out
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# writers
+
+
+def write(result: dict[str, Any], out_dir: Path, formats: Iterable[str] = ("json", "csv", "md", "png")) -> dict[str, str]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    formats = list(formats)
+    if "json" in formats:
+        p = out_dir / "results.json"
+        _atomic_text(p, json.dumps(result, indent=2, default=str))
+        files["json"] = str(p)
+    if "csv" in formats:
+        p = out_dir / "results.csv"
+        tmp = p.with_name(f".{p.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in result["rows"]:
+                w.writerow(flat_row(r))
+        os.replace(tmp, p)
+        files["csv"] = str(p)
+    if "md" in formats:
+        p = out_dir / "results.md"
+        _atomic_text(p, markdown(result))
+        files["md"] = str(p)
+    if "png" in formats:
+        try:
+            p = plot(result, out_dir / "latency.png")
+            if p:
+                files["png"] = str(p)
+        except ImportError:
+            files["png_error"] = "matplotlib not installed: pip install 'edgecell[plots]'"
+    return files
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    dev = result.get("device") or {}
+    lines = ["# edgecell bench", "", f"**Device:** {device_line(dev)}", ""]
+    if result.get("versions"):
+        lines += ["**Backends:** " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), ""]
+    meta = result.get("meta") or {}
+    if meta:
+        lines += [f"Timed runs per row: {meta.get('seconds') and str(meta['seconds']) + ' s budget' or meta.get('iterations')}, "
+                  f"warm-up {meta.get('warmup')}, repeats {meta.get('repeats')}; each row in its own process. "
+                  "Latency of one `Session.run` (float32 in/out); raw = the bare backend call on the same prepared "
+                  "input; noise = IQR / median.", ""]
+    lines += ["## Rows", "",
+              "| model | backend | prec | threads | median ms | p90 ms | p99 ms | IQR ms | noise | fps (async) | ours/raw | load ms | first ms | peak RSS MB | size KB | pipeline pre/inf/post ms | acc | status |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in result["rows"]:
+        f = flat_row(r)
+        fps = _f(f["sync_fps"], 1) + (f" ({_f(f['async_fps'], 1)}, {f['async_requests']} req)" if f["async_fps"] else "")
+        pipe = "/".join(_f(f[k]) for k in ("pre_ms", "inference_ms", "post_ms")) if f["pipeline_ms"] is not None else "-"
+        status = f["status"] if f["status"] == "ok" else f"{f['status']}: {f.get('reason') or ''}".replace("|", "/")
+        if f.get("install") and f["status"] != "ok":
+            status += f" ({f['install']})"
+        lines.append(f"| {f['name']}.{f['format'] or ''} | {f['backend']} | {f['precision']} | {_f(f['threads'])} | "
+                     f"{_f(f['median_ms'], 3)} | {_f(f['p90_ms'], 3)} | {_f(f['p99_ms'], 3)} | {_f(f['iqr_ms'], 3)} | "
+                     f"{_f(f['noise'])} | {fps} | {_f(f['overhead_ratio'])} | {_f(f['load_ms'], 1)} | {_f(f['first_ms'], 1)} | "
+                     f"{_f(f['peak_rss_mb'], 0)} | {_f((f['size_bytes'] or 0) / 1024, 1) if f['size_bytes'] else '-'} | {pipe} | "
+                     f"{_f(f['accuracy'], 3)} | {status} |")
+    agg = [a for a in result.get("aggregate", []) if a["repeats"] > 1]
+    if agg:
+        lines += ["", "## Across repeats (run-to-run noise)", "", "| model | backend | threads | median of medians ms | range ms | spread |",
+                  "|---|---|---:|---:|---|---:|"]
+        for a in agg:
+            lines.append(f"| {a['name']}.{a['format']} | {a['backend']} | {a['threads']} | {_f(a['median_ms'], 3)} | "
+                         f"{_f(a['median_range_ms'][0], 3)}-{_f(a['median_range_ms'][1], 3)} | {_f(a['repeat_spread'])} |")
+    if result.get("int8_vs_fp32"):
+        lines += ["", "## INT8 vs FP32", "", "| family | format | backend | threads | INT8 ms | FP32 ms | INT8/FP32 |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for c in result["int8_vs_fp32"]:
+            lines.append(f"| {c['family']} | {c['format']} | {c['backend']} | {c['threads']} | {_f(c['int8_ms'], 3)} | "
+                         f"{_f(c['fp32_ms'], 3)} | {_f(c['int8_over_fp32'])} |")
+    if result.get("vendor"):
+        lines += ["", "## Checked against the vendors' tools", "",
+                  "| model | backend | threads | check | ours ms | reference ms | ratio | target | pass |",
+                  "|---|---|---:|---|---:|---:|---:|---|---|"]
+        for v in result["vendor"]:
+            lines.append(f"| {Path(v.get('model', '')).name} | {v.get('backend')} | {v.get('threads')} | {v.get('check')} | "
+                         f"{_f(v.get('ours_ms'), 4)} | {_f(v.get('reference_ms'), 4)} | {_f(v.get('ratio'), 3)} | "
+                         f"{v.get('target')} | {v.get('pass') if v.get('error') is None else 'error: ' + str(v.get('error'))[:80]} |")
+    lines += ["", "## The papers' claims beside this device", "",
+              "| claim | published | hardware | source | measured here | ratio measured/claimed | row |",
+              "|---|---:|---|---|---:|---:|---|"]
+    for c in result.get("claims", []):
+        pub = f"{'< ' if c['bound'] == '<' else ''}{c['value_ms']:g} ms ({c['what']})"
+        meas = _f(c.get("measured_ms"), 2) if c.get("measured_ms") is not None else (c.get("note") or "-")
+        lines.append(f"| {c['model']} | {pub} | {c['hardware']} | {c['citation']} ({c['source']}) | {meas} | "
+                     f"{_f(c.get('ratio'), 3)} | {c.get('row') or '-'} |")
+    if result.get("claims_error"):
+        lines += ["", f"Claims file problem: {result['claims_error']}"]
+    lines += ["", "Published figures were measured on desktop GPUs; rows here are CPU. Differences under ~20 % "
+              "between rows are within the noise of a shared machine unless the repeats say otherwise.", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    """Box plots of every ok row's timings (log scale), one box per row."""
+    rows = [r for r in result["rows"] if r.get("status") == "ok" and r.get("timings_ms")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['name']}.{r.get('format')} {r['backend']} t{r['threads']}" + (f" #{r['repeat']}" if r.get("repeat") else "")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.38 * len(rows) + 1.2)))
+    ax.boxplot([r["timings_ms"] for r in rows], vert=False, whis=(1, 99), showfliers=True,
+               flierprops={"markersize": 2, "alpha": 0.4})
+    ax.set_yticks(range(1, len(rows) + 1), labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per call, ms (box: IQR, line: median, whiskers: p1-p99)")
+    ax.set_title(f"edgecell bench - {device_line(result.get('device') or {})}"[:110], fontsize=9)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(result: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]Device:[/] {device_line(result.get('device') or {})}")
+    t = Table(show_lines=False, title="edgecell bench (ms per call; noise = IQR/median)")
+    for col, just in (("model", "left"), ("backend", "left"), ("prec", "left"), ("thr", "right"),
+                      ("median", "right"), ("p90", "right"), ("p99", "right"), ("noise", "right"),
+                      ("fps", "right"), ("ours/raw", "right"), ("load", "right"), ("RSS MB", "right"),
+                      ("pipeline", "right"), ("status", "left")):
+        t.add_column(col, justify=just, overflow="fold")
+    for r in result["rows"]:
+        f = flat_row(r)
+        status = "ok" if f["status"] == "ok" else f"[yellow]{f['status']}[/]: {f.get('reason') or ''}" + (
+            f" ({f['install']})" if f.get("install") else "")
+        if f["status"] == "failed":
+            status = status.replace("[yellow]", "[red]")
+        fps = _f(f["sync_fps"], 0) + (f"/{_f(f['async_fps'], 0)}a" if f["async_fps"] else "")
+        t.add_row(f"{f['name']}.{f['format'] or ''}", str(f["backend"]), str(f["precision"]), _f(f["threads"]),
+                  _f(f["median_ms"], 3), _f(f["p90_ms"], 3), _f(f["p99_ms"], 3), _f(f["noise"]), fps,
+                  _f(f["overhead_ratio"]), _f(f["load_ms"], 0), _f(f["peak_rss_mb"], 0),
+                  _f(f["pipeline_ms"], 2), status)
+    console.print(t)
+    if result.get("int8_vs_fp32"):
+        console.print("INT8/FP32: " + "; ".join(f"{c['family']} {c['backend']} t{c['threads']}: {c['int8_over_fp32']:.2f}"
+                                              for c in result["int8_vs_fp32"]))
+    for c in result.get("claims", []):
+        meas = f"{c['measured_ms']:.2f} ms (x{c['ratio']:.2f}, {c['row']})" if c.get("measured_ms") is not None else c.get("note")
+        console.print(f"claim {c['id']}: {'< ' if c['bound'] == '<' else ''}{c['value_ms']:g} ms {c['what']} on "
+                      f"{c['hardware']} [{c['source']}] -> here: {meas}")

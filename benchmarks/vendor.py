@@ -1,0 +1,206 @@
+"""Check the harness against the vendors' own tools.
+
+1. OpenVINO's `benchmark_app` (ships in the openvino wheel) on the same IR and thread count:
+   ``benchmark_app -m IR -d CPU -hint none -nstreams 1 -nthreads N -niter K -api sync``; its
+   median latency against our median for the same model, backend and threads, measured in a
+   fresh row process right after it. Target: within 10 %.
+2. A bare loop around the backend call (`Session.run_raw`, N calls, one clock read before and
+   after) against the harness's per-call timing of the same call. Target: overhead <= 2 %.
+
+Both checks alternate the two measurements (`rounds` times) and compare the medians over the
+rounds, so a burst of load on a shared machine does not land on one side only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgecell.benchmarks import stats
+
+VENDOR_TOLERANCE = 0.10
+OVERHEAD_TARGET = 0.02
+_BARE_MARKER = "EDGECELL_BARE "
+
+
+def benchmark_app_path() -> str | None:
+    """The benchmark_app script beside this Python (the openvino wheel installs it) or on PATH."""
+    beside = Path(sys.executable).parent / "benchmark_app"
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("benchmark_app")
+
+
+def parse_benchmark_app(text: str) -> dict[str, float]:
+    """Median/Average/Min/Max latency (ms) and Throughput (FPS) from benchmark_app's output."""
+    out: dict[str, float] = {}
+    for key in ("Median", "Average", "Min", "Max"):
+        m = re.search(rf"^\s*(?:\[ INFO \])?\s*{key}:\s*([0-9.]+)\s*ms", text, re.MULTILINE)
+        if m:
+            out[key.lower() + "_ms"] = float(m.group(1))
+    m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", text)
+    if m:
+        out["fps"] = float(m.group(1))
+    m = re.search(r"Count:\s*(\d+)\s*iterations", text)
+    if m:
+        out["count"] = int(m.group(1))
+    return out
+
+
+def run_benchmark_app(model: str, *, threads: int, iterations: int = 100, device: str = "CPU",
+                      timeout: float = 300.0) -> dict[str, Any]:
+    exe = benchmark_app_path()
+    if not exe:
+        return {"error": "benchmark_app not found (it ships with the openvino wheel: pip install 'edgecell[openvino]')"}
+    cmd = [exe, "-m", str(model), "-d", device, "-hint", "none", "-nstreams", "1", "-nthreads", str(threads),
+           "-niter", str(iterations), "-api", "sync"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"benchmark_app did not finish within {timeout:.0f} s", "command": " ".join(cmd)}
+    parsed = parse_benchmark_app(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or "median_ms" not in parsed:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"benchmark_app failed (status {proc.returncode}): {' | '.join(tail)[:300]}",
+                "command": " ".join(cmd)}
+    parsed["command"] = " ".join(cmd)
+    return parsed
+
+
+def _row(model: str, backend: str, threads: int, iterations: int) -> dict[str, Any]:
+    from edgecell.benchmarks.harness import RowSpec
+    from edgecell.benchmarks.matrix import run_row_subprocess
+
+    spec = RowSpec(model=model, backend=backend, threads=threads, iterations=iterations, warmup=10,
+                   pipeline=False, async_throughput=False, keep_timings=False)
+    from dataclasses import asdict
+
+    return run_row_subprocess(asdict(spec))
+
+
+def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, rounds: int = 2) -> dict[str, Any]:
+    """Our median (fresh row process) vs benchmark_app's median on the same IR and threads."""
+    ours, theirs, commands = [], [], None
+    for i in range(rounds):
+        order = ("ours", "vendor") if i % 2 == 0 else ("vendor", "ours")
+        for which in order:
+            if which == "vendor":
+                v = run_benchmark_app(model, threads=threads, iterations=iterations)
+                if "error" in v:
+                    return {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
+                            "error": v["error"], "target": f"within {VENDOR_TOLERANCE:.0%}", "pass": None}
+                theirs.append(v["median_ms"])
+                commands = v["command"]
+            else:
+                r = _row(model, "openvino", threads, iterations)
+                if r.get("status") != "ok":
+                    return {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
+                            "error": f"our row {r.get('status')}: {r.get('reason')}", "pass": None,
+                            "target": f"within {VENDOR_TOLERANCE:.0%}"}
+                ours.append(r["latency_ms"]["median"])
+    o, t = stats.median(ours), stats.median(theirs)
+    return {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
+            "ours_ms": o, "reference_ms": t, "ratio": o / t, "ours_rounds_ms": ours, "reference_rounds_ms": theirs,
+            "target": f"within {VENDOR_TOLERANCE:.0%}", "pass": stats.within(o, t, VENDOR_TOLERANCE),
+            "command": commands, "error": None}
+
+
+# --------------------------------------------------------------------------------------------
+# bare loop vs harness (runs in its own process: python -m edgecell.benchmarks.vendor --bare ...)
+
+
+def bare_vs_harness_inprocess(model: str, backend: str, threads: int, iterations: int = 200,
+                              rounds: int = 5) -> dict[str, Any]:
+    import numpy as np
+
+    from edgecell.backends import load_session
+    from edgecell.backends.base import quantize
+    from edgecell.benchmarks.harness import random_feeds, timed_runs
+
+    session = load_session(model, backend, threads=threads)
+    feeds = random_feeds(session.inputs, 0)
+    prepared = {t.name: np.ascontiguousarray(quantize(feeds[t.name], t)) for t in session.inputs}
+    call = session.run_raw
+    for _ in range(20):
+        call(prepared)
+    bare, harness = [], []
+    for i in range(rounds):
+        for which in (("bare", "harness") if i % 2 == 0 else ("harness", "bare")):
+            if which == "bare":
+                t0 = time.perf_counter_ns()
+                for _ in range(iterations):
+                    call(prepared)
+                bare.append((time.perf_counter_ns() - t0) / 1e6 / iterations)
+            else:
+                t0 = time.perf_counter_ns()
+                ms, _ = timed_runs(call, prepared, None, None, iterations=iterations, seconds=None)
+                wall = (time.perf_counter_ns() - t0) / 1e6 / iterations
+                # the harness reports per-call times; its mean is what it "sees", its wall what it costs
+                harness.append(stats.mean(ms))
+    b, h = stats.median(bare), stats.median(harness)
+    return {"bare_mean_ms": b, "harness_mean_ms": h, "bare_rounds_ms": bare, "harness_rounds_ms": harness,
+            "last_harness_wall_ms": wall}
+
+
+def compare_bare_loop(model: str, backend: str, threads: int, *, iterations: int = 200, rounds: int = 5,
+                      timeout: float = 300.0) -> dict[str, Any]:
+    spec = {"model": model, "backend": backend, "threads": threads, "iterations": iterations, "rounds": rounds}
+    cmd = [sys.executable, "-m", "edgecell.benchmarks.vendor", "--bare", json.dumps(spec)]
+    base = {"check": "bare loop", "model": model, "backend": backend, "threads": threads,
+            "target": f"overhead <= {OVERHEAD_TARGET:.0%}"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    except subprocess.TimeoutExpired:
+        return dict(base, error="timed out", **{"pass": None})
+    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith(_BARE_MARKER)), None)
+    if line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
+        return dict(base, error=f"failed: {' | '.join(tail)[:300]}", **{"pass": None})
+    r = json.loads(line[len(_BARE_MARKER):])
+    ratio = r["harness_mean_ms"] / r["bare_mean_ms"]
+    return dict(base, ours_ms=r["harness_mean_ms"], reference_ms=r["bare_mean_ms"], ratio=ratio,
+                overhead=ratio - 1.0, rounds=r, error=None, **{"pass": ratio - 1.0 <= OVERHEAD_TARGET})
+
+
+def compare_all(rows: list[dict[str, Any]], *, iterations: int = 100) -> list[dict[str, Any]]:
+    """Both checks for every distinct ok (model, backend, threads) of a matrix run."""
+    seen, out = set(), []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        key = (r["model"], r["backend"], r.get("threads"))
+        if key in seen:
+            continue
+        seen.add(key)
+        if r["backend"] == "openvino" and r["model"].lower().endswith(".xml"):
+            out.append(compare_benchmark_app(r["model"], int(r["threads"]), iterations=iterations))
+        out.append(compare_bare_loop(r["model"], r["backend"], int(r["threads"]), iterations=max(iterations, 100)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--bare":
+        spec = json.loads(argv[1])
+        r = bare_vs_harness_inprocess(spec["model"], spec["backend"], int(spec["threads"]),
+                                      int(spec.get("iterations", 200)), int(spec.get("rounds", 5)))
+        print(_BARE_MARKER + json.dumps(r), flush=True)
+        return 0
+    if len(argv) >= 1 and argv[0].endswith(".xml"):
+        threads = int(argv[1]) if len(argv) > 1 else (os.cpu_count() or 1)
+        print(json.dumps(compare_benchmark_app(argv[0], threads), indent=2))
+        return 0
+    print("usage: python -m edgecell.benchmarks.vendor MODEL.xml [THREADS] | --bare SPEC_JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
