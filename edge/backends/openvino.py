@@ -3,6 +3,7 @@ Device is selectable (CPU, GPU, NPU, AUTO); latency hint by default, as on a one
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ class OpenVINOSession(Session):
     backend = "openvino"
 
     def __init__(self, path: Path, *, threads: int | None = None, device: str = "CPU",
-                 hint: str = "LATENCY"):
+                 hint: str = "LATENCY", precision: str | None = None):
         ov = _import()
         self.path = Path(path)
         self.threads = threads
@@ -48,6 +49,12 @@ class OpenVINOSession(Session):
         if shapes:
             model.reshape(shapes)
         config = {"PERFORMANCE_HINT": hint}
+        # On CPUs with AVX512-BF16/AMX, OpenVINO silently runs FP32 models in bf16 (outputs differ
+        # in the 3rd digit). Default to f32 so results match the model card and the other backends;
+        # EDGECELL_OV_PRECISION=bf16 trades that exactness for speed.
+        precision = precision or os.environ.get("EDGECELL_OV_PRECISION", "f32")
+        if device.startswith("CPU") and precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
         if threads and device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
