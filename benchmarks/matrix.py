@@ -125,7 +125,13 @@ def plan(models: list[Path] | None = None, *, backends: list[str] | None = None,
     precs = [p.lower() for p in precisions] if precisions else None
     rows = []
     for f in files:
-        prec = precision_of(f) if f.exists() else "?"
+        if not f.is_file():
+            rows.append({"skip": {"model": str(f), "name": f.stem, "family": family(f),
+                                  "format": f.suffix.lower().lstrip("."), "backend": "-", "threads": None,
+                                  "precision": precision_of(f), "status": "skipped",
+                                  "reason": f"{f}: no such model file"}})
+            continue
+        prec = precision_of(f)
         if precs and prec not in precs:
             continue
         fam_files = siblings(f) if f.parent.is_dir() and f.exists() else [f]
@@ -225,7 +231,12 @@ def run_matrix(planned: list[dict[str, Any]], results: Path, *, repeats: int = 1
                     row["size_bytes"] = model_size_bytes(row["model"])
             else:
                 spec = dict(item["spec"], repeat=rep)
-                row = runner(spec)
+                try:
+                    row = runner(spec)
+                except Exception as exc:  # the runner itself broke: this row fails, the rest goes on
+                    row = {"model": spec["model"], "name": Path(spec["model"]).stem, "backend": spec["backend"],
+                           "threads": spec.get("threads"), "precision": spec.get("precision"), "repeat": rep,
+                           "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 row.setdefault("family", item.get("family"))
             row["order"] = done
             append_jsonl(results, row)

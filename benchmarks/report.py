@@ -67,7 +67,8 @@ def device_line(dev: dict[str, Any]) -> str:
         isa = [k for k, v in isa.items() if v]
     if isa:
         parts.append("ISA " + " ".join(str(x) for x in isa))
-    for key, unit in (("frequency_mhz", " MHz"), ("max_mhz", " MHz"), ("temperature_c", " °C")):
+    for key, unit in (("freq_mhz", " MHz"), ("frequency_mhz", " MHz"), ("memory_gb", " GB RAM"),
+                      ("temperature_c", " °C")):
         if dev.get(key):
             parts.append(f"{dev[key]}{unit}")
     if dev.get("throttling") or dev.get("throttled"):
@@ -347,8 +348,11 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     labels = [f"{r['name']}.{r.get('format')} {r['backend']} t{r['threads']}" + (f" #{r['repeat']}" if r.get("repeat") else "")
               for r in rows]
     fig, ax = plt.subplots(figsize=(10, max(2.5, 0.38 * len(rows) + 1.2)))
-    ax.boxplot([r["timings_ms"] for r in rows], vert=False, whis=(1, 99), showfliers=True,
-               flierprops={"markersize": 2, "alpha": 0.4})
+    kw = {"whis": (1, 99), "showfliers": True, "flierprops": {"markersize": 2, "alpha": 0.4}}
+    try:
+        ax.boxplot([r["timings_ms"] for r in rows], orientation="horizontal", **kw)  # matplotlib >= 3.10
+    except TypeError:
+        ax.boxplot([r["timings_ms"] for r in rows], vert=False, **kw)
     ax.set_yticks(range(1, len(rows) + 1), labels, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("latency per call, ms (box: IQR, line: median, whiskers: p1-p99)")
@@ -370,23 +374,26 @@ def print_table(result: dict[str, Any], console=None) -> None:
     console = console or Console()
     console.print(f"[bold]Device:[/] {device_line(result.get('device') or {})}")
     t = Table(show_lines=False, title="edgecell bench (ms per call; noise = IQR/median)")
-    for col, just in (("model", "left"), ("backend", "left"), ("prec", "left"), ("thr", "right"),
+    for col, just in (("model", "left"), ("backend", "left"), ("prec", "left"), ("thr", "right"),  # noqa: E501
                       ("median", "right"), ("p90", "right"), ("p99", "right"), ("noise", "right"),
                       ("fps", "right"), ("ours/raw", "right"), ("load", "right"), ("RSS MB", "right"),
                       ("pipeline", "right"), ("status", "left")):
         t.add_column(col, justify=just, overflow="fold")
+    problems: list[str] = []
     for r in result["rows"]:
         f = flat_row(r)
-        status = "ok" if f["status"] == "ok" else f"[yellow]{f['status']}[/]: {f.get('reason') or ''}" + (
-            f" ({f['install']})" if f.get("install") else "")
-        if f["status"] == "failed":
-            status = status.replace("[yellow]", "[red]")
+        status = {"ok": "ok", "skipped": "[yellow]skipped[/]", "failed": "[red]failed[/]"}.get(f["status"], str(f["status"]))
+        if f["status"] != "ok":
+            problems.append(f"{f['name']}.{f['format'] or ''} {f['backend']} t{_f(f['threads'])}: {f['status']}: "
+                            f"{f.get('reason') or ''}" + (f" -> {f['install']}" if f.get("install") else ""))
         fps = _f(f["sync_fps"], 0) + (f"/{_f(f['async_fps'], 0)}a" if f["async_fps"] else "")
         t.add_row(f"{f['name']}.{f['format'] or ''}", str(f["backend"]), str(f["precision"]), _f(f["threads"]),
                   _f(f["median_ms"], 3), _f(f["p90_ms"], 3), _f(f["p99_ms"], 3), _f(f["noise"]), fps,
                   _f(f["overhead_ratio"]), _f(f["load_ms"], 0), _f(f["peak_rss_mb"], 0),
                   _f(f["pipeline_ms"], 2), status)
     console.print(t)
+    for line in problems:
+        console.print(line, markup=False, highlight=False)
     if result.get("int8_vs_fp32"):
         console.print("INT8/FP32: " + "; ".join(f"{c['family']} {c['backend']} t{c['threads']}: {c['int8_over_fp32']:.2f}"
                                               for c in result["int8_vs_fp32"]))
