@@ -115,3 +115,13 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_model_whose_input_cannot_take_the_image_is_refused_at_load(classifier, real_jpeg, tmp_path):
+    model = tmp_path / classifier.name
+    model.write_bytes(classifier.read_bytes())
+    meta = json.loads(classifier.with_suffix(".json").read_text())
+    meta["input_size"] = [64, 64]
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    out = edgecell("run", model, real_jpeg)
+    assert out.returncode == 2 and "expects shape [1, 32, 32, 3]" in out.stderr
