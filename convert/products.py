@@ -462,6 +462,43 @@ def evaluate(args, paths: dict[str, Path]) -> dict:
     return report
 
 
+def ship(args, dest: str | os.PathLike | None = None) -> Path:
+    """Copy OUT/export/products_ARCH_int8.tflite to edge/models/products_int8.tflite with a sidecar
+    whose `metrics` are the measured test (and validation) figures of that file and its FP32 twin."""
+    import shutil
+
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    out = Path(args.out)
+    src = out / "export" / f"products_{args.arch}_int8.tflite"
+    if not src.is_file():
+        raise EdgecellError(f"{src}: no exported INT8 model; run without --skip-train/--no-export first")
+    dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
+    dest.mkdir(parents=True, exist_ok=True)
+    info = read_model_info(src)
+    metrics = {"dataset": DATASET, "model": info.name}
+    for split in ("test", "validation"):
+        f = out / f"eval_{split}" / "classification.json"
+        if not f.is_file():
+            continue
+        report = json.loads(f.read_text())
+        for key in ("litert-int8", "litert-fp32"):
+            r = report["models"].get(key)
+            if r:
+                metrics[f"{split}_{key.split('-')[1]}"] = {"n": r["n"], "top1": round(r["top1"], 4),
+                                                           "macro_f1": round(r["macro"]["f1"], 4)}
+    train_json = out / f"products_{args.arch}_train.json"
+    if train_json.is_file():
+        t = json.loads(train_json.read_text())
+        metrics["holdout_accuracy_keras"] = t["holdout_accuracy"]
+    info.metrics = metrics
+    target = dest / "products_int8.tflite"
+    shutil.copyfile(src, target)
+    write_sidecar(target, info)
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB) with metrics {metrics}", flush=True)
+    return target
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m edgecell.convert.products", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -486,8 +523,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-train", action="store_true", help="export/evaluate an already trained OUT/products_ARCH.keras")
-    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-export", action="store_true", help="skip conversion (evaluate/ship what OUT/export holds)")
     p.add_argument("--eval-splits", default="test,validation", help="comma list; empty = no evaluation")
+    p.add_argument("--ship", action="store_true", help="copy the INT8 TFLite + sidecar with metrics to edge/models/")
     args = p.parse_args(argv)
     if args.teacher and args.arch != "v2":
         p.error("--teacher is for --arch v2")
@@ -503,11 +541,15 @@ def main(argv=None) -> int:
         else:
             f = Path(args.out) / f"products_{args.arch}_train.json"
             summary = json.loads(f.read_text()) if f.is_file() else None
-        if args.no_export:
-            return 0
-        paths = export(args, summary)
-        if args.eval_splits:
+        if not args.no_export:
+            paths = export(args, summary)
+        else:
+            f = Path(args.out) / f"products_{args.arch}_export.json"
+            paths = {k: Path(v) for k, v in json.loads(f.read_text()).items()} if f.is_file() else {}
+        if args.eval_splits and paths:
             evaluate(args, paths)
+        if args.ship:
+            ship(args)
     except EdgecellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -332,3 +332,32 @@ def write_confusion_pngs(report: dict, out_dir: Path) -> dict[str, str]:
     fig.savefig(out_dir / "confusion_matrices.png", dpi=100)
     plt.close(fig)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m edgecell.evaluation.classification MODEL... --data DATASET_DIR --out DIR [--split test]"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m edgecell.evaluation.classification",
+                                description="Per-class precision/recall/F1, top-1 and confusion matrices of "
+                                            "classifier files on a class-folder split, through the device pipeline.")
+    p.add_argument("models", nargs="+", help=".tflite / .xml / .onnx files (with their sidecar JSON)")
+    p.add_argument("--data", required=True, help="dataset folder holding <split>/<class>/<image>")
+    p.add_argument("--split", default="test", help="split folder, or several joined with +")
+    p.add_argument("--out", required=True)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        report = evaluate_classifier(args.models, args.data, args.out, split=args.split, backend=args.backend,
+                                     threads=args.threads)
+    except EdgecellError as exc:
+        print(f"error: {exc}")
+        return 2
+    print("\n".join(summary_table(report)))
+    print(f"written: {Path(args.out) / 'classification.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
