@@ -99,13 +99,19 @@ def run(
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Classifiers: below this the "
                                                    "image is marked uncertain, for a person to check."),
     show: bool = typer.Option(False, "--show", help="Show the overlay in a window (needs a display)."),
+    gate: Optional[str] = typer.Option(None, "--gate", help="A utility-gate model run first: is the image still "
+                                       "useful to the task model?"),
+    gate_policy: str = typer.Option("reject", "--gate-policy", help="reject (skip the task model, list the image "
+                                    "with the reason), flag (run it, mark the result) or pass (record the score)."),
+    gate_threshold: Optional[float] = typer.Option(None, "--gate-threshold", help="Utility below this is 'not "
+                                                   "useful' (default: the gate model's own)."),
 ) -> None:
     """Run a model on images, a folder, a video or a camera; print results and write overlays.
 
     With no arguments: counts blood cells in the shipped sample smears with the shipped INT8 model.
     """
     from edgecell.model import load_model
-    from edgecell.pipeline import Record, annotate, predict
+    from edgecell.pipeline import Record, annotate, predict, predict_gated
     from edgecell.sinks import JsonlWriter, overlay_name, write_text_atomic
     from edgecell.sources import count_frames, describe_source, iter_frames
     from edgecell.images import write_image_atomic
@@ -129,6 +135,17 @@ def run(
         options["thresholds"] = thresholds
     if tiles is not None:
         options["tiles"] = tiles
+    gate_model = None
+    if gate:
+        from edgecell.tasks.common import require_task
+        from edgecell.tasks.gate import POLICIES
+
+        if gate_policy not in POLICIES:
+            raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
+        gate_model = load_model(resolve_model_path(gate), backend, threads=threads, device=device)
+        require_task(gate_model.info, "gate")
+        if gate_threshold is not None:
+            options["gate_threshold"] = gate_threshold
 
     err = _stderr_console()
     if out:
@@ -152,9 +169,15 @@ def run(
                     record = Record(frame.name, ok=False, task=loaded.info.task, error=frame.error)
                 else:
                     try:
-                        result, timings = predict(loaded, frame.image, **options)
-                        record = Record(frame.name, ok=True, task=loaded.info.task, result=result, timings=timings)
-                        if out or show:
+                        if gate_model is not None:
+                            gate_result, result, timings, action = predict_gated(
+                                gate_model, loaded, frame.image, policy=gate_policy, **options)
+                            record = Record(frame.name, ok=True, task=loaded.info.task, result=result,
+                                            timings=timings, gate=gate_result, action=action)
+                        else:
+                            result, timings = predict(loaded, frame.image, **options)
+                            record = Record(frame.name, ok=True, task=loaded.info.task, result=result, timings=timings)
+                        if result is not None and (out or show):
                             overlay = annotate(loaded, frame.image, result)
                             if out:
                                 record.overlay = str(write_image_atomic(out / overlay_name(frame.name, frame.index), overlay))
@@ -222,7 +245,9 @@ def _records_csv(records: list[dict]) -> str:
     rows = []
     for r in records:
         row = {"source": r["source"], "ok": r["ok"], "error": r.get("error", "")}
-        row.update(_flat_result(r.get("result", {})))
+        if "gate" in r:
+            row.update({"action": r["action"], "utility": r["gate"]["utility"], "gate_reason": r["gate"].get("reason", "")})
+        row.update(_flat_result(r.get("result") or {}))
         row.update(r.get("timings", {}))
         rows.append(row)
     fields: list[str] = []
@@ -242,7 +267,7 @@ def _print_summary(records: list[dict], elapsed: float) -> None:
     from edgecell.pipeline import Timings  # noqa: F401
 
     console = Console()
-    ok = [r for r in records if r["ok"]]
+    ok = [r for r in records if r["ok"] and r.get("result") is not None]
     table = Table(show_lines=False, title=f"{len(ok)} of {len(records)} inputs in {elapsed:.1f} s")
     table.add_column("source", overflow="fold")
     counts_mode = bool(ok) and "counts" in ok[0]["result"]
@@ -261,14 +286,18 @@ def _print_summary(records: list[dict], elapsed: float) -> None:
                 totals[c] += r["result"]["counts"].get(c, 0)
     for r in shown:
         name = Path(r["source"].split("#")[0]).name + ("#" + r["source"].split("#")[1] if "#" in r["source"] else "")
-        if not r["ok"]:
-            table.add_row(name, *([""] * (len(classes) - 1 if counts_mode else 0)), f"[red]{r['error']}[/]", "")
+        if not r["ok"] or r.get("result") is None:
+            why = f"[red]{r['error']}[/]" if not r["ok"] else f"[yellow]rejected: {r['gate']['reason']}[/]"
+            table.add_row(name, *([""] * (len(classes) - 1 if counts_mode else 0)), why, "")
         elif counts_mode:
-            table.add_row(name, *[str(r["result"]["counts"].get(c, 0)) for c in classes], f"{r['timings']['total_ms']:.1f}")
+            table.add_row(name + (" [yellow](flagged)[/]" if r.get("action") == "flagged" else ""),
+                          *[str(r["result"]["counts"].get(c, 0)) for c in classes], f"{r['timings']['total_ms']:.1f}")
         else:
             res = r["result"]
             text = f"{res['label']} {res['confidence']:.2f}" + (" [yellow]uncertain[/]" if res.get("uncertain") else "") \
                 if "label" in res else json.dumps(res)[:60]
+            if r.get("action") == "flagged":
+                text += f" [yellow]flagged: utility {r['gate']['utility']:.2f}[/]"
             table.add_row(name, text, f"{r['timings']['total_ms']:.1f}")
     if counts_mode and len(ok) > 1:
         table.add_row("[bold]total[/]", *[f"[bold]{totals[c]}[/]" for c in classes], "")

@@ -20,14 +20,18 @@ class Timings:
     pre: float = 0.0
     infer: float = 0.0
     post: float = 0.0
+    gate: float = 0.0  # the utility gate's whole pipeline, when one runs in front
 
     @property
     def total(self) -> float:
-        return self.pre + self.infer + self.post
+        return self.pre + self.infer + self.post + self.gate
 
     def to_dict(self) -> dict:
-        return {"pre_ms": round(self.pre, 3), "infer_ms": round(self.infer, 3),
-                "post_ms": round(self.post, 3), "total_ms": round(self.total, 3)}
+        out = {"pre_ms": round(self.pre, 3), "infer_ms": round(self.infer, 3),
+               "post_ms": round(self.post, 3), "total_ms": round(self.total, 3)}
+        if self.gate:
+            out["gate_ms"] = round(self.gate, 3)
+        return out
 
 
 @dataclass
@@ -41,14 +45,19 @@ class Record:
     error: str | None = None
     timings: Timings = field(default_factory=Timings)
     overlay: str | None = None
+    gate: Any = None  # GateResult when a utility gate ran in front
+    action: str = "ran"  # "ran" | "flagged" (gate says not useful, ran anyway) | "rejected" (not run)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"source": self.source, "ok": self.ok, "task": self.task}
         if self.ok:
-            out["result"] = self.result.to_dict()
+            out["result"] = self.result.to_dict() if self.result is not None else None
             out["timings"] = self.timings.to_dict()
         else:
             out["error"] = self.error
+        if self.gate is not None:
+            out["gate"] = self.gate.to_dict()
+            out["action"] = self.action
         if self.overlay:
             out["overlay"] = self.overlay
         return out
@@ -68,6 +77,19 @@ def predict(model: Model, image: np.ndarray, **options) -> tuple[Any, Timings]:
     result = task.postprocess(outputs, context, model.info, **options)
     t3 = time.perf_counter()
     return result, Timings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+
+def predict_gated(gate: Model, model: Model, image: np.ndarray, *, policy: str = "reject",
+                  **options) -> tuple[Any, Any, Timings, str]:
+    """The gate first, then (unless the policy rejects the image) the task model.
+    Returns (gate result, task result or None, timings, action)."""
+    gate_result, gate_timings = predict(gate, image, **options)
+    if not gate_result.useful and policy == "reject":
+        return gate_result, None, Timings(gate=gate_timings.total), "rejected"
+    result, timings = predict(model, image, **options)
+    timings.gate = gate_timings.total
+    action = "flagged" if not gate_result.useful and policy == "flag" else "ran"
+    return gate_result, result, timings, action
 
 
 def annotate(model: Model, image: np.ndarray, result: Any) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""Utility gate (Khan et al., EUSIPCO 2022): a small binary classifier in front of a task model
+that scores whether an image is still useful to that model (after heavy JPEG compression, blur,
+noise, bad exposure). On a device this turns silent wrong answers into "retake the image".
+
+The gate model outputs either two class scores [not useful, useful] or one sigmoid; the utility is
+P(useful). Policies: `reject` (the task model does not run; the image is listed with the reason),
+`flag` (the task model runs; the result carries a warning), `pass` (score recorded only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.common import require_task, softmax, to_input_tensor
+
+POLICIES = ("reject", "flag", "pass")
+
+
+@dataclass
+class GateResult:
+    utility: float
+    threshold: float
+    for_task: str = ""
+
+    @property
+    def useful(self) -> bool:
+        return self.utility >= self.threshold
+
+    def reason(self) -> str:
+        what = f" for the {self.for_task} model" if self.for_task else ""
+        return (f"utility {self.utility:.2f} < {self.threshold:.2f}: image too degraded{what} "
+                "(compression, blur, noise or exposure); retake or re-send the original")
+
+    def to_dict(self) -> dict:
+        out = {"utility": round(self.utility, 4), "threshold": self.threshold, "useful": self.useful}
+        if not self.useful:
+            out["reason"] = self.reason()
+        return out
+
+    def summary(self) -> str:
+        return f"utility {self.utility:.2f}" + ("" if self.useful else " (not useful)")
+
+
+def preprocess(image: np.ndarray, info: ModelInfo):
+    require_task(info, "gate")
+    tensor, _ = to_input_tensor(image, info)
+    return tensor, None
+
+
+def utility_score(outputs: dict[str, np.ndarray]) -> float:
+    raw = next(iter(outputs.values())).reshape(-1).astype(np.float32)
+    if raw.size == 1:
+        value = float(raw[0])
+        return value if 0.0 <= value <= 1.0 else float(1.0 / (1.0 + np.exp(-value)))
+    probs = raw if raw.min() >= 0 and abs(float(raw.sum()) - 1) < 0.02 else softmax(raw)
+    return float(probs[-1])
+
+
+def postprocess(outputs: dict[str, np.ndarray], context, info: ModelInfo, *, gate_threshold: float | None = None,
+                **_) -> GateResult:
+    threshold = gate_threshold if gate_threshold is not None else float(info.settings.get("threshold", 0.5))
+    return GateResult(utility_score(outputs), threshold, str(info.settings.get("for_task", "")))
+
+
+def annotate(image: np.ndarray, result: GateResult) -> np.ndarray:
+    import cv2
+
+    out = image.copy()
+    colour = (0, 170, 0) if result.useful else (220, 30, 30)
+    cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), colour, max(2, out.shape[1] // 150))
+    cv2.putText(out, result.summary(), (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2)
+    return out
