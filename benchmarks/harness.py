@@ -66,7 +66,7 @@ class RowSpec:
     warmup: int = 10
     precision: str | None = None  # "fp32" | "int8" | ...; for the report only
     seed: int = 0
-    image: str | None = None  # sample image for the pipeline; None: shipped sample or synthetic
+    image: str | None = None  # sample image for the pipeline; None: a shipped sample; "synthetic": generated
     pipeline: bool = True
     raw: bool = True
     async_throughput: bool = True
@@ -125,16 +125,38 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+#: words in a sample's path (relative to edge/samples) that mark it as made for a task
+TASK_SAMPLE_WORDS = {"cells": ("cells", "bccd", "smear", "blood"), "products": ("products", "product", "retail"),
+                     "xray": ("xray", "x-ray", "chest", "lung"), "gate": ("gate", "utility"),
+                     "classify": ("classify", "products", "product")}
+
+
 def find_sample_image(task: str | None = None) -> Path | None:
-    """A shipped sample image, preferring one whose name starts with the task name."""
+    """A shipped sample image (sorted, so always the same one), preferring one whose path names
+    the task (e.g. edge/samples/bccd/... for the cell counter)."""
     if not SAMPLES_DIR.is_dir():
         return None
     images = sorted(p for p in SAMPLES_DIR.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if task:
+        words = TASK_SAMPLE_WORDS.get(task, (task,))
         for p in images:
-            if p.name.lower().startswith(task.lower()):
+            rel = str(p.relative_to(SAMPLES_DIR)).lower()
+            if any(w in rel for w in words):
                 return p
     return images[0] if images else None
+
+
+def task_of(path: str | os.PathLike) -> str | None:
+    """The task named in a model's sidecar JSON (None without one; embedded metadata is read by the row)."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        import json
+
+        return json.loads(side.read_text()).get("task")
+    except Exception:
+        return None
 
 
 def synthetic_image(seed: int = 0, size: tuple[int, int] = (640, 480)) -> np.ndarray:
@@ -314,7 +336,10 @@ def _task_input(spec: RowSpec, session, row: dict) -> tuple[dict[str, np.ndarray
     except Exception as exc:
         row["pipeline_note"] = f"task {info.task!r} not available: {exc}"
         return None
-    image_path = Path(spec.image) if spec.image else find_sample_image(info.task)
+    if spec.image == "synthetic":
+        image_path = None
+    else:
+        image_path = Path(spec.image) if spec.image else find_sample_image(info.task)
     if image_path is not None:
         from edgecell.images import decode_image
 

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from edgecell.benchmarks.harness import RowSpec, model_size_bytes, precision_of
+from edgecell.benchmarks.harness import RowSpec, find_sample_image, model_size_bytes, precision_of, task_of
 from edgecell.benchmarks.row import MARKER
 
 MODEL_SUFFIXES = (".tflite", ".xml", ".onnx")
@@ -132,6 +132,12 @@ def plan(models: list[Path] | None = None, *, backends: list[str] | None = None,
                                   "reason": f"{f}: no such model file"}})
             continue
         prec = precision_of(f)
+        # the sample image is chosen once, here, so every row of a family gets the same input even
+        # if samples change while the matrix runs
+        sample = image
+        if sample is None:
+            found = find_sample_image(task_of(f))
+            sample = str(found) if found else "synthetic"
         if precs and prec not in precs:
             continue
         fam_files = siblings(f) if f.parent.is_dir() and f.exists() else [f]
@@ -148,7 +154,7 @@ def plan(models: list[Path] | None = None, *, backends: list[str] | None = None,
                     rows.append({"skip": skip})
                     continue
                 spec = RowSpec(model=str(f), backend=backend, threads=t, iterations=iterations, seconds=seconds,
-                               warmup=warmup, precision=prec, image=image)
+                               warmup=warmup, precision=prec, image=sample)
                 rows.append({"spec": asdict(spec), "family": family(f)})
     return rows
 

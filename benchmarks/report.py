@@ -314,11 +314,17 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_f(c['fp32_ms'], 3)} | {_f(c['int8_over_fp32'])} |")
     if result.get("vendor"):
         lines += ["", "## Checked against the vendors' tools", "",
+                  "benchmark_app: ratio = our Session.run median / benchmark_app median (raw = the bare infer call); "
+                  "bare loop: ratio = harness per-call mean / bare-loop mean, median of adjacent pairs (pair IQR = "
+                  "how much the pairs disagree: the noise floor of this check).", "",
                   "| model | backend | threads | check | ours ms | reference ms | ratio | target | pass |",
                   "|---|---|---:|---|---:|---:|---:|---|---|"]
         for v in result["vendor"]:
             lines.append(f"| {Path(v.get('model', '')).name} | {v.get('backend')} | {v.get('threads')} | {v.get('check')} | "
-                         f"{_f(v.get('ours_ms'), 4)} | {_f(v.get('reference_ms'), 4)} | {_f(v.get('ratio'), 3)} | "
+                         f"{_f(v.get('ours_ms'), 4)} | {_f(v.get('reference_ms'), 4)} | {_f(v.get('ratio'), 3)}"
+                         + (f" (pair IQR {_f((v.get('detail') or {}).get('ratio_iqr'), 2)})" if v.get('detail') else "")
+                         + (f" (raw {_f(v.get('raw_ratio'), 3)})" if v.get('raw_ratio') else "") + " | "
+                         f"
                          f"{v.get('target')} | {v.get('pass') if v.get('error') is None else 'error: ' + str(v.get('error'))[:80]} |")
     lines += ["", "## The papers' claims beside this device", "",
               "| claim | published | hardware | source | measured here | ratio measured/claimed | row |",

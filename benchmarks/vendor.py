@@ -7,8 +7,8 @@
 2. A bare loop around the backend call (`Session.run_raw`, N calls, one clock read before and
    after) against the harness's per-call timing of the same call. Target: overhead <= 2 %.
 
-Both checks alternate the two measurements (`rounds` times) and compare the medians over the
-rounds, so a burst of load on a shared machine does not land on one side only.
+Both checks alternate the two measurements in adjacent pairs (order flipped each round) and take
+the median of the per-pair ratios, so a burst of load on a shared machine hits both sides alike.
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ def benchmark_app_path() -> str | None:
     return shutil.which("benchmark_app")
 
 
+_UNITS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "ns": 1e-6, "s": 1e3}
+
+
 def parse_benchmark_app(text: str) -> dict[str, float]:
-    """Median/Average/Min/Max latency (ms) and Throughput (FPS) from benchmark_app's output."""
+    """Median/Average/Min/Max latency (converted to ms: benchmark_app prints us for fast models)
+    and Throughput (FPS) from benchmark_app's output."""
     out: dict[str, float] = {}
     for key in ("Median", "Average", "Min", "Max"):
-        m = re.search(rf"^\s*(?:\[ INFO \])?\s*{key}:\s*([0-9.]+)\s*ms", text, re.MULTILINE)
+        m = re.search(rf"^\s*(?:\[ INFO \])?\s*{key}:\s*([0-9.]+)\s*(ms|us|µs|ns|s)\b", text, re.MULTILINE)
         if m:
-            out[key.lower() + "_ms"] = float(m.group(1))
+            out[key.lower() + "_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
     m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", text)
     if m:
         out["fps"] = float(m.group(1))
@@ -75,41 +79,50 @@ def run_benchmark_app(model: str, *, threads: int, iterations: int = 100, device
 
 
 def _row(model: str, backend: str, threads: int, iterations: int) -> dict[str, Any]:
+    from dataclasses import asdict
+
     from edgecell.benchmarks.harness import RowSpec
     from edgecell.benchmarks.matrix import run_row_subprocess
 
     spec = RowSpec(model=model, backend=backend, threads=threads, iterations=iterations, warmup=10,
                    pipeline=False, async_throughput=False, keep_timings=False)
-    from dataclasses import asdict
-
     return run_row_subprocess(asdict(spec))
 
 
-def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, rounds: int = 2) -> dict[str, Any]:
-    """Our median (fresh row process) vs benchmark_app's median on the same IR and threads."""
-    ours, theirs, commands = [], [], None
+def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, rounds: int = 3) -> dict[str, Any]:
+    """Our median (a fresh row process) vs benchmark_app's median, same IR and thread count.
+
+    The two alternate (`rounds` pairs, order flipped each round); the verdict uses the median of
+    the per-pair ratios, so load that comes and goes on a shared machine hits both sides alike.
+    `ours` is `Session.run` (what users get); `raw_ms` (the bare infer call in the same row) is
+    reported beside it: on models faster than ~0.1 ms the Python call itself is most of the gap.
+    """
+    base = {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
+            "target": f"within {VENDOR_TOLERANCE:.0%}"}
+    ours, raws, theirs, commands = [], [], [], None
     for i in range(rounds):
         order = ("ours", "vendor") if i % 2 == 0 else ("vendor", "ours")
         for which in order:
             if which == "vendor":
                 v = run_benchmark_app(model, threads=threads, iterations=iterations)
                 if "error" in v:
-                    return {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
-                            "error": v["error"], "target": f"within {VENDOR_TOLERANCE:.0%}", "pass": None}
+                    return dict(base, error=v["error"], **{"pass": None})
                 theirs.append(v["median_ms"])
                 commands = v["command"]
             else:
                 r = _row(model, "openvino", threads, iterations)
                 if r.get("status") != "ok":
-                    return {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
-                            "error": f"our row {r.get('status')}: {r.get('reason')}", "pass": None,
-                            "target": f"within {VENDOR_TOLERANCE:.0%}"}
+                    return dict(base, error=f"our row {r.get('status')}: {r.get('reason')}", **{"pass": None})
                 ours.append(r["latency_ms"]["median"])
-    o, t = stats.median(ours), stats.median(theirs)
-    return {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
-            "ours_ms": o, "reference_ms": t, "ratio": o / t, "ours_rounds_ms": ours, "reference_rounds_ms": theirs,
-            "target": f"within {VENDOR_TOLERANCE:.0%}", "pass": stats.within(o, t, VENDOR_TOLERANCE),
-            "command": commands, "error": None}
+                raws.append((r.get("raw_latency_ms") or {}).get("median"))
+    ratios = [o / t for o, t in zip(ours, theirs)]
+    ratio = stats.median(ratios)
+    raw_ratios = [r / t for r, t in zip(raws, theirs) if r]
+    return dict(base, ours_ms=stats.median(ours), reference_ms=stats.median(theirs), ratio=ratio,
+                raw_ms=stats.median([r for r in raws if r]) if any(raws) else None,
+                raw_ratio=stats.median(raw_ratios) if raw_ratios else None,
+                pair_ratios=ratios, ours_rounds_ms=ours, reference_rounds_ms=theirs,
+                command=commands, error=None, **{"pass": abs(ratio - 1.0) <= VENDOR_TOLERANCE})
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +130,10 @@ def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, ro
 
 
 def bare_vs_harness_inprocess(model: str, backend: str, threads: int, iterations: int = 200,
-                              rounds: int = 5) -> dict[str, Any]:
+                              rounds: int = 21, block_s: float = 0.05) -> dict[str, Any]:
+    """In this process: blocks of back-to-back `run_raw` calls timed as a whole (bare loop) and
+    blocks timed call by call by the harness (`timed_runs`), alternating. Each pair gives
+    harness_mean / bare_mean; the median over the pairs is the harness overhead (+ 1)."""
     import numpy as np
 
     from edgecell.backends import load_session
@@ -128,28 +144,31 @@ def bare_vs_harness_inprocess(model: str, backend: str, threads: int, iterations
     feeds = random_feeds(session.inputs, 0)
     prepared = {t.name: np.ascontiguousarray(quantize(feeds[t.name], t)) for t in session.inputs}
     call = session.run_raw
+    t0 = time.perf_counter()
     for _ in range(20):
         call(prepared)
-    bare, harness = [], []
+    per_call = (time.perf_counter() - t0) / 20
+    n = max(10, min(iterations, int(block_s / max(per_call, 1e-7))))
+    bare, harness, ratios = [], [], []
     for i in range(rounds):
+        pair = {}
         for which in (("bare", "harness") if i % 2 == 0 else ("harness", "bare")):
             if which == "bare":
                 t0 = time.perf_counter_ns()
-                for _ in range(iterations):
+                for _ in range(n):
                     call(prepared)
-                bare.append((time.perf_counter_ns() - t0) / 1e6 / iterations)
+                pair["bare"] = (time.perf_counter_ns() - t0) / 1e6 / n
             else:
-                t0 = time.perf_counter_ns()
-                ms, _ = timed_runs(call, prepared, None, None, iterations=iterations, seconds=None)
-                wall = (time.perf_counter_ns() - t0) / 1e6 / iterations
-                # the harness reports per-call times; its mean is what it "sees", its wall what it costs
-                harness.append(stats.mean(ms))
-    b, h = stats.median(bare), stats.median(harness)
-    return {"bare_mean_ms": b, "harness_mean_ms": h, "bare_rounds_ms": bare, "harness_rounds_ms": harness,
-            "last_harness_wall_ms": wall}
+                ms, _ = timed_runs(call, prepared, None, None, iterations=n, seconds=None)
+                pair["harness"] = stats.mean(ms)
+        bare.append(pair["bare"])
+        harness.append(pair["harness"])
+        ratios.append(pair["harness"] / pair["bare"])
+    return {"bare_mean_ms": stats.median(bare), "harness_mean_ms": stats.median(harness),
+            "ratio": stats.median(ratios), "ratio_iqr": stats.iqr(ratios), "calls_per_block": n, "rounds": rounds}
 
 
-def compare_bare_loop(model: str, backend: str, threads: int, *, iterations: int = 200, rounds: int = 5,
+def compare_bare_loop(model: str, backend: str, threads: int, *, iterations: int = 200, rounds: int = 21,
                       timeout: float = 300.0) -> dict[str, Any]:
     spec = {"model": model, "backend": backend, "threads": threads, "iterations": iterations, "rounds": rounds}
     cmd = [sys.executable, "-m", "edgecell.benchmarks.vendor", "--bare", json.dumps(spec)]
@@ -165,9 +184,9 @@ def compare_bare_loop(model: str, backend: str, threads: int, *, iterations: int
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
         return dict(base, error=f"failed: {' | '.join(tail)[:300]}", **{"pass": None})
     r = json.loads(line[len(_BARE_MARKER):])
-    ratio = r["harness_mean_ms"] / r["bare_mean_ms"]
+    ratio = r["ratio"]
     return dict(base, ours_ms=r["harness_mean_ms"], reference_ms=r["bare_mean_ms"], ratio=ratio,
-                overhead=ratio - 1.0, rounds=r, error=None, **{"pass": ratio - 1.0 <= OVERHEAD_TARGET})
+                overhead=ratio - 1.0, detail=r, error=None, **{"pass": ratio - 1.0 <= OVERHEAD_TARGET})
 
 
 def compare_all(rows: list[dict[str, Any]], *, iterations: int = 100) -> list[dict[str, Any]]:
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 2 and argv[0] == "--bare":
         spec = json.loads(argv[1])
         r = bare_vs_harness_inprocess(spec["model"], spec["backend"], int(spec["threads"]),
-                                      int(spec.get("iterations", 200)), int(spec.get("rounds", 5)))
+                                      int(spec.get("iterations", 200)), int(spec.get("rounds", 21)))
         print(_BARE_MARKER + json.dumps(r), flush=True)
         return 0
     if len(argv) >= 1 and argv[0].endswith(".xml"):

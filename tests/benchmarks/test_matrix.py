@@ -245,3 +245,5 @@ def test_parse_benchmark_app_output():
 [ INFO ] Throughput:          8103.73 FPS"""
     p = parse_benchmark_app(text)
     assert p == {"median_ms": 0.11, "average_ms": 0.12, "min_ms": 0.09, "max_ms": 0.55, "fps": 8103.73, "count": 100}
+    us = parse_benchmark_app("[ INFO ]    Median:        152.28 us\n[ INFO ]    Average:    2.5 ms")
+    assert us["median_ms"] == pytest.approx(0.15228) and us["average_ms"] == 2.5
