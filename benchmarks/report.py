@@ -324,7 +324,6 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_f(v.get('ours_ms'), 4)} | {_f(v.get('reference_ms'), 4)} | {_f(v.get('ratio'), 3)}"
                          + (f" (pair IQR {_f((v.get('detail') or {}).get('ratio_iqr'), 2)})" if v.get('detail') else "")
                          + (f" (raw {_f(v.get('raw_ratio'), 3)})" if v.get('raw_ratio') else "") + " | "
-                         f"
                          f"{v.get('target')} | {v.get('pass') if v.get('error') is None else 'error: ' + str(v.get('error'))[:80]} |")
     lines += ["", "## The papers' claims beside this device", "",
               "| claim | published | hardware | source | measured here | ratio measured/claimed | row |",
