@@ -491,6 +491,10 @@ def export_model(keras_model, info: ModelInfo, calibration: Sequence[np.ndarray]
 # ----------------------------------------------------------------------------- checking
 
 def _run(session, x: np.ndarray) -> list[np.ndarray]:
+    x = np.asarray(x, dtype=np.float32)
+    inputs = getattr(session, "inputs", None)
+    if inputs and x.ndim == len(inputs[0].shape) - 1:
+        x = x[None]  # one sample without its batch axis
     out = session.run(x)
     return [np.asarray(v, dtype=np.float32) for v in (out.values() if isinstance(out, dict) else out)]
 
@@ -499,7 +503,8 @@ def compare_outputs(fp32_session, int8_session, inputs: Iterable[np.ndarray]) ->
     """How far INT8 is from FP32 on the same inputs: per output (paired by position, since names
     may differ between files) cosine similarity over all inputs, max and mean absolute error,
     and for a vector output the share of inputs with the same arg-max (top-1 agreement).
-    `cosine` and `max_abs_error` at the top level are the worst over outputs."""
+    `cosine` and `max_abs_error` at the top level are the worst over outputs. Inputs may be
+    batches of one or single samples (the batch axis is added)."""
     a: list[list[np.ndarray]] = []
     b: list[list[np.ndarray]] = []
     for x in inputs:
