@@ -719,6 +719,9 @@ PY="${{PYTHON:-python{python_version}}}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == ({major}, {minor}) else 1)' || {{
     echo "install.sh: this bundle's wheels are for Python {python_version}; $PY is $("$PY" -V 2>&1)" >&2; exit 1; }}
+# only this bundle's wheels: no pip config, index or find-links from the environment
+for v in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$v"; done
+export PIP_CONFIG_FILE=/dev/null
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --no-index --find-links "$HERE/wheels" --disable-pip-version-check -q {reqs}
 "$VENV/bin/python" -c "import {check}"

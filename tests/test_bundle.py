@@ -363,3 +363,46 @@ def test_SLOW_real_wheelhouse_installs_offline_into_fresh_venv(model, tmp_path):
     size = archive.stat().st_size
     print(f"\n[bundle] profile={profile} archive={size / 1e6:.1f} MB install={seconds:.1f} s")
     assert seconds <= 120
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (through register(app) on a fresh Typer app; edgecell.cli wires the same function)
+
+
+def test_cli_bundle_verify_install_rollback(model, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from edgecell.cli_bundle import register
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)  # a Typer app with one command would hide subcommand names
+    register(app)
+    runner = CliRunner()
+    res = runner.invoke(app, ["bundle", str(model), "--profile", "raspberry-pi", "--out", str(tmp_path / "b"),
+                              "--no-wheels", "--version", "1", "--run", "--camera 0 --top-k 2", "--json"])
+    assert res.exit_code == 0, res.output
+    archive = Path(json.loads(res.stdout)["bundle"])
+    assert archive.is_file()
+    res = runner.invoke(app, ["verify", str(archive), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["ok"] is True
+    prefix = tmp_path / "opt"
+    for version in ("1", "2"):
+        if version == "2":
+            res = runner.invoke(app, ["bundle", str(model), "--profile", "raspberry-pi", "--out", str(tmp_path / "b"),
+                                      "--no-wheels", "--version", "2", "--json"])
+            archive = Path(json.loads(res.stdout)["bundle"])
+        res = runner.invoke(app, ["install", str(archive), "--prefix", str(prefix), "--json"])
+        assert res.exit_code == 0, res.output
+    assert (prefix / "edgecell.service").read_text().count("Restart=on-failure") == 1
+    res = runner.invoke(app, ["verify", str(prefix)])
+    assert res.exit_code == 0 and "OK" in res.stdout
+    res = runner.invoke(app, ["rollback", "--prefix", str(prefix), "--json"])
+    assert res.exit_code == 0 and "tiny_classifier-1-" in json.loads(res.stdout)["current"]
+    (prefix / "current" / "run.json").write_text("{}")
+    res = runner.invoke(app, ["verify", str(prefix), "--json"])
+    assert res.exit_code == 1 and json.loads(res.stdout)["changed"][0].startswith("run.json")
+    res = runner.invoke(app, ["verify", str(prefix)])
+    assert res.exit_code != 0 and isinstance(res.exception, BundleVerificationError)
+    for command in ("bundle", "verify", "install", "rollback"):
+        assert runner.invoke(app, [command, "--help"]).exit_code == 0
