@@ -214,6 +214,7 @@ def quantize_tflite(keras_model, calibration: Sequence[np.ndarray] | None, out_p
     `keep_float`. Those go through TFLite's selective quantization (the quantization debugger's
     `denylisted_nodes`), which gives float I/O; the int8 I/O is then restored with
     `tensorflow.lite.python.util.modify_model_io_type` (the converter's own, not public, helper).
+    If the layer kept in float is the first (or last) one, that input (output) stays float32.
     """
     _quiet_tf()
     import tensorflow as tf
@@ -709,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmp = compare_outputs(_session(paths[f"{fmt}-fp32"]), _session(p), check)
                 worst = min(worst, cmp["cosine"])
                 agree = [r.get("top1_agreement") for r in cmp["outputs"].values() if "top1_agreement" in r]
-                cells = [f"{cmp['cosine']:.4f}", f"{cmp['max_abs_error']:.4g}", f"{agree[0]:.3f}" if agree else "-"]
+                cells = [f"{cmp['cosine']:.5f}", f"{cmp['max_abs_error']:.4g}", f"{agree[0]:.3f}" if agree else "-"]
             table.add_row(fmt, p.name, f"{size / 1024:.1f}", *cells)
     Console().print(table)
     if worst < args.bound:
