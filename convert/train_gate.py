@@ -1,0 +1,343 @@
+"""Train a utility gate (issue 7; Khan et al., EUSIPCO 2022) from a labels CSV made by
+`edgecell.convert.gate_labels`, export it FP32 + INT8 to TFLite, OpenVINO and ONNX through the
+shared converter, and optionally ship the INT8 TFLite to `edge/models/`.
+
+    python -m edgecell.convert.train_gate --labels FILE.csv --data DIR --out DIR --minutes 15
+
+Choices (and why):
+- Network: MobileNet V1, alpha 0.25, ImageNet weights (`--weights` / $EDGECELL_WEIGHTS /
+  ../shared/weights), input 128 x 128, new 2-way softmax head [not_useful, useful], every layer
+  trainable (the gate must learn low-level cues: blocking, blur, noise, clipping, which the first
+  layers see). The paper uses ResNet-18 (11.7 M parameters, ~1.8 GFLOPs at 224). Measured on the
+  development CPU (shared/notes/backends-measured.md) ResNet-18 takes 12-29 ms per image INT8,
+  several times the whole product classifier it would guard (a MobileNet V1 0.25 at 224), so it
+  cannot meet the "gate adds <= 25 %" target; and ~1,000 labelled originals are far too few to
+  train 11.7 M parameters. MobileNet V1 0.25 at 128 has ~0.22 M parameters and ~1/3 of the
+  task model's multiply-adds. Cost: a smaller receptive field and less capacity, and at 128 px
+  the resize averages away part of fine JPEG blocking and noise that the 224-px task model still
+  sees; the gate accuracy reported by `edgecell.evaluation.gate` is the price tag.
+- Split by ORIGINAL image (`gate_labels.split_by_original`, stratified by product class,
+  seeded): `--test-fraction` of the originals are held out with ALL their degraded copies
+  (written to OUT/gate_split.json for the evaluation), `--val-fraction` more for early stopping.
+- Class balance: the paper adds augmented utility-0 images and relabels them; we weight the
+  loss by inverse class frequency instead (no relabelling run needed). Augmentation is a
+  horizontal flip only: any resampling (zoom, rotation) would itself blur the image and
+  change what the gate must judge.
+- Pre-processing is `edgecell.tasks.common.to_input_tensor` (stretch, (p - 127.5) / 127.5), the
+  device's own; the degraded images are rebuilt from the CSV's spec + seed, never stored.
+- Threshold: the sidecar's `threshold` is the P(useful) that maximises balanced accuracy on the
+  validation originals (grid 0.05 .. 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgecell.errors import EdgecellError
+from edgecell.modelinfo import ModelInfo
+
+LABELS = ["not_useful", "useful"]
+MEAN = [127.5, 127.5, 127.5]
+STD = [127.5, 127.5, 127.5]
+ALPHA = 0.25
+DEFAULT_SIZE = 128
+STEM = "gate_products"
+
+
+def gate_info(size: int, threshold: float, for_task: str, **extra) -> ModelInfo:
+    settings = {"threshold": round(float(threshold), 4), "for_task": for_task}
+    settings.update(extra)
+    return ModelInfo(task="gate", name=f"gate_{for_task}_mobilenet_v1_{ALPHA}_{size}", version="1",
+                     labels=list(LABELS), input_size=(size, size), channels=3, layout="NHWC",
+                     mean=list(MEAN), std=list(STD), resize="stretch", settings=settings)
+
+
+def build_gate(size: int = DEFAULT_SIZE, weights: str | os.PathLike | None = None, dropout: float = 0.2,
+               alpha: float = ALPHA):
+    import keras
+
+    base = keras.applications.MobileNet(alpha=alpha, include_top=False, weights=None, input_shape=(size, size, 3))
+    if weights is not None:
+        base.load_weights(str(weights))  # conv weights do not depend on the input size
+    x = keras.layers.GlobalAveragePooling2D(name="gate_gap")(base.output)
+    x = keras.layers.Dropout(dropout, name="gate_dropout")(x)
+    out = keras.layers.Dense(2, activation="softmax", name="gate_probs")(x)
+    return keras.Model(base.input, out, name=f"gate_mobilenet_v1_{alpha}_{size}")
+
+
+def balanced_accuracy(y: np.ndarray, p_useful: np.ndarray, threshold: float) -> float:
+    y = np.asarray(y).astype(int)
+    pred = (np.asarray(p_useful) >= threshold).astype(int)
+    accs = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
+    return float(np.mean(accs)) if accs else 0.0
+
+
+def choose_threshold(y: np.ndarray, p_useful: np.ndarray) -> float:
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    scores = [balanced_accuracy(y, p_useful, t) for t in grid]
+    best = max(scores)
+    # among ties, the one closest to 0.5
+    cands = [t for t, s in zip(grid, scores) if s >= best - 1e-9]
+    return float(min(cands, key=lambda t: abs(t - 0.5)))
+
+
+def build_tensors(rows: Sequence[dict], data: Path, info: ModelInfo, progress: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Rebuild every degraded image from (image, degradation, seed) and pre-process it with the
+    device's function; float16 storage (values in [-1, 1], error < 5e-4) to halve the memory."""
+    from edgecell.calibration import degrade
+    from edgecell.images import decode_image
+    from edgecell.tasks.common import to_input_tensor
+
+    w, h = info.input_size
+    x = np.empty((len(rows), h, w, 3), np.float16)
+    y = np.empty(len(rows), np.int32)
+    cache_key, cache_img = None, None
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["image"])
+    for n, i in enumerate(order):
+        r = rows[i]
+        if r["image"] != cache_key:
+            cache_key, cache_img = r["image"], decode_image(data / r["image"])
+        img = degrade.apply(cache_img, r["degradation"], r["seed"])
+        x[i] = to_input_tensor(img, info)[0][0]
+        y[i] = int(r["label"])
+        if progress and (n + 1) % 1000 == 0:
+            print(f"  {progress}: {n + 1}/{len(rows)}", flush=True)
+    return x, y
+
+
+def _split(rows: list[dict], test_fraction: float, val_fraction: float, seed: int):
+    from edgecell.convert.gate_labels import split_by_original
+
+    test = split_by_original(rows, test_fraction, seed)
+    rest = [r for r in rows if r["image"] not in test]
+    val = split_by_original(rest, val_fraction / max(1e-9, 1 - test_fraction), seed + 1) if val_fraction else set()
+    return test, val
+
+
+def train(args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    from edgecell.calibration import dataset_dir
+    from edgecell.convert.gate_labels import count_labels, read_labels
+    from edgecell.convert.products import find_weights
+
+    keras.utils.set_random_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = dataset_dir(args.dataset, args.data)
+    rows = read_labels(args.labels)
+    test, val = _split(rows, args.test_fraction, args.val_fraction, args.seed)
+    labelled = [r for r in rows if r["label"] is not None]
+    fit_rows = [r for r in labelled if r["image"] not in test and r["image"] not in val]
+    val_rows = [r for r in labelled if r["image"] in val]
+    test_rows = [r for r in labelled if r["image"] in test]
+    split = {"labels_csv": Path(args.labels).name, "seed": args.seed, "test_fraction": args.test_fraction,
+             "val_fraction": args.val_fraction, "test_images": sorted(test), "val_images": sorted(val),
+             "counts": {"fit": count_labels(r["label"] for r in fit_rows),
+                        "val": count_labels(r["label"] for r in val_rows),
+                        "test": count_labels(r["label"] for r in test_rows)},
+             "originals": {"all": len({r["image"] for r in rows}), "test": len(test), "val": len(val)}}
+    (out / "gate_split.json").write_text(json.dumps(split, indent=2) + "\n")
+    print(f"originals: {split['originals']}; labelled samples: {split['counts']}", flush=True)
+    if min(split["counts"]["fit"]["useful"], split["counts"]["fit"]["not_useful"]) < 20:
+        raise EdgecellError(f"too few labelled samples of one class to train a gate: {split['counts']['fit']}; "
+                            "relabel with relaxed --t-high/--t-low (see the labels summary JSON)")
+
+    info = gate_info(args.size, 0.5, args.for_task)
+    t0 = time.perf_counter()
+    x_fit, y_fit = build_tensors(fit_rows, data, info, "fit")
+    x_val, y_val = build_tensors(val_rows, data, info, "val")
+    print(f"tensors built in {time.perf_counter() - t0:.0f} s: fit {x_fit.shape}, val {x_val.shape}", flush=True)
+
+    weights = find_weights(args.weights)
+    model = build_gate(args.size, weights, args.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    counts = np.bincount(y_fit, minlength=2).astype(np.float64)
+    class_weight = {c: float(len(y_fit) / (2 * counts[c])) for c in (0, 1)}
+
+    def gen():
+        rng = np.random.default_rng(args.seed)
+        while True:
+            idx = rng.permutation(len(y_fit))
+            for s in range(0, len(idx) - args.batch + 1, args.batch):
+                b = idx[s:s + args.batch]
+                xb = x_fit[b].astype(np.float32)
+                flip = rng.random(len(b)) < 0.5
+                xb[flip] = xb[flip, :, ::-1]
+                wb = np.array([class_weight[int(c)] for c in y_fit[b]], np.float32)
+                yield xb, y_fit[b], wb
+
+    sig = (tf.TensorSpec((None, args.size, args.size, 3), tf.float32), tf.TensorSpec((None,), tf.int32),
+           tf.TensorSpec((None,), tf.float32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig).prefetch(2)
+    steps = max(1, len(y_fit) // args.batch)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), y_val)).batch(64)
+
+    class Budget(keras.callbacks.Callback):
+        """Stop when the wall-clock budget would be exceeded by one more epoch; keep the best
+        weights by validation loss."""
+
+        def __init__(self):
+            super().__init__()
+            self.best, self.best_weights, self.best_epoch, self.t0, self.last = np.inf, None, -1, 0.0, 0.0
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs and logs.get("val_loss", np.inf) < self.best:
+                self.best, self.best_epoch = logs["val_loss"], epoch
+                self.best_weights = [w.copy() for w in self.model.get_weights()]
+            el = time.perf_counter() - self.t0
+            per = el / (epoch + 1)
+            if args.minutes and el + per > args.minutes * 60:
+                print(f"  time budget: stopping after epoch {epoch + 1} ({el / 60:.1f} min)", flush=True)
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    budget = Budget()
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience)
+    log = keras.callbacks.CSVLogger(str(out / "gate_history.csv"))
+    t1 = time.perf_counter()
+    hist = model.fit(ds, steps_per_epoch=steps, epochs=args.epochs, validation_data=val_ds,
+                     callbacks=[budget, early, log], verbose=2)
+    train_s = time.perf_counter() - t1
+    p_val = model.predict(x_val.astype(np.float32), batch_size=64, verbose=0)[:, 1]
+    threshold = choose_threshold(y_val, p_val)
+    keras_path = out / f"{STEM}.keras"
+    model.save(keras_path)
+    summary = {
+        "labels_csv": str(Path(args.labels).name), "size": args.size, "alpha": ALPHA, "weights": weights.name,
+        "params": int(model.count_params()), "epochs_run": len(hist.history["loss"]),
+        "best_epoch": budget.best_epoch + 1, "train_minutes": round(train_s / 60, 2),
+        "tensor_build_s": round(t1 - t0, 1), "class_weight": class_weight, "threshold": threshold,
+        "val_accuracy_at_threshold": float(((p_val >= threshold).astype(int) == y_val).mean()),
+        "val_balanced_accuracy": balanced_accuracy(y_val, p_val, threshold), "counts": split["counts"],
+        "lr": args.lr, "batch": args.batch, "seed": args.seed,
+        "command": " ".join([Path(sys.executable).name, "-m", "edgecell.convert.train_gate"] + sys.argv[1:]),
+    }
+    (out / "gate_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: summary[k] for k in ("epochs_run", "best_epoch", "train_minutes", "threshold",
+                                               "val_accuracy_at_threshold", "val_balanced_accuracy")}), flush=True)
+    return summary
+
+
+def export(args, summary: dict) -> dict[str, Path]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from edgecell.calibration import dataset_dir
+    from edgecell.convert.gate_labels import read_labels
+    from edgecell.convert.quantize import export_model
+
+    out = Path(args.out)
+    data = dataset_dir(args.dataset, args.data)
+    model = keras.models.load_model(out / f"{STEM}.keras", compile=False)
+    size = int(model.input_shape[1])
+    split = json.loads((out / "gate_split.json").read_text())
+    held = set(split["test_images"]) | set(split["val_images"])
+    rows = [r for r in read_labels(args.labels) if r["image"] not in held]
+    rng = np.random.default_rng(args.seed)
+    pick = [rows[i] for i in sorted(rng.permutation(len(rows))[:args.calibration].tolist())]
+    for r in pick:
+        r["label"] = 0 if r["label"] is None else r["label"]  # labels are not used for calibration
+    info = gate_info(size, summary["threshold"], args.for_task, labels_csv=summary["labels_csv"])
+    x, _ = build_tensors(pick, data, info)
+    calib = [x[i:i + 1].astype(np.float32) for i in range(len(x))]
+    t0 = time.perf_counter()
+    paths = export_model(model, info, calib, out / "export", STEM)
+    print(f"exported in {time.perf_counter() - t0:.0f} s with {len(calib)} calibration images (training "
+          "originals, degraded and pristine): " + ", ".join(p.name for p in paths.values()), flush=True)
+    (out / "gate_export.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2) + "\n")
+    return paths
+
+
+def ship(args, dest: str | os.PathLike | None = None) -> Path:
+    """Copy OUT/export/gate_products_int8.tflite to edge/models/ with a sidecar whose `metrics`
+    come from OUT/eval/gate.json (run `python -m edgecell.evaluation.gate` first)."""
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    out = Path(args.out)
+    src = out / "export" / f"{STEM}_int8.tflite"
+    report = out / "eval" / "gate.json"
+    if not src.is_file():
+        raise EdgecellError(f"{src}: no exported gate; train and export first")
+    if not report.is_file():
+        raise EdgecellError(f"{report}: no evaluation; an unevaluated gate is not shipped")
+    r = json.loads(report.read_text())
+    dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
+    info = read_model_info(src)
+    info.metrics = {k: r[k] for k in ("gate_accuracy", "task_accuracy", "share_rejected", "test_originals")
+                    if k in r}
+    target = dest / f"{STEM}_int8.tflite"
+    shutil.copyfile(src, target)
+    write_sidecar(target, info)
+    print(f"shipped {target} ({target.stat().st_size / 1e3:.0f} kB)", flush=True)
+    return target
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m edgecell.convert.train_gate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--labels", required=True, help="labels CSV from edgecell.convert.gate_labels")
+    p.add_argument("--data", help="datasets folder or the dataset folder itself (else $EDGECELL_DATA, ../shared/data)")
+    p.add_argument("--dataset", default="clothing_small_subset")
+    p.add_argument("--weights", help="MobileNet V1 0.25 ImageNet no-top .h5 (else $EDGECELL_WEIGHTS, ../shared/weights)")
+    p.add_argument("--out", required=True, help="output folder (outside the repo)")
+    p.add_argument("--for-task", default="products", help="the task the gate guards (sidecar for_task)")
+    p.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget (0 = none)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--calibration", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-train", action="store_true", help="export an already trained OUT/gate_products.keras")
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--ship", action="store_true", help="only ship (after evaluation): copy the INT8 TFLite to edge/models")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.ship:
+            ship(args)
+            return 0
+        if args.skip_train:
+            summary = json.loads((Path(args.out) / "gate_train.json").read_text())
+        else:
+            summary = train(args)
+        if not args.no_export:
+            export(args, summary)
+    except EdgecellError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
