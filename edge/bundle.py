@@ -720,7 +720,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == ({major}, {minor}) else 1)' || {{
     echo "install.sh: this bundle's wheels are for Python {python_version}; $PY is $("$PY" -V 2>&1)" >&2; exit 1; }}
 # only this bundle's wheels: no pip config, index or find-links from the environment
-for v in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$v"; done
+for v in $(env | sed -n 's/^\\(PIP_[A-Za-z0-9_]*\\)=.*/\\1/p'); do unset "$v"; done
 export PIP_CONFIG_FILE=/dev/null
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --no-index --find-links "$HERE/wheels" --disable-pip-version-check -q {reqs}
@@ -976,6 +976,33 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
     return venv
 
 
+class _PrefixLock:
+    """One install or rollback at a time per prefix (flock on prefix/.lock); a second one is
+    refused at once rather than racing for the `current` link."""
+
+    def __init__(self, prefix: Path):
+        self.path = Path(prefix) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise BundleError(f"{self.path.parent}: another install or rollback is running") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def install_bundle(bundle, *, prefix: Path, trust: Path | None = None, create_env: bool = True,
                    python: str | None = None, keep: int = 3) -> Path:
     """Install a bundle (folder or archive) under `prefix`, atomically:
@@ -986,6 +1013,13 @@ def install_bundle(bundle, *, prefix: Path, trust: Path | None = None, create_en
     3. build the version's venv from its wheelhouse (when it has one and `create_env`);
     4. switch `prefix/current` last. A failure before the switch removes the new folder and
        leaves `current` as it was. The `keep` newest versions stay for `rollback`."""
+    with _PrefixLock(Path(prefix).absolute()):
+        return _install(bundle, prefix=prefix, trust=trust, create_env=create_env, python=python, keep=keep)
+
+
+def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: bool = True,
+             python: str | None = None, keep: int = 3) -> Path:
+    """The work of install_bundle, under the prefix lock."""
     bundle = Path(bundle)
     prefix = Path(prefix).absolute()
     versions = prefix / "versions"
@@ -1066,6 +1100,13 @@ def rollback(prefix: Path) -> Path:
     """Switch `current` back to the version installed before it (verified first, with the pinned
     key if one is pinned). Repeating goes further back."""
     prefix = Path(prefix).absolute()
+    if not prefix.is_dir():
+        raise BundleError(f"{prefix}: nothing installed (no such folder)")
+    with _PrefixLock(prefix):
+        return _rollback(prefix)
+
+
+def _rollback(prefix: Path) -> Path:
     current = current_version(prefix)
     if current is None:
         raise BundleError(f"{prefix}: nothing installed (no 'current' link)")
