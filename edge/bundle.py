@@ -106,7 +106,8 @@ PROFILES: dict[str, BundleProfile] = {
         "x86-legacy", "Older x86-64 PC or X-ray cart (AVX2, often no AVX-512/VNNI): OpenVINO IR first.",
         arch="x86_64", glibc=(2, 31), python="3.11", formats=(".xml", ".onnx", ".tflite"),
         backend="openvino", extra="openvino",
-        notes="Wheels need glibc >= 2.31 (Debian 11, Ubuntu 20.04 or newer) and the bundle's Python."),
+        notes="Wheels picked for glibc <= 2.31 (Debian 11, Ubuntu 20.04 or newer); the manifest's "
+              "wheelhouse.min_glibc is what the device really needs (2.28 for the 2026 wheels)."),
     "raspberry-pi": BundleProfile(
         "raspberry-pi", "Raspberry Pi 4/5, 64-bit Raspberry Pi OS (Bookworm: Python 3.11): LiteRT.",
         arch="aarch64", glibc=(2, 36), python="3.11", formats=(".tflite",),
@@ -822,6 +823,7 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
             wheel_info = {"python": python_version, "platform": prof.platforms()[0], "requirements": reqs,
                           "left_out": left_out, "no_deps": bool(left_out),
                           "install": [edgecell_req, *extra_reqs], "check_imports": modules,
+                          "min_glibc": wheels_min_glibc(p.name for p in files),
                           "count": len(files), "bytes": sum(p.stat().st_size for p in files),
                           "wheels": [p.name for p in files]}
             script = root / INSTALL_SCRIPT
@@ -859,6 +861,28 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+def wheels_min_glibc(names: Iterable[str]) -> str | None:
+    """The glibc the wheelhouse needs on the device: for each wheel the oldest glibc one of its
+    platform tags accepts, then the newest of those over all wheels (None: pure-Python only)."""
+    need = None
+    for name in names:
+        plats = name[:-4].split("-")[-1].split(".")
+        versions = []
+        for plat in plats:
+            m = re.match(r"manylinux_(\d+)_(\d+)_", plat)
+            if m:
+                versions.append((int(m.group(1)), int(m.group(2))))
+            elif plat.split("_")[0] in _LEGACY_MANYLINUX:
+                versions.append(_LEGACY_MANYLINUX[plat.split("_")[0]])
+        if versions:
+            v = min(versions)
+            need = v if need is None or v > need else need
+    return f"{need[0]}.{need[1]}" if need else None
 
 
 def _wheel_version(wheel: Path) -> str:

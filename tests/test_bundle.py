@@ -406,3 +406,30 @@ def test_cli_bundle_verify_install_rollback(model, tmp_path):
     assert res.exit_code != 0 and isinstance(res.exception, BundleVerificationError)
     for command in ("bundle", "verify", "install", "rollback"):
         assert runner.invoke(app, [command, "--help"]).exit_code == 0
+
+
+def test_gate_model_and_policy_go_into_the_run_config(model, tmp_path):
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    gate = gate_dir / "tiny_gate_int8.tflite"
+    shutil.copy(model, gate)
+    meta = json.loads(model.with_suffix(".json").read_text())
+    (gate_dir / "tiny_gate_int8.json").write_text(json.dumps({**meta, "task": "gate", "name": "tiny_gate"}))
+    folder = build_bundle([model, gate], profile="raspberry-pi", out=tmp_path / "b", wheelhouse=False,
+                          version="1", archive=False, gate_policy="reject", run_args=["--camera", "2"])
+    run = json.loads((folder / "run.json").read_text())
+    assert run["model"] == "models/tiny_classifier_int8.tflite" and run["gate"] == "models/tiny_gate_int8.tflite"
+    path, source, options = run_bundle_args(folder)
+    assert source == "2" and options["gate_policy"] == "reject" and options["gate"].is_file()
+    with pytest.raises(BundleError, match="gate policy 'maybe'"):
+        build_bundle([model, gate], profile="raspberry-pi", out=tmp_path / "c", wheelhouse=False, gate_policy="maybe")
+
+
+def test_wheelhouse_glibc_floor_from_wheel_tags():
+    assert B.wheels_min_glibc(["cv-5-cp37-abi3-manylinux_2_28_x86_64.whl",
+                               "np-2-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+                               "pc-2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+                               "rich-15-py3-none-any.whl"]) == "2.28"
+    assert B.wheels_min_glibc(["rich-15-py3-none-any.whl"]) is None
+    tags = B.PROFILES["raspberry-pi"].platforms()
+    assert tags[0] == "manylinux_2_36_aarch64" and "manylinux2014_aarch64" in tags and "manylinux_2_17_aarch64" in tags
