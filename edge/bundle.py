@@ -578,9 +578,26 @@ def _repo_root() -> Path:
     return root
 
 
-def build_edgecell_wheel(dest: Path) -> Path:
+def source_revision() -> dict[str, Any] | None:
+    """The checkout the edgecell wheel is built from: git commit and whether the tree had
+    uncommitted changes (they are in the wheel too)."""
+    try:
+        root = _repo_root()
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20)
+    except (BundleError, OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return {"git_commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def build_edgecell_wheel(dest: Path, *, shipped_models: bool = False) -> Path:
     """edgecell itself as a wheel, built from this checkout (copied first, so the build leaves
-    nothing behind in the working tree)."""
+    nothing behind in the working tree). Without `shipped_models` the package's own models and
+    sample images are left out: a bundle carries the models it runs, and the wheelhouse is what
+    dominates the size of a bundle."""
     import tomllib  # Python 3.11+
 
     root = _repo_root()
@@ -597,6 +614,12 @@ def build_edgecell_wheel(dest: Path) -> Path:
         for d in sorted(package_dirs):
             if (root / d).is_dir():
                 shutil.copytree(root / d, src / d, ignore=ignore, symlinks=False)
+        if not shipped_models:
+            for sub in ("models", "samples"):
+                folder = src / "edge" / sub
+                if folder.is_dir():
+                    shutil.rmtree(folder)
+                    folder.mkdir()
         before = set(dest.glob("edgecell-*.whl"))
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q", "-w", str(dest), str(src)]
         if _has_setuptools():
@@ -733,13 +756,15 @@ echo "installed: $VENV/bin/edgecell"
 def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[str] | None = None,
                  gate_policy=None, wheelhouse: bool = True, python_version: str | None = "3.11",
                  sign_key: Path | None = None, archive: bool = True, name: str | None = None,
-                 version: str | None = None, progress: ProgressFn | None = None) -> Path:
+                 version: str | None = None, progress: ProgressFn | None = None,
+                 shipped_models: bool = False) -> Path:
     """Build a deploy bundle in `out/`: the folder `out/<name>-<version>/`, or with `archive` the
     single file `out/<name>-<version>.tar.gz`. Returns that path.
 
     `python_version=None` uses the profile's Python. The first non-gate model is the one `run`
     uses; a model whose task is "gate" is the gate in front of it (`gate_policy`: reject, flag,
-    pass, or a dict of settings)."""
+    pass, or a dict of settings). `shipped_models` keeps edgecell's own shipped models and sample
+    images in the bundle's edgecell wheel (off by default: the bundle carries its own models)."""
     prof = get_profile(profile)
     python_version = python_version or prof.python
     if not re.fullmatch(r"3\.\d+", python_version):
@@ -811,7 +836,7 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
             wheels = root / "wheels"
             if progress:
                 progress("building", "edgecell wheel", 0)
-            own = build_edgecell_wheel(wheels)
+            own = build_edgecell_wheel(wheels, shipped_models=shipped_models)
             reqs = wheel_requirements(own, extras, prof, python_version) + extra_reqs
             formats = {c[0].suffix for c in chosen}
             left_out = [r for r in reqs if _req_name(r) in OPTIONAL_BASE and OPTIONAL_BASE[_req_name(r)] not in formats]
@@ -824,6 +849,8 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
                           "left_out": left_out, "no_deps": bool(left_out),
                           "install": [edgecell_req, *extra_reqs], "check_imports": modules,
                           "min_glibc": wheels_min_glibc(p.name for p in files),
+                          "edgecell_wheel": {"file": own.name, "shipped_models": shipped_models,
+                                             "source": source_revision()},
                           "count": len(files), "bytes": sum(p.stat().st_size for p in files),
                           "wheels": [p.name for p in files]}
             script = root / INSTALL_SCRIPT
@@ -1170,7 +1197,6 @@ def systemd_unit(prefix: Path, user: str = "edgecell", *, executable: str | None
     log = prefix / "logs" / "edgecell.log"
     return f"""[Unit]
 Description={description}
-Documentation=https://github.com/edgecell/edgecell
 After=local-fs.target network-online.target
 Wants=network-online.target
 StartLimitIntervalSec=300
@@ -1184,7 +1210,8 @@ Environment=PYTHONUNBUFFERED=1
 ExecStart={executable} run {current}
 Restart=on-failure
 RestartSec=5
-# results go to the run's --out folder; the console output (and errors) to this log
+# results go to the run's --out folder (relative to WorkingDirectory); console output and errors
+# to this log. The user needs write access to both: sudo chown -R {user} {prefix / "logs"}
 StandardOutput=append:{log}
 StandardError=append:{log}
 

@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
                                             "one with: openssl genpkey -algorithm ed25519 -out bundle.key && "
                                             "openssl pkey -in bundle.key -pubout -out bundle.pub"),
         folder: bool = typer.Option(False, "--folder", help="Write a folder instead of a .tar.gz archive."),
+        shipped_models: bool = typer.Option(False, "--with-shipped-models", help="Keep edgecell's own shipped models "
+                                            "and sample images in the bundled edgecell wheel (off: smaller bundle)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Build a deploy bundle: models, manifest (SHA-256 of every file), run configuration,
@@ -86,7 +88,8 @@ def register(app: typer.Typer) -> None:
         with progress:
             path = build_bundle(paths, profile=profile, out=out, run_args=run_args, gate_policy=gate_policy,
                                 wheelhouse=wheels, python_version=python, sign_key=sign, archive=not folder,
-                                name=name, version=version, progress=update if wheels else None)
+                                name=name, version=version, progress=update if wheels else None,
+                                shipped_models=shipped_models)
         result = verify_bundle(path)
         size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         summary = {"bundle": str(path), "bytes": size, "profile": profile, "files": result.files,
@@ -153,8 +156,9 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(info, indent=2))
             return
         print(f"installed {version_dir.name} in {seconds:.1f} s; current -> {version_dir}")
-        print(f"systemd unit: {unit_path}\n  enable: sudo cp {unit_path} /etc/systemd/system/edgecell.service && "
-              "sudo systemctl daemon-reload && sudo systemctl enable --now edgecell")
+        print(f"systemd unit: {unit_path}\n  first time: sudo cp {unit_path} /etc/systemd/system/edgecell.service && "
+              f"sudo chown -R {user} {prefix.absolute() / 'logs'} && sudo systemctl daemon-reload && "
+              "sudo systemctl enable --now edgecell\n  after an update or rollback: sudo systemctl restart edgecell")
 
     @app.command("rollback")
     def rollback_cmd(
@@ -167,4 +171,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps({"current": str(target)}))
             return
-        print(f"current -> {target}")
+        print(f"current -> {target}; restart the service: sudo systemctl restart edgecell")
