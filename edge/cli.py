@@ -80,7 +80,9 @@ def _parse_thresholds(values: list[str] | None) -> dict[str, float] | None:
 
 @app.command()
 def run(
-    model: str = typer.Argument(DEFAULT_MODEL, help="Model file (.tflite, .xml, .onnx) or a shipped model name."),
+    ctx: typer.Context,
+    model: str = typer.Argument(DEFAULT_MODEL, help="Model file (.tflite, .xml, .onnx), a shipped model name, "
+                                "or a bundle (folder, .tar.gz or install prefix) whose configured run is used."),
     source: Optional[str] = typer.Argument(None, help="Image, folder (recursive), video file, camera index or "
                                            "rtsp:// / http:// URL. Default: the shipped sample images."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Read camera N (same as SOURCE=N)."),
@@ -109,7 +111,34 @@ def run(
     """Run a model on images, a folder, a video or a camera; print results and write overlays.
 
     With no arguments: counts blood cells in the shipped sample smears with the shipped INT8 model.
+    Given a bundle, runs its configured pipeline after verifying every file (options given here win).
     """
+    from edgecell.bundle import is_bundle
+
+    if is_bundle(Path(model)):
+        from typer import _click as click
+
+        from edgecell.bundle import run_bundle_args
+
+        bundle_model, bundle_source, bundle_options = run_bundle_args(Path(model))
+        given = {name for name in ctx.params
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        params = dict(ctx.params, model=str(bundle_model))
+        if "source" not in given and "camera" not in given and bundle_source is not None:
+            params["source"] = bundle_source
+        for name, value in bundle_options.items():
+            if name in params and name not in given:
+                params[name] = Path(value) if name == "out" and value is not None else value
+        return _run(**params)
+    return _run(**ctx.params)
+
+
+def _run(model: str, source: Optional[str], camera: Optional[int], backend: str, threads: Optional[int],
+         device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
+         fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
+         min_confidence: Optional[float], show: bool, gate: Optional[str], gate_policy: str,
+         gate_threshold: Optional[float]) -> None:
+    """The run loop behind `edgecell run` (see its options)."""
     from edgecell.model import load_model
     from edgecell.pipeline import Record, annotate, predict, predict_gated
     from edgecell.sinks import JsonlWriter, overlay_name, write_text_atomic
@@ -146,6 +175,8 @@ def run(
         require_task(gate_model.info, "gate")
         if gate_threshold is not None:
             options["gate_threshold"] = gate_threshold
+    if threshold and isinstance(threshold, str):
+        threshold = [threshold]
 
     err = _stderr_console()
     if out:
@@ -434,6 +465,15 @@ def bench(
                        repeats=repeats, compare_vendor=vendor, accuracy_data=accuracy, quiet=as_json)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
+
+
+def _register_extra_commands() -> None:
+    from edgecell.cli_bundle import register
+
+    register(app)
+
+
+_register_extra_commands()
 
 
 def main() -> None:

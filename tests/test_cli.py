@@ -125,3 +125,24 @@ def test_model_whose_input_cannot_take_the_image_is_refused_at_load(classifier, 
     model.with_suffix(".json").write_text(json.dumps(meta))
     out = edgecell("run", model, real_jpeg)
     assert out.returncode == 2 and "expects shape [1, 32, 32, 3]" in out.stderr
+
+
+def test_run_bundle_uses_its_configured_pipeline_and_refuses_a_changed_byte(classifier, real_jpeg, tmp_path):
+    from edgecell.bundle import build_bundle
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(real_jpeg.read_bytes())
+    folder = build_bundle([classifier], profile="x86-legacy", out=tmp_path / "b", wheelhouse=False, archive=False,
+                          run_args=[str(images), "--out", str(tmp_path / "results"), "--top-k", "2"])
+    out = edgecell("run", folder)
+    assert out.returncode == 0, out.stderr
+    (record,) = [json.loads(l) for l in (tmp_path / "results" / "results.jsonl").read_text().splitlines()]
+    assert record["ok"] and len(record["result"]["top"]) == 2
+    model_file = next(p for p in sorted((folder / "models").iterdir()) if p.suffix in (".tflite", ".onnx", ".bin"))
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    out = edgecell("run", folder)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert model_file.name in out.stderr
