@@ -1,0 +1,284 @@
+"""Train V-BreathNet on the combined chest X-ray data, then export FP32 + INT8 for TFLite, OpenVINO
+and ONNX through the shared converter, and evaluate on the held-out split.
+
+    python -m edgecell.convert.train_xray --data DIR --out DIR --minutes N --seed 0
+    python -m edgecell.convert.train_xray --out DIR --eval-only      # export/evaluate a trained run
+
+As in the paper: categorical cross-entropy, RMSprop at 1e-3 halved every 5 epochs down to 1e-6,
+augmentation, class balance. "Class balance" here is balance over the four class x age cells
+(`edgecell.calibration.xray.CELLS`, each a quarter of every epoch) so that age alone does not
+predict the class; see that module. An epoch is `--epoch-size` sampled images (not a pass over
+the data): on a 2-core CPU a full pass at 256x256 takes long, and the schedule counts epochs.
+
+Pre-processing is the device's own (`edgecell.tasks.common.to_input_tensor`), applied after
+augmentation on the harmonised grey image. Training stops at the wall-clock budget (`--minutes`)
+after the epoch that would overrun it; the best checkpoint by held-in validation macro-F1 is
+exported. The held-out ("test") split is used only for the final figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from edgecell.calibration import xray as xdata
+from edgecell.modelinfo import ModelInfo
+
+STEM = "xray"
+HEAD_FILE = "xray_gradcam_head.npz"
+
+
+def model_info(quality: dict | None = None, metrics: dict | None = None) -> ModelInfo:
+    from edgecell.convert.models.vbreathnet import INPUT_SIZE, LABELS
+    from edgecell.quality import DEFAULTS
+
+    return ModelInfo(
+        task="xray", name="v-breathnet", version="1", labels=list(LABELS), input_size=(INPUT_SIZE, INPUT_SIZE),
+        channels=3, mean=[0.0], std=[255.0], resize="stretch",
+        settings={"probs_output": "scores", "features_output": "block6_bn", "gradcam_head": HEAD_FILE,
+                  "quality": dict(quality or DEFAULTS), "dataset_folders": list(LABELS),
+                  "note": "research use only; not a medical device"},
+        metrics=metrics or {})
+
+
+# ----------------------------------------------------------------------------- data
+
+def augment(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random small rotation/scale/shift, brightness/contrast/gamma, sometimes a slight blur.
+    No flips (the heart is on the left)."""
+    h, w = grey.shape
+    angle = rng.uniform(-10, 10)
+    scale = rng.uniform(0.9, 1.1)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[:, 2] += rng.uniform(-0.06, 0.06, 2) * (w, h)
+    out = cv2.warpAffine(grey, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    x = out.astype(np.float32) / 255.0
+    x = np.power(np.clip(x, 0, 1), rng.uniform(0.8, 1.25))
+    x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.06, 0.06)
+    out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.2))
+    return out
+
+
+def to_tensor(grey: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """Grey uint8 -> the model input, through the device's pre-processing."""
+    from edgecell.tasks.common import to_input_tensor
+
+    return to_input_tensor(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), info)[0][0]
+
+
+class CellSampler:
+    """Each epoch: `size` images, a quarter from each class x age cell, without replacement within
+    a cell until it is exhausted (then reshuffled)."""
+
+    def __init__(self, items: Sequence[xdata.Item], seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.by_cell = {c: [i for i, it in enumerate(items) if it.cell == c] for c in xdata.CELLS}
+        self.by_cell = {c: v for c, v in self.by_cell.items() if v}
+        self.queue = {c: [] for c in self.by_cell}
+
+    def epoch(self, size: int) -> np.ndarray:
+        per = size // len(self.by_cell)
+        out = []
+        for c, members in self.by_cell.items():
+            while len(self.queue[c]) < per:
+                self.queue[c].extend(self.rng.permutation(members).tolist())
+            out.extend(self.queue[c][:per])
+            self.queue[c] = self.queue[c][per:]
+        return self.rng.permutation(np.asarray(out))
+
+
+# ----------------------------------------------------------------------------- training
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> float:
+    from edgecell.evaluation.classification import classification_metrics
+
+    return classification_metrics(y_true, y_pred, [str(i) for i in range(n)])["macro"]["f1"]
+
+
+def train(args) -> Path:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    from tqdm import tqdm
+
+    from edgecell.convert.models.vbreathnet import LABELS, build_vbreathnet
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    deadline = t_start + args.minutes * 60
+    keras.utils.set_random_seed(args.seed)
+    info = model_info()
+
+    print(f"[data] combining the two sets (seed {args.seed})", flush=True)
+    items, notes, images = xdata.build(args.data, seed=args.seed, keep_images=True)
+    xdata.write_list(out / "xray_split.tsv", items)
+    (out / "xray_split_notes.json").write_text(json.dumps(notes, indent=1) + "\n")
+    print(f"[data] {len(items)} images, counts {json.dumps(notes['counts'])}, closest held-out/train dHash "
+          f"{notes['min_test_train_distance']}, dropped by quality {len(notes['quality_dropped_train_val'])} "
+          f"({time.time() - t_start:.0f} s)", flush=True)
+    train_items = [it for it in items if it.split == "train"]
+    val_items = [it for it in items if it.split == "val"]
+    x_val = np.stack([to_tensor(images[it.rel], info) for it in val_items])
+    y_val = np.array([it.label_index for it in val_items])
+
+    model = build_vbreathnet()
+    opt = keras.optimizers.RMSprop(learning_rate=args.lr)
+    model.compile(optimizer=opt, loss="categorical_crossentropy", metrics=["accuracy"])
+    sampler = CellSampler(train_items, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    eye = np.eye(len(LABELS), dtype=np.float32)
+    history = []
+    best = -1.0
+    epoch_s = None
+    for epoch in range(args.epochs):
+        lr = max(args.lr * 0.5 ** (epoch // 5), 1e-6)
+        opt.learning_rate.assign(lr)
+        if epoch_s is not None and time.time() + epoch_s > deadline:
+            print(f"[train] stopping before epoch {epoch + 1}: the wall-clock budget ({args.minutes} min) "
+                  f"would be exceeded (an epoch takes {epoch_s:.0f} s)", flush=True)
+            break
+        t0 = time.time()
+        order = sampler.epoch(args.epoch_size)
+        steps = len(order) // args.batch
+        losses, accs = [], []
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{args.epochs} lr {lr:.2e}", file=sys.stdout,
+                   mininterval=20 if not sys.stdout.isatty() else 0.5, ncols=100)
+        for s in bar:
+            idx = order[s * args.batch:(s + 1) * args.batch]
+            xb = np.stack([to_tensor(augment(images[train_items[i].rel], rng), info) for i in idx])
+            yb = eye[[train_items[i].label_index for i in idx]]
+            loss, acc = model.train_on_batch(xb, yb)[:2]
+            losses.append(float(loss))
+            accs.append(float(acc))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accs[-20:]):.3f}")
+        bar.close()
+        probs = model.predict(x_val, batch_size=32, verbose=0)
+        pred = probs.argmax(1)
+        f1 = macro_f1(y_val, pred, len(LABELS))
+        val_loss = float(np.mean(-np.log(probs[np.arange(len(y_val)), y_val] + 1e-7)))
+        epoch_s = time.time() - t0
+        row = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
+               "val_loss": val_loss, "val_acc": float((pred == y_val).mean()), "val_macro_f1": f1,
+               "seconds": round(epoch_s, 1), "elapsed_min": round((time.time() - t_start) / 60, 1)}
+        history.append(row)
+        model.save(out / "vbreathnet_last.keras")
+        if f1 > best:
+            best = f1
+            model.save(out / "vbreathnet_best.keras")
+            row["best"] = True
+        print("[epoch] " + json.dumps(row), flush=True)
+        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    print(f"[train] done in {(time.time() - t_start) / 60:.1f} min, best val macro-F1 {best:.3f}", flush=True)
+    return out / "vbreathnet_best.keras"
+
+
+# ----------------------------------------------------------------------------- export
+
+def calibration_set(items: Sequence[xdata.Item], info: ModelInfo, n: int, seed: int) -> list[np.ndarray]:
+    """`n` training images, spread over the cells, decoded from the original files and pre-processed
+    exactly as on the device."""
+    from edgecell.images import decode_image
+    from edgecell.tasks.common import to_input_tensor
+
+    rng = np.random.default_rng(seed)
+    per = max(1, n // len(xdata.CELLS))
+    chosen = []
+    for c in xdata.CELLS:
+        members = [it for it in items if it.split == "train" and it.cell == c]
+        chosen += [members[i] for i in sorted(rng.permutation(len(members))[:per].tolist())]
+    return [to_input_tensor(decode_image(it.path), info)[0] for it in chosen]
+
+
+def export(args, keras_path: Path) -> dict[str, Path]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from edgecell.convert.models.vbreathnet import head_weights, with_feature_output
+    from edgecell.convert.quantize import export_model
+
+    out = Path(args.out)
+    items = xdata.read_list(out / "xray_split.tsv", args.data)
+    model = keras.models.load_model(keras_path, compile=False)
+    cam = with_feature_output(model)
+    info = model_info()
+    t0 = time.time()
+    cal = calibration_set(items, info, args.calibration, args.seed)
+    export_dir = out / "export"
+    paths = export_model(cam, info, cal, export_dir, STEM,
+                         progress=lambda name: print(f"[export] wrote {name} ({time.time() - t0:.0f} s)", flush=True))
+    np.savez(export_dir / HEAD_FILE, **head_weights(model))
+    print(f"[export] {len(paths)} files + {HEAD_FILE} in {time.time() - t0:.0f} s", flush=True)
+    return paths
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def heldout_folder(items: Sequence[xdata.Item], out: Path) -> Path:
+    """`out/heldout/test/<label>/<source>__<name>` symlinks to the held-out originals, the class-folder
+    layout `evaluate_classifier` reads (no image is copied)."""
+    root = out / "heldout"
+    for it in items:
+        if it.split != "test":
+            continue
+        link = root / "test" / it.label / (it.source + "__" + it.rel.replace("/", "_"))
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(it.path)
+    return root
+
+
+def evaluate(args) -> dict:
+    from edgecell.evaluation.classification import evaluate_classifier
+
+    out = Path(args.out)
+    items = xdata.read_list(out / "xray_split.tsv", args.data)
+    export_dir = out / "export"
+    models = [export_dir / f"{STEM}_{p}{s}" for s in (".tflite", ".xml", ".onnx") for p in ("fp32", "int8")]
+    data_dir = heldout_folder(items, out)
+    report = evaluate_classifier([m for m in models if m.exists()], data_dir, out / "eval", split="test",
+                                 title="V-BreathNet on the held-out split (combined chest X-ray sets)")
+    for key, r in report["models"].items():
+        print(f"[eval] {key:22s} top-1 {100 * r['top1']:.1f} %  macro-F1 {100 * r['macro']['f1']:.1f} %  "
+              + "  ".join(f"{l} F1 {100 * c['f1']:.1f}" for l, c in r["per_class"].items()), flush=True)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgecell.convert.train_xray", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="data root holding both X-ray sets (default: EDGECELL_DATA or ../shared/data)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, split list, export, eval)")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=60, help="at most this many epochs")
+    p.add_argument("--epoch-size", type=int, default=480, help="images per epoch (a quarter per class x age cell)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--calibration", type=int, default=200, help="INT8 calibration images (training split)")
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--eval-only", action="store_true", help="skip training: export (if missing) and evaluate")
+    args = p.parse_args(argv)
+    if args.eval_only:
+        if not (Path(args.out) / "export" / f"{STEM}_int8.tflite").exists():
+            export(args, Path(args.out) / "vbreathnet_best.keras")
+        evaluate(args)
+        return 0
+    best = train(args)
+    if not args.no_export:
+        export(args, best)
+        evaluate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Chest X-ray triage (V-BreathNet): Normal / COVID-19 / viral pneumonia, image-quality flags with a
+plain "retake the image" message, and a Grad-CAM heatmap computed on the device without TensorFlow.
+
+How Grad-CAM works here
+-----------------------
+The exported model has two outputs: the class scores and the last convolutional feature map A
+(8 x 8 x 64: the last block's batch-norm output, before its 2x2 max-pool). Everything after A is
+small and fixed: max-pool -> flatten (1,024) -> dense 512 (ReLU) -> batch norm -> dense 3 (the
+logits) -> softmax. The runtime redoes that head in numpy from its weights and takes the gradient
+of the class logit y_c by hand:
+
+    p = maxpool(A), z = W1 p + b1, g = relu(z) * s + t   (batch norm folded: s, t)
+    y = W2 g + b2
+    dy_c/dp = W1 (relu'(z) * s * W2[:, c])
+
+The max-pool sends each window's gradient to one position, so the Grad-CAM channel weights
+alpha_k = mean over the 8x8 map of dy_c/dA_k = (sum over the 4x4 map of dy_c/dp_k) / 64 do not
+depend on which position wins (no ties to resolve), and the map is relu(sum_k alpha_k A_k): the
+same numbers as tf.GradientTape on the Keras model (tests check it).
+
+The head weights live in a small .npz beside the model (`settings["gradcam_head"]`, 2.1 MB of
+float32, 99 % of it W1): exact, loaded with numpy alone in a few ms, one file for the FP32 and
+INT8 models of every format. The sidecar JSON would need ~10 MB of text for the same numbers, and
+reading them back out of each format's graph (TFLite flatbuffer, OpenVINO IR, ONNX initializers,
+quantized differently in each) would need three parsers. For an INT8 model the feature map comes
+from the INT8 model and the gradient from the float head; the figure in XRAY_MODEL_CARD.md says how
+close that stays to FP32.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgecell.errors import ModelError
+from edgecell.modelinfo import ModelInfo
+from edgecell.quality import Quality, check_quality, chest_crop
+from edgecell.tasks.common import require_task, softmax, to_input_tensor
+
+HEAD_KEYS = ("w1", "b1", "bn_scale", "bn_shift", "w2", "b2")
+
+
+# ----------------------------------------------------------------------------- Grad-CAM in numpy
+
+def load_head(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The dense head weights (see module docstring); clear error if the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: Grad-CAM head weights not found; it ships beside the X-ray model "
+                         "(re-export with edgecell.convert.train_xray), or run with gradcam=False")
+    with np.load(path) as data:
+        missing = [k for k in HEAD_KEYS if k not in data]
+        if missing:
+            raise ModelError(f"{path}: not a Grad-CAM head file (missing {', '.join(missing)})")
+        return {k: np.asarray(data[k], np.float32) for k in HEAD_KEYS}
+
+
+_HEADS: dict[str, dict[str, np.ndarray]] = {}
+
+
+def head_for(model_path: str | os.PathLike, info: ModelInfo) -> dict[str, np.ndarray] | None:
+    """Head weights named by the sidecar, beside `model_path` (cached); None if the model names none."""
+    name = info.settings.get("gradcam_head")
+    if not name:
+        return None
+    path = str(Path(model_path).parent / name)
+    if path not in _HEADS:
+        _HEADS[path] = load_head(path)
+    return _HEADS[path]
+
+
+def maxpool2(a: np.ndarray) -> np.ndarray:
+    """2x2 max-pool of an H x W x C map (H, W even; odd edges dropped as Keras 'valid' does)."""
+    h, w, c = a.shape
+    a = a[: h - h % 2, : w - w % 2]
+    return a.reshape(h // 2, 2, w // 2, 2, c).max(axis=(1, 3))
+
+
+def head_logits(features: np.ndarray, head: dict[str, np.ndarray]) -> np.ndarray:
+    """Logits recomputed from the feature map (a consistency check against the model's scores)."""
+    p = maxpool2(features).reshape(-1)
+    z = p @ head["w1"] + head["b1"]
+    g = np.maximum(z, 0) * head["bn_scale"] + head["bn_shift"]
+    return g @ head["w2"] + head["b2"]
+
+
+def gradcam_map(features: np.ndarray, head: dict[str, np.ndarray], class_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of `class_index` from the last conv feature map (H x W x C, float) and the head.
+    Returns (heatmap H x W in [0, 1] (all zero if no positive evidence), channel weights alpha)."""
+    a = np.asarray(features, np.float32)
+    if a.ndim == 4:
+        a = a[0]
+    h, w, c = a.shape
+    p = maxpool2(a)
+    z = p.reshape(-1) @ head["w1"] + head["b1"]
+    dz = (z > 0).astype(np.float32) * head["bn_scale"] * head["w2"][:, class_index]
+    dp = (head["w1"] @ dz).reshape(p.shape)  # dy_c / dp
+    alpha = dp.sum(axis=(0, 1)) / float(h * w)  # = mean over the 8x8 map of dy_c / dA
+    cam = np.maximum(np.tensordot(a, alpha, axes=([2], [0])), 0)
+    peak = float(cam.max())
+    return (cam / peak if peak > 0 else cam).astype(np.float32), alpha
+
+
+# ----------------------------------------------------------------------------- result
+
+@dataclass
+class XrayResult:
+    label: str
+    index: int
+    confidence: float
+    probabilities: dict[str, float]
+    quality: Quality | None = None
+    uncertain: bool = False
+    heatmap: np.ndarray | None = None  # H x W (feature-map grid) in [0, 1], for `gradcam_class`
+    gradcam_class: str | None = None
+    gradcam_ms: float | None = None
+    crop: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) in the input image, if cropped
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def retake(self) -> bool:
+        return self.quality is not None and not self.quality.ok
+
+    @property
+    def message(self) -> str:
+        return self.quality.message() if self.retake else ""
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {
+            "label": self.label, "index": self.index, "confidence": round(self.confidence, 5),
+            "probabilities": {k: round(v, 5) for k, v in self.probabilities.items()},
+            "uncertain": self.uncertain, "retake": self.retake, "message": self.message,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
+        }
+        if self.heatmap is not None:
+            hm = self.heatmap
+            y, x = np.unravel_index(int(np.argmax(hm)), hm.shape)
+            out["gradcam"] = {"class": self.gradcam_class, "grid": list(hm.shape),
+                              "peak_xy": [round((x + 0.5) / hm.shape[1], 3), round((y + 0.5) / hm.shape[0], 3)],
+                              "heatmap": np.round(hm, 3).tolist(),
+                              "ms": None if self.gradcam_ms is None else round(self.gradcam_ms, 3)}
+        if self.crop is not None:
+            out["crop"] = list(self.crop)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+    def summary(self) -> str:
+        text = f"{self.label} {self.confidence:.2f}"
+        if self.uncertain:
+            text += " (uncertain: check by hand)"
+        if self.retake:
+            text += f" | {self.message}"
+        return text
+
+
+# ----------------------------------------------------------------------------- task functions
+
+@dataclass
+class XrayContext:
+    quality: Quality
+    crop: tuple[int, int, int, int] | None = None
+    head: dict[str, np.ndarray] | None = None
+    head_error: str | None = None
+    model_path: Path | None = None
+
+
+def preprocess(image: np.ndarray, info: ModelInfo, *, crop: bool | None = None, **_) -> tuple[np.ndarray, XrayContext]:
+    """Quality checks on the image as received, optional chest crop (option `crop`, default
+    `settings["chest_crop"]`, off), then the shared model-input preparation."""
+    require_task(info, "xray")
+    thresholds = dict(info.settings.get("quality") or {})
+    quality = check_quality(image, **thresholds)
+    box = None
+    if crop if crop is not None else info.settings.get("chest_crop", False):
+        image, box = chest_crop(image)
+    tensor, _ = to_input_tensor(image, info)
+    return tensor, XrayContext(quality, box)
+
+
+def split_outputs(outputs: dict[str, np.ndarray], info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class scores (C,), feature map H x W x K or None) from a model's outputs: by the names in
+    the sidecar where the format keeps them (ONNX, OpenVINO), else by shape (TFLite names its
+    outputs StatefulPartitionedCall:n)."""
+    n = len(info.labels) or 3
+    scores = outputs.get(info.settings.get("probs_output", ""), outputs.get("scores"))
+    features = outputs.get(info.settings.get("features_output", ""), outputs.get("features"))
+    for v in outputs.values():
+        if scores is None and v.size == n:
+            scores = v
+        elif features is None and v.ndim >= 3:
+            features = v
+    if scores is None:
+        raise ModelError(f"model outputs {[(k, v.shape) for k, v in outputs.items()]} hold no {n} class scores")
+    scores = scores.reshape(-1).astype(np.float32)
+    if scores.min() < -1e-3 or abs(float(scores.sum()) - 1.0) > 0.02:
+        scores = softmax(scores)
+    if features is not None:
+        features = features[0] if features.ndim == 4 else features
+    return scores, features
+
+
+def infer(session, tensor: np.ndarray, context: XrayContext, info: ModelInfo, **_) -> dict[str, np.ndarray]:
+    """One model call: class scores and the feature map; loads the head beside the model file."""
+    outputs = session.run(tensor)
+    scores, features = split_outputs(outputs, info)
+    path = getattr(session, "path", None)
+    if isinstance(context, XrayContext) and path is not None:
+        context.model_path = Path(path)
+        try:
+            context.head = head_for(path, info)
+        except ModelError as exc:
+            context.head, context.head_error = None, str(exc)
+    out = {"scores": scores}
+    if features is not None:
+        out["features"] = features
+    return out
+
+
+def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, info: ModelInfo, *,
+                gradcam: bool = True, gradcam_class: int | str | None = None, head_path: str | None = None,
+                min_confidence: float | None = None, **_) -> XrayResult:
+    """Class, probabilities, quality flags and (unless gradcam=False) the Grad-CAM heatmap of the
+    predicted class (or `gradcam_class`, an index or a label)."""
+    scores, features = split_outputs(outputs, info)
+    labels = info.labels or [str(i) for i in range(scores.size)]
+    best = int(np.argmax(scores))
+    threshold = min_confidence if min_confidence is not None else info.settings.get("min_confidence", 0.0)
+    result = XrayResult(label=labels[best], index=best, confidence=float(scores[best]),
+                        probabilities={labels[i]: float(scores[i]) for i in range(scores.size)},
+                        quality=context.quality if isinstance(context, XrayContext) else None,
+                        uncertain=bool(scores[best] < threshold),
+                        crop=context.crop if isinstance(context, XrayContext) else None)
+    if not gradcam:
+        return result
+    head = load_head(head_path) if head_path else (context.head if isinstance(context, XrayContext) else None)
+    if features is None:
+        result.notes.append("no Grad-CAM: the model has no feature-map output")
+    elif head is None:
+        why = context.head_error if isinstance(context, XrayContext) and context.head_error else \
+            "head weights not found (pass head_path=...)"
+        result.notes.append("no Grad-CAM: " + why)
+    else:
+        c = labels.index(gradcam_class) if isinstance(gradcam_class, str) else best if gradcam_class is None else int(gradcam_class)
+        t0 = time.perf_counter()
+        result.heatmap, _ = gradcam_map(features, head, c)
+        result.gradcam_ms = (time.perf_counter() - t0) * 1e3
+        result.gradcam_class = labels[c]
+    return result
+
+
+def heatmap_image(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Heatmap grid -> RGB colour image of (width, height), smooth (bicubic, clipped)."""
+    hm = cv2.resize(heatmap.astype(np.float32), size, interpolation=cv2.INTER_CUBIC)
+    hm = np.clip(hm, 0, 1)
+    colour = cv2.applyColorMap((hm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), hm
+
+
+def annotate(image: np.ndarray, result: XrayResult, *, alpha: float = 0.45) -> np.ndarray:
+    """The X-ray with the Grad-CAM heatmap blended in (where the model looked), the class and its
+    probability on top, and the retake message in red when a quality check failed."""
+    out = image.copy()
+    if out.ndim == 2:
+        out = cv2.cvtColor(out, cv2.COLOR_GRAY2RGB)
+    h, w = out.shape[:2]
+    if result.heatmap is not None and h > 1 and w > 1:
+        x0, y0, x1, y1 = result.crop if result.crop else (0, 0, w, h)
+        region = out[y0:y1, x0:x1]
+        colour, hm = heatmap_image(result.heatmap, (region.shape[1], region.shape[0]))
+        weight = (alpha * hm)[..., None]  # cold areas keep the X-ray, hot areas take the colour
+        out[y0:y1, x0:x1] = np.clip(region * (1 - weight) + colour * weight, 0, 255).astype(np.uint8)
+    scale = max(0.45, w / 900)
+    bar = int(30 * scale) + 4
+    lines = [f"{result.label} {result.confidence:.2f}" + (" (uncertain)" if result.uncertain else "")
+             + (f"  Grad-CAM: {result.gradcam_class}" if result.gradcam_class else "")]
+    if result.retake:
+        lines.append(result.message)
+    if out.shape[0] >= bar * len(lines) and w >= 32:
+        cv2.rectangle(out, (0, 0), (w, bar * len(lines)), (0, 0, 0), -1)
+        for i, text in enumerate(lines):
+            colour = (255, 60, 60) if i > 0 else (0, 200, 0)
+            cv2.putText(out, text, (4, int(bar * (i + 1) - 8 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.6 * scale, colour, max(1, int(1.5 * scale)), cv2.LINE_AA)
+    return out

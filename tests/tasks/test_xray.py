@@ -1,0 +1,207 @@
+"""X-ray task: Grad-CAM in numpy matches TensorFlow's GradientTape, results, overlays, bad inputs,
+and the shipped model (when present)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecell.errors import ImageError
+from edgecell.images import decode_image
+from edgecell.modelinfo import ModelInfo
+from edgecell.tasks import xray
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "edge" / "models" / "xray_int8.tflite"
+LABELS = ["COVID-19", "Normal", "Viral Pneumonia"]
+
+
+def _xray_files(n: int = 6) -> list[Path]:
+    try:
+        from edgecell.calibration import data_root
+
+        root = data_root()
+    except Exception:
+        return []
+    out = []
+    for sub in ("covid19_radiography_db_subset/val/COVID", "covid19_radiography_db_subset/val/Normal",
+                "chest_xray_covid19_3class/Covid19-dataset/val/Viral Pneumonia"):
+        out += sorted((root / sub).glob("*.*"))[: max(1, n // 3)]
+    return out
+
+
+def _small_info(size: int) -> ModelInfo:
+    return ModelInfo(task="xray", name="small", labels=LABELS, input_size=(size, size), channels=3,
+                     mean=[0.0], std=[255.0], settings={"gradcam_head": "head.npz"})
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small model with V-BreathNet's head structure (built by the same function): the feature map
+    is the last block's batch norm (16x16x8), then max-pool, flatten, dense 16, batch norm, dense 3."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from edgecell.convert.models.vbreathnet import build_vbreathnet, head_weights, with_feature_output, with_logits_output
+
+    keras.utils.set_random_seed(0)
+    model = build_vbreathnet(64, filters=(4, 6, 8), dense=16)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial batch-norm statistics, as after training
+        if type(layer).__name__ == "BatchNormalization":
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.2, b.shape),
+                               rng.normal(0, 0.2, m.shape), rng.uniform(0.5, 2.0, v.shape)])
+    return model, with_feature_output(model), with_logits_output(model), head_weights(model)
+
+
+def _inputs(size: int) -> list[np.ndarray]:
+    from edgecell.tasks.common import to_input_tensor
+
+    info = _small_info(size)
+    images = [decode_image(p) for p in _xray_files()]
+    rng = np.random.default_rng(1)
+    while len(images) < 6:
+        images.append(cv2.GaussianBlur(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), (0, 0), 2))
+    return [to_input_tensor(im, info)[0] for im in images]
+
+
+def test_numpy_gradcam_matches_tensorflow_gradienttape(small):
+    import tensorflow as tf
+
+    model, cam_model, logit_model, head = small
+    for x in _inputs(64):
+        xt = tf.constant(x)
+        for c in range(3):
+            with tf.GradientTape() as tape:
+                logits, feat = logit_model(xt, training=False)
+                y = logits[:, c]
+            grads = tape.gradient(y, feat).numpy()[0]
+            feat = feat.numpy()[0]
+            alpha_tf = grads.mean(axis=(0, 1))
+            raw_tf = (feat * alpha_tf).sum(-1)
+            heat_np, alpha_np = xray.gradcam_map(feat, head, c)
+            np.testing.assert_allclose(alpha_np, alpha_tf, rtol=1e-3, atol=1e-6)
+            assert _corr((feat * alpha_np).sum(-1), raw_tf) >= 0.999
+            heat_tf = np.maximum(raw_tf, 0)
+            if heat_tf.max() > 0 and heat_tf.std() > 0:
+                assert _corr(heat_np, heat_tf / heat_tf.max()) >= 0.95
+        # the numpy head reproduces the model's own class scores from the feature map
+        scores, feat = cam_model(xt, training=False)
+        np.testing.assert_allclose(xray.softmax(xray.head_logits(feat.numpy()[0], head)), scores.numpy()[0],
+                                   atol=1e-4)
+
+
+class FakeSession:
+    """Stands in for a backend session: runs the Keras model, names outputs as TFLite does."""
+
+    def __init__(self, cam_model, path: Path):
+        self.cam_model, self.path, self.calls = cam_model, path, 0
+
+    def run(self, tensor):
+        self.calls += 1
+        scores, feat = self.cam_model(tensor, training=False)
+        return {"StatefulPartitionedCall:1": scores.numpy(), "StatefulPartitionedCall:0": feat.numpy()}
+
+
+@pytest.fixture()
+def task_setup(small, tmp_path):
+    from edgecell.convert.models.vbreathnet import head_weights
+
+    model, cam_model, _, _ = small
+    np.savez(tmp_path / "head.npz", **head_weights(model))
+    return FakeSession(cam_model, tmp_path / "small.tflite"), _small_info(64)
+
+
+def _run(session, info, image, **options):
+    tensor, ctx = xray.preprocess(image, info)
+    outputs = xray.infer(session, tensor, ctx, info, **options)
+    return xray.postprocess(outputs, ctx, info, **options)
+
+
+def test_result_overlay_and_one_model_call(task_setup):
+    session, info = task_setup
+    files = _xray_files(3)
+    image = decode_image(files[0]) if files else cv2.GaussianBlur(
+        np.random.default_rng(2).integers(0, 255, (300, 300, 3), dtype=np.uint8), (0, 0), 1)
+    result = _run(session, info, image)
+    assert session.calls == 1
+    assert result.label in LABELS and abs(sum(result.probabilities.values()) - 1) < 1e-4
+    assert result.heatmap is not None and result.heatmap.shape == (16, 16) and result.heatmap.max() <= 1.0
+    d = result.to_dict()
+    json.dumps(d)
+    assert d["gradcam"]["class"] == result.label and len(d["gradcam"]["heatmap"]) == 16
+    assert result.label in result.summary()
+    overlay = xray.annotate(image, result)
+    assert overlay.shape == image.shape and overlay.dtype == np.uint8 and not np.array_equal(overlay, image)
+    other = _run(session, info, image, gradcam_class="Normal")
+    assert other.gradcam_class == "Normal"
+    assert _run(session, info, image, gradcam=False).heatmap is None
+
+
+@pytest.mark.parametrize("kind", ["black", "white", "tiny", "colour_photo"])
+def test_bad_images_flagged_with_retake_message(task_setup, kind, real_jpeg):
+    session, info = task_setup
+    image = {"black": np.zeros((400, 400, 3), np.uint8), "white": np.full((400, 400, 3), 255, np.uint8),
+             "tiny": np.full((6, 9, 3), 90, np.uint8), "colour_photo": decode_image(real_jpeg)}[kind]
+    result = _run(session, info, image)
+    assert result.retake and result.message.startswith("Retake the image")
+    assert "Retake" in result.summary()
+    json.dumps(result.to_dict())
+    assert xray.annotate(image, result).shape == image.shape
+
+
+def test_16bit_png_and_truncated_png(tmp_path, task_setup):
+    session, info = task_setup
+    files = _xray_files(3)
+    grey = cv2.cvtColor(decode_image(files[0]), cv2.COLOR_RGB2GRAY) if files else \
+        np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+    p16 = tmp_path / "xray16.png"
+    cv2.imwrite(str(p16), grey.astype(np.uint16) * 257)
+    r8, r16 = _run(session, info, decode_image(files[0]) if files else cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)), \
+        _run(session, info, decode_image(p16))
+    assert r16.label == r8.label and abs(r16.confidence - r8.confidence) < 0.02
+    data = p16.read_bytes()
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as err:
+        decode_image(bad)
+    assert "\n" not in str(err.value) and "truncated" in str(err.value)
+
+
+def test_missing_head_file_gives_a_note_not_a_crash(small, tmp_path):
+    _, cam_model, _, _ = small
+    session, info = FakeSession(cam_model, tmp_path / "m.tflite"), _small_info(64)
+    result = _run(session, info, np.full((64, 64, 3), 120, np.uint8))
+    assert result.heatmap is None and any("Grad-CAM" in n for n in result.notes)
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped X-ray model")
+def test_shipped_model_end_to_end():
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+
+    model = load_model(SHIPPED)
+    assert model.info.task == "xray" and model.info.labels == LABELS
+    files = _xray_files(3)
+    images = [decode_image(p) for p in files] or [np.full((256, 256, 3), 128, np.uint8)]
+    for image in images:
+        result, timings = predict(model, image)
+        assert result.heatmap is not None and result.heatmap.shape == (8, 8)
+        tensor, ctx = xray.preprocess(image, model.info)
+        out = model.session.run(tensor)
+        scores, feat = xray.split_outputs(out, model.info)
+        # the float head on the INT8 feature map reproduces the INT8 model's scores closely
+        recomputed = xray.softmax(xray.head_logits(feat, xray.head_for(SHIPPED, model.info)))
+        assert np.abs(recomputed - scores).max() < 0.15
+    result, _ = predict(model, np.zeros((300, 300, 3), np.uint8))
+    assert result.retake
