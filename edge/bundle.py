@@ -746,24 +746,31 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 # only this bundle's wheels: no pip config, index or find-links from the environment
 for v in $(env | sed -n 's/^\\(PIP_[A-Za-z0-9_]*\\)=.*/\\1/p'); do unset "$v"; done
 export PIP_CONFIG_FILE=/dev/null
-"$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --no-index --find-links "$HERE/wheels" --disable-pip-version-check -q {reqs}
+# fast path: a venv without its own pip, filled by this Python's pip (pip >= 22.3: --python);
+# otherwise the usual venv with pip (ensurepip costs 5-20 s on a slow device)
+if "$PY" -m venv --without-pip "$VENV" && "$PY" -m pip --python "$VENV/bin/python" --version >/dev/null 2>&1; then
+    pip_venv() {{ "$PY" -m pip --python "$VENV/bin/python" "$@"; }}
+else
+    "$PY" -m venv "$VENV"
+    pip_venv() {{ "$VENV/bin/python" -m pip "$@"; }}
+fi
+pip_venv install --no-index --find-links "$HERE/wheels" --disable-pip-version-check -q {reqs}
 "$VENV/bin/python" -c "import {check}"
 echo "installed: $VENV/bin/edgecell"
 """
 
 
 def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[str] | None = None,
-                 gate_policy=None, wheelhouse: bool = True, python_version: str | None = "3.11",
+                 gate_policy=None, wheelhouse: bool = True, python_version: str | None = None,
                  sign_key: Path | None = None, archive: bool = True, name: str | None = None,
                  version: str | None = None, progress: ProgressFn | None = None,
                  shipped_models: bool = False) -> Path:
     """Build a deploy bundle in `out/`: the folder `out/<name>-<version>/`, or with `archive` the
     single file `out/<name>-<version>.tar.gz`. Returns that path.
 
-    `python_version=None` uses the profile's Python. The first non-gate model is the one `run`
-    uses; a model whose task is "gate" is the gate in front of it (`gate_policy`: reject, flag,
-    pass, or a dict of settings). `shipped_models` keeps edgecell's own shipped models and sample
+    `python_version=None` uses the profile's Python (3.11; Jetson: 3.10). The first non-gate model
+    is the one `run` uses; a model whose task is "gate" is the gate in front of it (`gate_policy`:
+    reject, flag, pass, or a dict of settings). `shipped_models` keeps edgecell's own shipped models and sample
     images in the bundle's edgecell wheel (off by default: the bundle carries its own models)."""
     prof = get_profile(profile)
     python_version = python_version or prof.python
@@ -1005,18 +1012,23 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
     info = manifest.get("wheelhouse") or {}
     py = _target_python(str(info.get("python") or manifest["profile"]["python"]), python)
     venv = version_dir / "venv"
-    proc = subprocess.run([py, "-m", "venv", str(venv)], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    # fast path: a venv without pip, filled by the installing Python's pip (--python, pip >= 22.3);
+    # ensurepip alone takes 5-20 s on a busy or slow device
+    proc = subprocess.run([py, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True)
+    pip = [py, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    if proc.returncode != 0 or subprocess.run([*pip, "--version"], capture_output=True, env=env).returncode != 0:
+        proc = subprocess.run([py, "-m", "venv", str(venv)], capture_output=True, text=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
     if proc.returncode != 0:
         raise BundleError(f"creating the virtual environment failed: {_last_error_line(proc.stderr + proc.stdout)}"
                           " (on Debian: apt install python3-venv)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = os.devnull
     wheels = version_dir / "wheels"
     what = (["--no-deps", *map(str, sorted(wheels.glob("*.whl")))] if info.get("no_deps")
             else list(info.get("install", [])))
-    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index", "--find-links",
-                           str(wheels), "--disable-pip-version-check", "-q", *what],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), "--disable-pip-version-check",
+                           "-q", *what], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise BundleError(f"offline install from the wheelhouse failed: {_last_error_line(proc.stderr + proc.stdout)}")
     modules = info.get("check_imports") or ["edgecell"]
