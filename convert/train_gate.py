@@ -153,7 +153,7 @@ def train(args) -> dict:
              "originals": {"all": len({r["image"] for r in rows}), "test": len(test), "val": len(val)}}
     (out / "gate_split.json").write_text(json.dumps(split, indent=2) + "\n")
     print(f"originals: {split['originals']}; labelled samples: {split['counts']}", flush=True)
-    if min(split["counts"]["fit"]["useful"], split["counts"]["fit"]["not_useful"]) < 20:
+    if min(split["counts"]["fit"]["useful"], split["counts"]["fit"]["not_useful"]) < args.min_per_class:
         raise EdgecellError(f"too few labelled samples of one class to train a gate: {split['counts']['fit']}; "
                             "relabel with relaxed --t-high/--t-low (see the labels summary JSON)")
 
@@ -186,7 +186,7 @@ def train(args) -> dict:
            tf.TensorSpec((None,), tf.float32))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).prefetch(2)
     steps = max(1, len(y_fit) // args.batch)
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), y_val)).batch(64)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), y_val)).batch(64) if len(y_val) else None
 
     class Budget(keras.callbacks.Callback):
         """Stop when the wall-clock budget would be exceeded by one more epoch; keep the best
@@ -200,8 +200,9 @@ def train(args) -> dict:
             self.t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            if logs and logs.get("val_loss", np.inf) < self.best:
-                self.best, self.best_epoch = logs["val_loss"], epoch
+            loss = (logs or {}).get("val_loss", (logs or {}).get("loss", np.inf))
+            if loss < self.best:
+                self.best, self.best_epoch = loss, epoch
                 self.best_weights = [w.copy() for w in self.model.get_weights()]
             el = time.perf_counter() - self.t0
             per = el / (epoch + 1)
@@ -214,14 +215,17 @@ def train(args) -> dict:
                 self.model.set_weights(self.best_weights)
 
     budget = Budget()
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience)
+    early = keras.callbacks.EarlyStopping(monitor="val_loss" if val_ds is not None else "loss", patience=args.patience)
     log = keras.callbacks.CSVLogger(str(out / "gate_history.csv"))
     t1 = time.perf_counter()
     hist = model.fit(ds, steps_per_epoch=steps, epochs=args.epochs, validation_data=val_ds,
                      callbacks=[budget, early, log], verbose=2)
     train_s = time.perf_counter() - t1
-    p_val = model.predict(x_val.astype(np.float32), batch_size=64, verbose=0)[:, 1]
-    threshold = choose_threshold(y_val, p_val)
+    if len(y_val):
+        p_val = model.predict(x_val.astype(np.float32), batch_size=64, verbose=0)[:, 1]
+        threshold = choose_threshold(y_val, p_val)
+    else:  # no validation originals (tiny runs): the class-weighted midpoint
+        p_val, threshold = np.zeros(0), 0.5
     keras_path = out / f"{STEM}.keras"
     model.save(keras_path)
     summary = {
@@ -229,7 +233,7 @@ def train(args) -> dict:
         "params": int(model.count_params()), "epochs_run": len(hist.history["loss"]),
         "best_epoch": budget.best_epoch + 1, "train_minutes": round(train_s / 60, 2),
         "tensor_build_s": round(t1 - t0, 1), "class_weight": class_weight, "threshold": threshold,
-        "val_accuracy_at_threshold": float(((p_val >= threshold).astype(int) == y_val).mean()),
+        "val_accuracy_at_threshold": float(((p_val >= threshold).astype(int) == y_val).mean()) if len(y_val) else None,
         "val_balanced_accuracy": balanced_accuracy(y_val, p_val, threshold), "counts": split["counts"],
         "lr": args.lr, "batch": args.batch, "seed": args.seed,
         "command": " ".join([Path(sys.executable).name, "-m", "edgecell.convert.train_gate"] + sys.argv[1:]),
@@ -313,6 +317,7 @@ def parse_args(argv=None):
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--calibration", type=int, default=100)
+    p.add_argument("--min-per-class", type=int, default=20, help="refuse to train with fewer labelled samples of a class")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-train", action="store_true", help="export an already trained OUT/gate_products.keras")
