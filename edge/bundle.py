@@ -567,6 +567,9 @@ def parse_run_args(run_args: list[str] | None, model_rel: str) -> dict[str, Any]
         elif isinstance(value, tuple):
             value = list(value)
         options[name] = value
+    if "gate" in options:
+        raise BundleError("run arguments: give the gate model as one of the bundle's models (its task is "
+                          "'gate'), not with --gate: a path on this machine does not exist on the device")
     return {"source": source, "options": options, "args": args}
 
 
@@ -831,6 +834,8 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
             })
         main_rel = f"models/{mains[0][0].name}"
         run = parse_run_args(run_args, main_rel)
+        if gate_policy is None and "gate_policy" in run["options"]:
+            gate_policy = run["options"].pop("gate_policy")
         run_config = {"model": main_rel, "gate": f"models/{gates[0][0].name}" if gates else None,
                       "gate_policy": gate_policy, "source": run["source"], "options": run["options"],
                       "output": run["options"].get("out"), "args": run["args"]}

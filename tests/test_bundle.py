@@ -433,3 +433,8 @@ def test_wheelhouse_glibc_floor_from_wheel_tags():
     assert B.wheels_min_glibc(["rich-15-py3-none-any.whl"]) is None
     tags = B.PROFILES["raspberry-pi"].platforms()
     assert tags[0] == "manylinux_2_36_aarch64" and "manylinux2014_aarch64" in tags and "manylinux_2_17_aarch64" in tags
+
+
+def test_gate_path_in_run_arguments_is_refused(model, tmp_path):
+    with pytest.raises(BundleError, match="give the gate model as one of the bundle's models"):
+        _build(model, tmp_path, run_args=["--gate", str(model)])
