@@ -52,6 +52,8 @@ from edgecell.benchmarks import stats
 #: where shipped sample images live (the package's samples folder)
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "edge" / "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: prefix of the one JSON line a row process prints (backend chatter on stdout cannot be mistaken for it)
+ROW_MARKER = "EDGECELL_ROW "
 
 
 @dataclass
@@ -307,6 +309,14 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         row.update(status="skipped", reason=f"{path}: could not load ({type(exc).__name__}: {str(exc)[:200]})")
         return row
     row["rss_after_load_mb"] = rss_mb()
+    compiled = getattr(session, "_compiled", None)
+    if compiled is not None:  # OpenVINO runs "FP32" models in bf16/fp16 where the CPU has it: say so
+        try:
+            value = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            m = re.search(r"'([^']+)'", value)
+            row["ov_inference_precision"] = m.group(1) if m else value
+        except Exception:
+            pass
     row["inputs"] = [t.to_dict() for t in session.inputs]
     row["outputs"] = [t.to_dict() for t in session.outputs]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edgecell.benchmarks.harness import RowSpec, find_sample_image, model_size_bytes, precision_of, task_of
-from edgecell.benchmarks.row import MARKER
+from edgecell.benchmarks.harness import ROW_MARKER as MARKER
 
 MODEL_SUFFIXES = (".tflite", ".xml", ".onnx")
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "edge" / "models"
@@ -142,7 +142,7 @@ def plan(models: list[Path] | None = None, *, backends: list[str] | None = None,
             continue
         fam_files = siblings(f) if f.parent.is_dir() and f.exists() else [f]
         for backend, reason in backends_for(f, fam_files, backends, formats):
-            for t in thread_list:
+            for t in ([None] if reason else thread_list):  # a skipped backend is one row, not one per thread count
                 base = {"model": str(f), "name": f.stem, "family": family(f), "format": f.suffix.lower().lstrip("."),
                         "backend": backend, "threads": t, "precision": prec}
                 if reason:
@@ -299,8 +299,12 @@ def run_bench(models: list[Path] | None = None, *, backends: list[str] | None = 
         quiet: no progress bar and no terminal table.
         row_timeout: seconds after which a row's process is killed and the row marked failed.
 
-    Returns: {"rows": [...], "device": {...}, "claims": [...], "comparisons": {...},
-    "vendor": [...] or None, "files": {format: path}}.
+    Returns: {"rows": [...], "aggregate": [...], "int8_vs_fp32": [...], "device": {...},
+    "claims": [...], "vendor": [...] or None, "counts": {"ok", "skipped", "failed"},
+    "files": {format: path}}.
+
+    Raises: edgecell.errors.ModelError (one line) when there is no model file to benchmark.
+    Bad model files and missing backends do not raise: they are "skipped" rows.
     """
     from edgecell.benchmarks import report
     from edgecell.benchmarks.profiles import apply_profile
@@ -313,6 +317,12 @@ def run_bench(models: list[Path] | None = None, *, backends: list[str] | None = 
         backends, precisions, threads, fmt_map = opts["backends"], opts["precisions"], opts["threads"], opts["formats"]
     planned = plan(models, backends=backends, precisions=precisions, threads=threads, iterations=iterations,
                    seconds=seconds, warmup=warmup, image=str(image) if image else None, formats=fmt_map)
+    if not planned:
+        from edgecell.errors import ModelError
+
+        where = ", ".join(str(m) for m in models) if models else str(SHIPPED_DIR)
+        raise ModelError(f"no model files to benchmark in {where} (expected .tflite, .xml or .onnx"
+                         f"{', with precision ' + '/'.join(precisions) if precisions else ''})")
     results = out_dir / "results.jsonl"
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

@@ -20,7 +20,7 @@ CSV_FIELDS = ["name", "family", "format", "backend", "backend_version", "precisi
               "status", "median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "mean_ms", "iqr_ms", "noise",
               "n", "sync_fps", "async_fps", "async_requests", "raw_median_ms", "overhead_ratio",
               "load_ms", "first_ms", "peak_rss_mb", "size_bytes", "pre_ms", "inference_ms", "post_ms",
-              "pipeline_ms", "accuracy", "input_sha1", "reason", "install", "model"]
+              "pipeline_ms", "accuracy", "ov_inference_precision", "input_sha1", "reason", "install", "model"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +209,8 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
     asy = r.get("async") or {}
     out = {k: r.get(k) for k in ("name", "family", "format", "backend", "backend_version", "precision", "threads",
                                  "repeat", "status", "sync_fps", "overhead_ratio", "load_ms", "first_ms",
-                                 "peak_rss_mb", "size_bytes", "accuracy", "input_sha1", "reason", "install", "model")}
+                                 "peak_rss_mb", "size_bytes", "accuracy", "ov_inference_precision", "input_sha1",
+                                 "reason", "install", "model")}
     for k in ("median", "p90", "p99", "min", "max", "mean", "iqr"):
         out[f"{k}_ms"] = lat.get(k)
     out["noise"] = lat.get("noise")
@@ -294,7 +295,11 @@ def markdown(result: dict[str, Any]) -> str:
         status = f["status"] if f["status"] == "ok" else f"{f['status']}: {f.get('reason') or ''}".replace("|", "/")
         if f.get("install") and f["status"] != "ok":
             status += f" ({f['install']})"
-        lines.append(f"| {f['name']}.{f['format'] or ''} | {f['backend']} | {f['precision']} | {_f(f['threads'])} | "
+        prec = f["precision"]
+        ovp = {"bf16": "bf16", "bfloat16": "bf16", "f16": "fp16", "float16": "fp16"}.get(str(f.get("ov_inference_precision")))
+        if ovp and prec == "fp32":
+            prec = f"fp32 (runs {ovp})"
+        lines.append(f"| {f['name']}.{f['format'] or ''} | {f['backend']} | {prec} | {_f(f['threads'])} | "
                      f"{_f(f['median_ms'], 3)} | {_f(f['p90_ms'], 3)} | {_f(f['p99_ms'], 3)} | {_f(f['iqr_ms'], 3)} | "
                      f"{_f(f['noise'])} | {fps} | {_f(f['overhead_ratio'])} | {_f(f['load_ms'], 1)} | {_f(f['first_ms'], 1)} | "
                      f"{_f(f['peak_rss_mb'], 0)} | {_f((f['size_bytes'] or 0) / 1024, 1) if f['size_bytes'] else '-'} | {pipe} | "
@@ -316,14 +321,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "## Checked against the vendors' tools", "",
                   "benchmark_app: ratio = our Session.run median / benchmark_app median (raw = the bare infer call); "
                   "bare loop: ratio = harness per-call mean / bare-loop mean, median of adjacent pairs (pair IQR = "
-                  "how much the pairs disagree: the noise floor of this check).", "",
+                  "how much the pairs disagree: the noise floor of this check; timer cost = the timing loop around a no-op "
+                  "as a share of the median call, the noise-free estimate of the harness's overhead).", "",
                   "| model | backend | threads | check | ours ms | reference ms | ratio | target | pass |",
                   "|---|---|---:|---|---:|---:|---:|---|---|"]
         for v in result["vendor"]:
             lines.append(f"| {Path(v.get('model', '')).name} | {v.get('backend')} | {v.get('threads')} | {v.get('check')} | "
                          f"{_f(v.get('ours_ms'), 4)} | {_f(v.get('reference_ms'), 4)} | {_f(v.get('ratio'), 3)}"
-                         + (f" (pair IQR {_f((v.get('detail') or {}).get('ratio_iqr'), 2)})" if v.get('detail') else "")
-                         + (f" (raw {_f(v.get('raw_ratio'), 3)})" if v.get('raw_ratio') else "") + " | "
+                         + (f" (pair IQR {_f((v.get('detail') or {}).get('ratio_iqr'), 2)}; timer cost "
+                            f"{100 * (v.get('timer_cost_fraction') or 0):.2f} %)" if v.get('detail') else "")
+                         + (f" (raw {_f(v.get('raw_ratio'), 3)}; pair IQR {_f(v.get('pair_ratio_iqr'), 2)})"
+                            if v.get('raw_ratio') else "") + " | "
                          f"{v.get('target')} | {v.get('pass') if v.get('error') is None else 'error: ' + str(v.get('error'))[:80]} |")
     lines += ["", "## The papers' claims beside this device", "",
               "| claim | published | hardware | source | measured here | ratio measured/claimed | row |",

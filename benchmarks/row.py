@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-MARKER = "EDGECELL_ROW "
+from edgecell.benchmarks.harness import ROW_MARKER as MARKER  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,9 @@
    fresh row process right after it. Target: within 10 %.
 2. A bare loop around the backend call (`Session.run_raw`, N calls, one clock read before and
    after) against the harness's per-call timing of the same call. Target: overhead <= 2 %.
+   When adjacent pairs disagree by more than `NOISE_LIMIT` (IQR of the pair ratios) the verdict
+   is "inconclusive (noise)"; `timer_cost_fraction` (the timing loop around a no-op, divided by the
+   median call) is the noise-free estimate of the harness's share, reported beside it.
 
 Both checks alternate the two measurements in adjacent pairs (order flipped each round) and take
 the median of the per-pair ratios, so a burst of load on a shared machine hits both sides alike.
@@ -26,7 +29,11 @@ from typing import Any
 from edgecell.benchmarks import stats
 
 VENDOR_TOLERANCE = 0.10
+#: pair-ratio IQR above which the benchmark_app check cannot resolve a 10 % difference
+VENDOR_NOISE_LIMIT = 0.10
 OVERHEAD_TARGET = 0.02
+#: pair-ratio IQR above which the bare-loop check cannot resolve a 2 % difference
+NOISE_LIMIT = 0.04
 _BARE_MARKER = "EDGECELL_BARE "
 
 
@@ -118,11 +125,16 @@ def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, ro
     ratios = [o / t for o, t in zip(ours, theirs)]
     ratio = stats.median(ratios)
     raw_ratios = [r / t for r, t in zip(raws, theirs) if r]
+    spread = stats.iqr(ratios) if len(ratios) > 1 else 0.0
+    verdict: bool | str = abs(ratio - 1.0) <= VENDOR_TOLERANCE
+    if spread > VENDOR_NOISE_LIMIT:
+        verdict = "inconclusive (noise)"
     return dict(base, ours_ms=stats.median(ours), reference_ms=stats.median(theirs), ratio=ratio,
+                ratio_of_medians=stats.median(ours) / stats.median(theirs),
                 raw_ms=stats.median([r for r in raws if r]) if any(raws) else None,
-                raw_ratio=stats.median(raw_ratios) if raw_ratios else None,
+                raw_ratio=stats.median(raw_ratios) if raw_ratios else None, pair_ratio_iqr=spread,
                 pair_ratios=ratios, ours_rounds_ms=ours, reference_rounds_ms=theirs,
-                command=commands, error=None, **{"pass": abs(ratio - 1.0) <= VENDOR_TOLERANCE})
+                command=commands, error=None, **{"pass": verdict})
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,8 +176,17 @@ def bare_vs_harness_inprocess(model: str, backend: str, threads: int, iterations
         bare.append(pair["bare"])
         harness.append(pair["harness"])
         ratios.append(pair["harness"] / pair["bare"])
+    # the harness's own cost per call, without the model: the same timing loop around a no-op
+    noop_ms, _ = timed_runs(_noop, None, None, None, iterations=20000, seconds=None)
+    timer_ms = stats.median(noop_ms)
     return {"bare_mean_ms": stats.median(bare), "harness_mean_ms": stats.median(harness),
-            "ratio": stats.median(ratios), "ratio_iqr": stats.iqr(ratios), "calls_per_block": n, "rounds": rounds}
+            "ratio": stats.median(ratios), "ratio_iqr": stats.iqr(ratios), "calls_per_block": n, "rounds": rounds,
+            "timer_cost_ms": timer_ms, "median_call_ms": stats.median(bare),
+            "timer_cost_fraction": timer_ms / stats.median(bare) if stats.median(bare) > 0 else None}
+
+
+def _noop(_):
+    return None
 
 
 def compare_bare_loop(model: str, backend: str, threads: int, *, iterations: int = 200, rounds: int = 21,
@@ -185,8 +206,15 @@ def compare_bare_loop(model: str, backend: str, threads: int, *, iterations: int
         return dict(base, error=f"failed: {' | '.join(tail)[:300]}", **{"pass": None})
     r = json.loads(line[len(_BARE_MARKER):])
     ratio = r["ratio"]
+    # on a loaded machine adjacent pairs can disagree by far more than 2 %: then the measured ratio
+    # cannot decide, and the verdict says so instead of passing or failing on noise
+    if r["ratio_iqr"] > NOISE_LIMIT:
+        verdict = "inconclusive (noise)"
+    else:
+        verdict = ratio - 1.0 <= OVERHEAD_TARGET
     return dict(base, ours_ms=r["harness_mean_ms"], reference_ms=r["bare_mean_ms"], ratio=ratio,
-                overhead=ratio - 1.0, detail=r, error=None, **{"pass": ratio - 1.0 <= OVERHEAD_TARGET})
+                overhead=ratio - 1.0, timer_cost_fraction=r.get("timer_cost_fraction"), detail=r, error=None,
+                **{"pass": verdict})
 
 
 def compare_all(rows: list[dict[str, Any]], *, iterations: int = 100) -> list[dict[str, Any]]:
