@@ -70,7 +70,7 @@ def predict(model: Model, image: np.ndarray, **options) -> tuple[Any, Timings]:
     tensor, context = task.preprocess(image, model.info)
     t1 = time.perf_counter()
     if hasattr(task, "infer"):
-        outputs = task.infer(model.session, tensor, context, model.info, **options)
+        outputs = task.infer(model.session, tensor, model.info, context=context, **options)
     else:
         outputs = model.session.run(tensor)
     t2 = time.perf_counter()

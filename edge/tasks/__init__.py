@@ -7,8 +7,8 @@
     annotate(image: np.ndarray, result) -> np.ndarray
         an RGB overlay for a person to look at
 
-and may provide `infer(session, tensor, info, **options) -> dict` when one image needs more
-than one model call (tiling, Grad-CAM). `get_task(name)` returns the module.
+and may provide `infer(session, tensor, info, *, context, **options) -> dict` when one image needs
+more than one model call or extra outputs (tiling, Grad-CAM). `get_task(name)` returns the module.
 """
 
 from __future__ import annotations
