@@ -388,6 +388,10 @@ def train(args) -> dict:
     teacher = None
     if args.teacher:
         teacher = keras.models.load_model(args.teacher, compile=False)
+        if int(teacher.input_shape[1]) != args.size:  # fully convolutional + GAP: same weights, new size
+            resized, _ = build_v1(n, size=args.size, weights=None, trainable_blocks=0)
+            resized.set_weights(teacher.get_weights())
+            teacher = resized
         how += f", distilled from {Path(args.teacher).name} (alpha {args.distil_alpha}, T {args.temperature})"
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     print(f"model {model.name}: {model.count_params():,} params, {trainable:,} trainable, "
