@@ -123,37 +123,78 @@ def precision_ratios(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _metric(entry: dict[str, Any]) -> float | None:
+    """The headline accuracy of one `edgecell eval` entry: top-1 (classification), mAP@0.5
+    (detection), or a plain `accuracy`."""
+    for key in ("accuracy", "top1"):
+        if isinstance(entry.get(key), (int, float)):
+            return float(entry[key])
+    m = entry.get("map50")
+    if isinstance(m, dict) and isinstance(m.get("mean"), (int, float)):
+        return float(m["mean"])
+    if isinstance(entry.get("metrics"), dict):
+        return _metric(entry["metrics"])
+    return None
+
+
 def load_accuracy(path: Path | None) -> dict[str, float]:
-    """Accuracy by model (file name, stem or path) from `edgecell eval` output: a JSON object
-    {model: accuracy}, a JSON list / JSONL of {"model": ..., "accuracy": ...}, or {"results": [...]}."""
+    """Accuracy by model from `edgecell eval` output. Understands the eval report
+    ({"models": {key: {"path", "backend", "top1" | "map50": {"mean"}}}}), a JSON object
+    {model: accuracy}, and a list / JSONL of {"model": ..., "accuracy": ...}. Keys: "file|backend",
+    file name, path and stem, so a row finds the value for its own file and backend."""
     if not path:
         return {}
     p = Path(path)
+    if p.is_dir():
+        found = [q for q in sorted(p.glob("*.json")) if q.name in ("classification.json", "detection.json", "gate.json")]
+        if not found:
+            raise FileNotFoundError(f"{p}: no edgecell eval report (classification.json / detection.json) in this folder")
+        out: dict[str, float] = {}
+        for q in found:
+            out.update(load_accuracy(q))
+        return out
     text = p.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
-        items = data.get("results", data) if isinstance(data, dict) else data
     except json.JSONDecodeError:
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    out: dict[str, float] = {}
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = {}
+    if isinstance(data, dict) and isinstance(data.get("models"), dict):
+        for key, entry in data["models"].items():
+            if not isinstance(entry, dict):
+                continue
+            value = _metric(entry)
+            if value is None:
+                continue
+            model = entry.get("path") or entry.get("file") or key
+            for k in (model, Path(model).name, Path(model).stem, key):
+                out.setdefault(str(k), value)
+                if entry.get("backend"):
+                    out[f"{k}|{entry['backend']}"] = value
+        return out
+    items = data.get("results", data) if isinstance(data, dict) else data
     if isinstance(items, dict):
         for k, v in items.items():
             if isinstance(v, (int, float)):
                 out[k] = float(v)
-            elif isinstance(v, dict) and isinstance(v.get("accuracy"), (int, float)):
-                out[k] = float(v["accuracy"])
+            elif isinstance(v, dict) and _metric(v) is not None:
+                out[k] = _metric(v)
         return out
     for it in items:
-        if isinstance(it, dict) and it.get("model") is not None:
-            acc = it.get("accuracy", (it.get("metrics") or {}).get("accuracy"))
-            if isinstance(acc, (int, float)):
-                out[str(it["model"])] = float(acc)
+        if isinstance(it, dict) and it.get("model") is not None and _metric(it) is not None:
+            out[str(it["model"])] = _metric(it)
+            if it.get("backend"):
+                out[f"{it['model']}|{it['backend']}"] = _metric(it)
     return out
 
 
 def _accuracy_for(row: dict[str, Any], accuracy: dict[str, float]) -> float | None:
     model = row.get("model") or ""
-    for k in (model, Path(model).name, Path(model).stem, row.get("name")):
+    names = (model, Path(model).name, Path(model).stem, row.get("name"))
+    for k in names:
+        if f"{k}|{row.get('backend')}" in accuracy:
+            return accuracy[f"{k}|{row.get('backend')}"]
+    for k in names:
         if k in accuracy:
             return accuracy[k]
     return None

@@ -247,3 +247,14 @@ def test_parse_benchmark_app_output():
     assert p == {"median_ms": 0.11, "average_ms": 0.12, "min_ms": 0.09, "max_ms": 0.55, "fps": 8103.73, "count": 100}
     us = parse_benchmark_app("[ INFO ]    Median:        152.28 us\n[ INFO ]    Average:    2.5 ms")
     assert us["median_ms"] == pytest.approx(0.15228) and us["average_ms"] == 2.5
+
+
+def test_accuracy_column_from_eval_report(tmp_path):
+    ev = {"models": {"litert-int8": {"path": "/m/cells_int8.tflite", "backend": "litert", "precision": "int8",
+                                     "map50": {"mean": 0.61}},
+                     "openvino-int8": {"path": "/m/cells_int8.xml", "backend": "openvino", "top1": 0.9}}}
+    (tmp_path / "detection.json").write_text(json.dumps(ev))
+    acc = report.load_accuracy(tmp_path)
+    rows = [{"model": "/x/cells_int8.tflite", "name": "cells_int8", "backend": "litert", "status": "ok"},
+            {"model": "/x/cells_int8.xml", "name": "cells_int8", "backend": "openvino", "status": "ok"}]
+    assert [report._accuracy_for(r, acc) for r in rows] == [0.61, 0.9]
