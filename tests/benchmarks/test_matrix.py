@@ -258,3 +258,18 @@ def test_accuracy_column_from_eval_report(tmp_path):
     rows = [{"model": "/x/cells_int8.tflite", "name": "cells_int8", "backend": "litert", "status": "ok"},
             {"model": "/x/cells_int8.xml", "name": "cells_int8", "backend": "openvino", "status": "ok"}]
     assert [report._accuracy_for(r, acc) for r in rows] == [0.61, 0.9]
+
+
+def test_timed_runs_interleaves_and_honours_budget():
+    from edgecell.benchmarks.harness import timed_runs
+
+    calls = []
+    a, b = timed_runs(lambda x: calls.append("ours"), None, lambda x: calls.append("raw"), None,
+                      iterations=20, seconds=None, chunks=4)
+    assert len(a) == len(b) == 20 and calls[:5] == ["ours"] * 5 and calls[5:10] == ["raw"] * 5
+    import time
+
+    t0 = time.perf_counter()
+    a, b = timed_runs(lambda x: time.sleep(0.002), None, None, None, iterations=10**6, seconds=0.1)
+    assert 0.09 < time.perf_counter() - t0 < 1.0 and len(a) >= 5 and not b
+    assert all(t >= 1.9 for t in a)  # milliseconds
