@@ -48,6 +48,12 @@ def get_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke test)")
     p.add_argument("--epochs", type=int, default=10_000, help="upper bound; the wall-clock budget usually stops first")
+    p.add_argument("--export", metavar="KERAS", help="skip training: export this trained .keras model (FP32 + INT8, "
+                   "TFLite / OpenVINO / ONNX) into --out, check INT8 against FP32, evaluate on Testing and store "
+                   "the thresholds chosen on the hold-out in each sidecar")
+    p.add_argument("--calibration", type=int, default=100, help="training images for INT8 calibration (--export)")
+    p.add_argument("--stem", default="cells", help="file stem of exported models (--export)")
+    p.add_argument("--weights", help="with --export: load these weights into the model first")
     return p.parse_args(argv)
 
 
@@ -177,8 +183,78 @@ def progress(epoch, step, total, loss, lr, elapsed, budget, end="\r"):
         print(line, flush=True)
 
 
+def export(args) -> dict:
+    """Export a trained model with the shared converter, compare INT8 with FP32 per backend on
+    hold-out images, evaluate every file through the device pipeline, store chosen thresholds."""
+    import keras
+
+    from edgecell.backends import load_session
+    from edgecell.calibration import dataset_dir
+    from edgecell.calibration.voc import list_split
+    from edgecell.convert.quantize import compare_outputs, export_model
+    from edgecell.evaluation.detection import evaluate_cells
+    from edgecell.images import decode_image
+    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.tasks import cells
+
+    src = Path(args.export)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = read_model_info(src)
+    cells.check_info(info)
+    model = keras.models.load_model(src, compile=False)
+    if args.weights:
+        model.load_weights(args.weights)
+    split = json.loads((src.parent / "split.json").read_text())
+    data_dir = dataset_dir("cbc_bccd_cleaned", args.data)
+    images = data_dir / "Training" / "Images"
+    rng = np.random.default_rng(args.seed)
+    cal_stems = sorted(rng.choice(split["train"], min(args.calibration, len(split["train"])), replace=False))
+    cal = [cells.preprocess(decode_image(images / f"{s}.jpg"), info)[0] for s in cal_stems]
+    print(f"calibration: {len(cal)} training images; exporting ...", flush=True)
+    t0 = time.time()
+    paths = export_model(model, info, cal, out, args.stem, progress=lambda n: print(f"  wrote {n} ({time.time() - t0:.0f} s)", flush=True))
+    hold = [cells.preprocess(decode_image(images / f"{s}.jpg"), info)[0] for s in split["holdout"]]
+    check = {}
+    for fmt in ("tflite", "openvino", "onnx"):
+        if f"{fmt}-int8" in paths:
+            c = compare_outputs(load_session(paths[f"{fmt}-fp32"]), load_session(paths[f"{fmt}-int8"]), hold)
+            check[fmt] = {"cosine": c["cosine"], "max_abs_error": c["max_abs_error"]}
+            print(f"  {fmt}: INT8 vs FP32 cosine on {len(hold)} hold-out images {c['cosine']:.4f}", flush=True)
+    (out / "int8_check.json").write_text(json.dumps(check, indent=1))
+    hold_xml = [data_dir / "Training" / "Annotations" / f"{s}.xml" for s in split["holdout"]]
+    order = [paths[k] for k in sorted(paths)]
+    report = evaluate_cells(order, data_dir, out / "eval", split="Testing", sweep_split=hold_xml)
+    # the paper's procedure on the official Validation list (a subset of Training) for the record
+    official = evaluate_cells([paths["tflite-fp32"]], data_dir, out / "eval_official_validation", split="Testing",
+                              sweep_split="Validation")
+    # one sidecar per precision (cells_int8.json serves .tflite, .xml and .onnx): the thresholds are
+    # those the sweep chose for the TFLite file of that precision (the one shipped)
+    by_key = {k: r for k, r in report["models"].items()}
+    for precision in ("fp32", "int8"):
+        r = by_key.get(f"litert-{precision}") or next((v for k, v in by_key.items() if k.endswith(precision)), None)
+        if r is None:
+            continue
+        path = Path(r["path"])
+        meta = read_model_info(path)
+        meta.settings["thresholds"] = r["sweep"]["chosen"]
+        meta.settings["thresholds_chosen_on"] = (f"Table 1 sweep (0.20-0.60) on {len(hold_xml)} held-out training "
+                                                 f"images, {r['backend']} {precision}")
+        meta.metrics = {"testing_images": report["images"],
+                        **{f"testing_map50_{k}": round(v["map50"]["mean"], 4) for k, v in by_key.items() if k.endswith(precision)},
+                        "testing_counting_accuracy": {k: round(v["accuracy"], 4) for k, v in
+                                                      r["counting"]["swept_thresholds"]["per_class"].items()}}
+        write_sidecar(path, meta)
+    print((out / "eval" / "cells_eval.md").read_text(), flush=True)
+    print("official Validation sweep (FP32 TFLite):", official["models"][next(iter(official["models"]))]["sweep"]["chosen"])
+    return report
+
+
 def main(argv=None):
     args = get_args(argv)
+    if args.export:
+        export(args)
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import keras

@@ -190,8 +190,8 @@ def _overlay_pair(image, ann, result, labels, path) -> str:
     left = cells.annotate(image, gt)
     right = cells.annotate(image, result)
     for img, text in ((left, "ground truth"), (right, "edgecell")):
-        cv2.putText(img, text, (img.shape[1] - 170, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.65, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, text, (img.shape[1] - 170, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.65, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(img, text, (img.shape[1] - 190, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.65, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, text, (img.shape[1] - 190, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.65, (255, 255, 255), 1, cv2.LINE_AA)
     sep = np.full((image.shape[0], 6, 3), 255, np.uint8)
     return str(write_image_atomic(path, np.concatenate([left, sep, right], 1)))
 
