@@ -455,3 +455,34 @@ def print_table(result: dict[str, Any], console=None) -> None:
         meas = f"{c['measured_ms']:.2f} ms (x{c['ratio']:.2f}, {c['row']})" if c.get("measured_ms") is not None else c.get("note")
         console.print(f"claim {c['id']}: {'< ' if c['bound'] == '<' else ''}{c['value_ms']:g} ms {c['what']} on "
                       f"{c['hardware']} [{c['source']}] -> here: {meas}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild the reports from a results.jsonl (e.g. after an interrupted run):
+
+        python -m edgecell.benchmarks.report OUT/results.jsonl [--vendor OUT/vendor.json] [--accuracy EVAL]
+    """
+    import argparse
+
+    from edgecell.benchmarks.matrix import read_jsonl
+
+    p = argparse.ArgumentParser(prog="python -m edgecell.benchmarks.report", description=main.__doc__)
+    p.add_argument("results", type=Path)
+    p.add_argument("--vendor", type=Path, default=None)
+    p.add_argument("--accuracy", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="folder for the reports (default: beside results)")
+    p.add_argument("--no-table", action="store_true")
+    args = p.parse_args(argv)
+    rows = read_jsonl(args.results)
+    vendor = json.loads(args.vendor.read_text()) if args.vendor else None
+    result = build(rows, vendor=vendor, accuracy=load_accuracy(args.accuracy) if args.accuracy else None,
+                   meta={"results_jsonl": str(args.results), "rebuilt": True,
+                         "repeats": 1 + max((r.get("repeat") or 0 for r in rows), default=0)})
+    result["files"] = write(result, args.out or args.results.parent)
+    if not args.no_table:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
