@@ -408,6 +408,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     except TypeError:
         ax.boxplot([r["timings_ms"] for r in rows], vert=False, **kw)
     ax.set_yticks(range(1, len(rows) + 1), labels, fontsize=7)
+    ax.invert_yaxis()  # first row at the top, as in the tables
     ax.set_xscale("log")
     ax.set_xlabel("latency per call, ms (box: IQR, line: median, whiskers: p1-p99)")
     ax.set_title(f"edgecell bench - {device_line(result.get('device') or {})}"[:110], fontsize=9)
