@@ -102,13 +102,12 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 def normalise(canvas: np.ndarray, info: ModelInfo) -> np.ndarray:
     """uint8 H x W x C canvas -> float32 1 x H x W x C (or NCHW) model input."""
-    x = canvas.astype(np.float32)
     mean = np.asarray(info.mean, dtype=np.float32)
     std = np.asarray(info.std, dtype=np.float32)
-    if not (mean.size == 1 and mean[0] == 0.0 and std.size == 1 and std[0] == 255.0):
-        x = (x - mean) / std
+    if mean.size == 1 and mean[0] == 0.0 and std.size == 1 and std[0] == 255.0:
+        x = np.multiply(canvas, np.float32(1.0 / 255.0), dtype=np.float32)  # one pass
     else:
-        x *= np.float32(1.0 / 255.0)
+        x = (canvas.astype(np.float32) - mean) / std
     x = x[None]
     if info.layout == "NCHW":
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
