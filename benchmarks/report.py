@@ -375,13 +375,17 @@ def markdown(result: dict[str, Any]) -> str:
                             if v.get('raw_ratio') else "") + " | "
                          f"{v.get('target')} | {v.get('pass') if v.get('error') is None else 'error: ' + str(v.get('error'))[:80]} |")
     lines += ["", "## The papers' claims beside this device", "",
-              "| claim | published | hardware | source | measured here | ratio measured/claimed | row |",
-              "|---|---:|---|---|---:|---:|---|"]
+              "Measured = the best configuration on this device (median of its row medians over repeats); "
+              "FP32 = the best FP32 configuration (the papers ran FP32 models on a GPU).", "",
+              "| claim | published | hardware | source | measured here ms | ratio measured/claimed | row | best FP32 ms (ratio, row) |",
+              "|---|---:|---|---|---:|---:|---|---|"]
     for c in result.get("claims", []):
         pub = f"{'< ' if c['bound'] == '<' else ''}{c['value_ms']:g} ms ({c['what']})"
         meas = _f(c.get("measured_ms"), 2) if c.get("measured_ms") is not None else (c.get("note") or "-")
         lines.append(f"| {c['model']} | {pub} | {c['hardware']} | {c['citation']} ({c['source']}) | {meas} | "
-                     f"{_f(c.get('ratio'), 3)} | {c.get('row') or '-'} |")
+                     f"{_f(c.get('ratio'), 3)} | {c.get('row') or '-'} | "
+                     + (f"{_f(c.get('fp32_ms'), 2)} ({_f(c.get('fp32_ratio'), 3)}, {c.get('fp32_row')})" if c.get("fp32_ms") else "-")
+                     + " |")
     if result.get("claims_error"):
         lines += ["", f"Claims file problem: {result['claims_error']}"]
     lines += ["", "Published figures were measured on desktop GPUs; rows here are CPU. Differences under ~20 % "
