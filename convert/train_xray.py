@@ -254,6 +254,146 @@ def evaluate(args) -> dict:
     return report
 
 
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    d = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / d) if d > 0 else float("nan")
+
+
+def gradcam_agreement(args, n: int = 60) -> dict:
+    """Device Grad-CAM (numpy head, on each exported file's feature map) against TensorFlow's
+    GradientTape Grad-CAM on the Keras model, on `n` held-out images spread over the cells, for the
+    class the Keras model predicts. Pearson correlation of the 8x8 maps (after ReLU); maps with no
+    positive evidence in TF (all zero) are counted, not correlated."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from edgecell.backends import load_session
+    from edgecell.convert.models.vbreathnet import with_logits_output
+    from edgecell.images import decode_image
+    from edgecell.modelinfo import read_model_info
+    from edgecell.tasks import xray as task
+    from edgecell.tasks.common import to_input_tensor
+
+    out = Path(args.out)
+    items = [it for it in xdata.read_list(out / "xray_split.tsv", args.data) if it.split == "test"]
+    rng = np.random.default_rng(args.seed)
+    chosen = []
+    for c in xdata.CELLS:
+        members = [it for it in items if it.cell == c]
+        chosen += [members[i] for i in sorted(rng.permutation(len(members))[: n // len(xdata.CELLS)].tolist())]
+    ref = with_logits_output(keras.models.load_model(out / "vbreathnet_best.keras", compile=False))
+    export_dir = out / "export"
+    files = {f"{fmt}-{p}": export_dir / f"{STEM}_{p}{suf}" for fmt, suf in (("tflite", ".tflite"), ("openvino", ".xml"),
+                                                                       ("onnx", ".onnx")) for p in ("fp32", "int8")}
+    sessions = {k: load_session(v) for k, v in files.items() if v.exists()}
+    info = read_model_info(files["tflite-int8"])
+    head = task.head_for(files["tflite-int8"], info)
+    corr: dict[str, list[float]] = {k: [] for k in sessions}
+    vs_fp32: dict[str, list[float]] = {k: [] for k in sessions if k.endswith("int8")}
+    zero = 0
+    for it in chosen:
+        x = to_input_tensor(decode_image(it.path), info)[0]
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            logits, feat = ref(xt, training=False)
+            c = int(np.argmax(logits.numpy()[0]))
+            y = logits[:, c]
+        grads = tape.gradient(y, feat).numpy()[0]
+        feat = feat.numpy()[0]
+        cam_tf = np.maximum((feat * grads.mean(axis=(0, 1))).sum(-1), 0)
+        if cam_tf.max() <= 0 or cam_tf.std() == 0:
+            zero += 1
+            continue
+        maps = {}
+        for k, sess in sessions.items():
+            _, fmap = task.split_outputs(sess.run(x), info)
+            maps[k], _ = task.gradcam_map(fmap, head, c)
+            corr[k].append(_corr(maps[k], cam_tf))
+        for k in vs_fp32:
+            vs_fp32[k].append(_corr(maps[k], maps[k.replace("int8", "fp32")]))
+
+    def stats(v: list[float]) -> dict:
+        a = np.asarray([x for x in v if np.isfinite(x)])
+        if a.size == 0:
+            return {"n": 0}
+        return {"n": int(a.size), "mean": round(float(a.mean()), 4), "median": round(float(np.median(a)), 4),
+                "min": round(float(a.min()), 4), "share_ge_0.95": round(float((a >= 0.95).mean()), 3)}
+
+    report = {"images": len(chosen), "tf_all_zero": zero,
+              "vs_tf_gradienttape": {k: stats(v) for k, v in corr.items()},
+              "int8_vs_fp32_same_backend": {k: stats(v) for k, v in vs_fp32.items()}}
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    (out / "eval" / "gradcam_agreement.json").write_text(json.dumps(report, indent=1) + "\n")
+    print("[gradcam] " + json.dumps(report), flush=True)
+    return report
+
+
+def latency(args, runs: int = 40) -> dict:
+    """End-to-end ms per image (pre-processing + model + post-processing with Grad-CAM) through the
+    device pipeline, batch 1, 2 threads, on one held-out image; and the same without Grad-CAM."""
+    from edgecell.images import decode_image
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+
+    out = Path(args.out)
+    items = [it for it in xdata.read_list(out / "xray_split.tsv", args.data) if it.split == "test"]
+    image = decode_image(items[0].path)
+    export_dir = out / "export"
+    report = {}
+    for fmt, suf in (("tflite", ".tflite"), ("openvino", ".xml"), ("onnx", ".onnx")):
+        for p in ("fp32", "int8"):
+            path = export_dir / f"{STEM}_{p}{suf}"
+            if not path.exists():
+                continue
+            model = load_model(path, threads=2)
+            row = {}
+            for cam in (True, False):
+                for _ in range(5):
+                    predict(model, image, gradcam=cam)
+                t = [predict(model, image, gradcam=cam)[1] for _ in range(runs)]
+                row["with_gradcam" if cam else "without_gradcam"] = {
+                    "total_ms": round(float(np.median([x.total for x in t])), 2),
+                    "infer_ms": round(float(np.median([x.infer for x in t])), 2),
+                    "post_ms": round(float(np.median([x.post for x in t])), 3),
+                    "pre_ms": round(float(np.median([x.pre for x in t])), 2)}
+            w, wo = row["with_gradcam"]["total_ms"], row["without_gradcam"]["total_ms"]
+            row["gradcam_overhead_pct"] = round(100 * (w - wo) / wo, 1)
+            row["backend"] = model.session.backend
+            report[f"{fmt}-{p}"] = row
+            print(f"[latency] {fmt}-{p}: " + json.dumps(row), flush=True)
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    (out / "eval" / "latency.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def ship(args, dest: Path) -> dict:
+    """Copy the INT8 TFLite model, its sidecar (with held-out metrics) and the Grad-CAM head into
+    `dest` (edge/models); return their SHA-256."""
+    import shutil
+
+    from edgecell.evaluation.classification import sha256
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    out = Path(args.out)
+    src = out / "export" / f"{STEM}_int8.tflite"
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest / src.name)
+    shutil.copyfile(out / "export" / HEAD_FILE, dest / HEAD_FILE)
+    info = read_model_info(src)
+    report = json.loads((out / "eval" / "classification.json").read_text())
+    r = report["models"].get("litert-int8", {})
+    if r:
+        info.metrics = {"heldout_images": r["n"], "top1": round(r["top1"], 4), "macro_f1": round(r["macro"]["f1"], 4),
+                        "per_class_f1": {k: round(v["f1"], 4) for k, v in r["per_class"].items()},
+                        "split": "xray_split.tsv test (seed %d)" % args.seed}
+    write_sidecar(dest / src.name, info)
+    sums = {p.name: sha256(p) for p in (dest / src.name, dest / f"{STEM}_int8.json", dest / HEAD_FILE)}
+    print("[ship] " + json.dumps(sums), flush=True)
+    return sums
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgecell.convert.train_xray", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="data root holding both X-ray sets (default: EDGECELL_DATA or ../shared/data)")
@@ -267,11 +407,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=200, help="INT8 calibration images (training split)")
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="skip training: export (if missing) and evaluate")
+    p.add_argument("--gradcam-check", action="store_true", help="also compare device Grad-CAM with TF GradientTape")
+    p.add_argument("--latency", action="store_true", help="also time the pipeline end to end with/without Grad-CAM")
+    p.add_argument("--ship", metavar="DIR", help="copy the INT8 TFLite model + sidecar + Grad-CAM head to DIR")
     args = p.parse_args(argv)
     if args.eval_only:
         if not (Path(args.out) / "export" / f"{STEM}_int8.tflite").exists():
             export(args, Path(args.out) / "vbreathnet_best.keras")
-        evaluate(args)
+        if not (Path(args.out) / "eval" / "classification.json").exists() or not (args.gradcam_check or args.latency or args.ship):
+            evaluate(args)
+        if args.gradcam_check:
+            gradcam_agreement(args)
+        if args.latency:
+            latency(args)
+        if args.ship:
+            ship(args, Path(args.ship))
         return 0
     best = train(args)
     if not args.no_export:

@@ -85,9 +85,16 @@ def maxpool2(a: np.ndarray) -> np.ndarray:
 def head_logits(features: np.ndarray, head: dict[str, np.ndarray]) -> np.ndarray:
     """Logits recomputed from the feature map (a consistency check against the model's scores)."""
     p = maxpool2(features).reshape(-1)
-    z = p @ head["w1"] + head["b1"]
+    z = _vecmat(p, head["w1"]) + head["b1"]
     g = np.maximum(z, 0) * head["bn_scale"] + head["bn_shift"]
     return g @ head["w2"] + head["b2"]
+
+
+def _vecmat(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """v @ m without BLAS: numpy's einsum loop is single-threaded, and at this size (1024 x 512)
+    BLAS's thread start-up costs more than the arithmetic (measured 3-48 ms with OpenBLAS on a busy
+    2-core machine against 1-2 ms here)."""
+    return np.einsum("i,ij->j", v, m)
 
 
 def gradcam_map(features: np.ndarray, head: dict[str, np.ndarray], class_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +105,9 @@ def gradcam_map(features: np.ndarray, head: dict[str, np.ndarray], class_index: 
         a = a[0]
     h, w, c = a.shape
     p = maxpool2(a)
-    z = p.reshape(-1) @ head["w1"] + head["b1"]
+    z = _vecmat(p.reshape(-1), head["w1"]) + head["b1"]
     dz = (z > 0).astype(np.float32) * head["bn_scale"] * head["w2"][:, class_index]
-    dp = (head["w1"] @ dz).reshape(p.shape)  # dy_c / dp
+    dp = np.einsum("ij,j->i", head["w1"], dz).reshape(p.shape)  # dy_c / dp
     alpha = dp.sum(axis=(0, 1)) / float(h * w)  # = mean over the 8x8 map of dy_c / dA
     cam = np.maximum(np.tensordot(a, alpha, axes=([2], [0])), 0)
     peak = float(cam.max())
@@ -143,7 +150,7 @@ class XrayResult:
             y, x = np.unravel_index(int(np.argmax(hm)), hm.shape)
             out["gradcam"] = {"class": self.gradcam_class, "grid": list(hm.shape),
                               "peak_xy": [round((x + 0.5) / hm.shape[1], 3), round((y + 0.5) / hm.shape[0], 3)],
-                              "heatmap": np.round(hm, 3).tolist(),
+                              "heatmap": np.round(hm.astype(np.float64), 3).tolist(),
                               "ms": None if self.gradcam_ms is None else round(self.gradcam_ms, 3)}
         if self.crop is not None:
             out["crop"] = list(self.crop)
@@ -206,8 +213,10 @@ def split_outputs(outputs: dict[str, np.ndarray], info: ModelInfo) -> tuple[np.n
     return scores, features
 
 
-def infer(session, tensor: np.ndarray, context: XrayContext, info: ModelInfo, **_) -> dict[str, np.ndarray]:
-    """One model call: class scores and the feature map; loads the head beside the model file."""
+def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: XrayContext | None = None,
+          **_) -> dict[str, np.ndarray]:
+    """One model call: class scores and the feature map; loads the head beside the model file
+    (into `context`, which postprocess reads)."""
     outputs = session.run(tensor)
     scores, features = split_outputs(outputs, info)
     path = getattr(session, "path", None)

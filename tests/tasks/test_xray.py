@@ -124,7 +124,7 @@ def task_setup(small, tmp_path):
 
 def _run(session, info, image, **options):
     tensor, ctx = xray.preprocess(image, info)
-    outputs = xray.infer(session, tensor, ctx, info, **options)
+    outputs = xray.infer(session, tensor, info, context=ctx, **options)
     return xray.postprocess(outputs, ctx, info, **options)
 
 
