@@ -451,8 +451,32 @@ def export(args, summary: dict | None = None) -> dict[str, Path]:
     t0 = time.perf_counter()
     paths = export_model(model, info, calib, out / "export", f"products_{args.arch}")
     print(f"exported in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k}={v.name}" for k, v in paths.items()), flush=True)
+    if args.nofix_variants:
+        paths.update(export_nofix_variants(model, info, calib, out / "export", f"products_{args.arch}"))
     (out / f"products_{args.arch}_export.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2) + "\n")
     return paths
+
+
+def export_nofix_variants(model, info: ModelInfo, calib, out_dir: Path, stem: str) -> dict[str, Path]:
+    """Extra INT8 ONNX and OpenVINO files WITHOUT the shared converter's AVX2 saturation fixes
+    (ORT reduce_range, NNCF overflow_fix: 7-bit weights). Those fixes protect x86 CPUs without
+    VNNI; on VNNI x86 and on ARM they only cost accuracy (measured on this model: top-1
+    agreement with FP32 on the training holdout 89.4 % -> 94.0 % ORT, 92.8 % -> 95.3 % OpenVINO).
+    Uses the shared converter's own functions with their documented options."""
+    import dataclasses
+
+    from edgecell.convert.quantize import quantize_onnx, quantize_openvino
+    from edgecell.modelinfo import write_sidecar
+
+    meta = dataclasses.replace(info, precision="int8", settings={**info.settings, "int8_x86_overflow_fix": False})
+    out: dict[str, Path] = {}
+    p = quantize_onnx(model, calib, out_dir / f"{stem}_int8-nofix.onnx", int8=True, reduce_range=False, info=meta)
+    write_sidecar(p, meta)
+    out["onnx-int8-nofix"] = p
+    p = quantize_openvino(model, calib, out_dir / f"{stem}_int8-nofix.xml", int8=True, overflow_fix=False, info=meta)
+    write_sidecar(p, meta)
+    out["openvino-int8-nofix"] = p
+    return out
 
 
 def evaluate(args, paths: dict[str, Path]) -> dict:
@@ -523,6 +547,8 @@ def parse_args(argv=None):
     p.add_argument("--distil-alpha", type=float, default=0.7)
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--nofix-variants", action="store_true",
+                   help="also write INT8 ONNX/OpenVINO without the AVX2 (no-VNNI) saturation fix, for VNNI x86 / ARM")
     p.add_argument("--calibration", type=int, default=100, help="calibration images from the training split")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
