@@ -185,12 +185,19 @@ def build_v1(num_classes: int = len(LABELS), *, size: int = 224, weights: str | 
     return model, n_frozen
 
 
-def build_v2(num_classes: int = len(LABELS), *, size: int = 224, dropout: float = 0.2, alpha: float = V2_ALPHA):
+def build_v2(num_classes: int = len(LABELS), *, size: int = 224, dropout: float = 0.2, alpha: float = V2_ALPHA,
+             bn_momentum: float = 0.9):
     """MobileNetV2 (alpha 0.35) + new head, random weights, every layer trainable. Returns (model, 0)."""
     import keras
 
     base = keras.applications.MobileNetV2(alpha=alpha, include_top=False, weights=None,
                                           input_shape=(size, size, 3))
+    # Keras' MobileNetV2 uses BatchNorm momentum 0.999 (made for ImageNet's ~1e6 steps): with our
+    # ~30 steps per epoch the moving statistics stay near their initial values and the model is
+    # at chance level in inference mode (measured: holdout 10.6 % after 4 epochs). 0.9 tracks them.
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
     out = _head(keras, base.output, num_classes, dropout, "products")
     return keras.Model(base.input, out, name=f"products_mobilenet_v2_{alpha}"), 0
 

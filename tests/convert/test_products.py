@@ -56,6 +56,8 @@ def test_build_v2_all_trainable(keras):
     model, n_frozen = P.build_v2(8, size=32)
     assert n_frozen == 0 and model.output_shape == (None, 8)
     assert all(l.trainable for l in model.layers)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.momentum == 0.9 for l in bns)  # not Keras' 0.999: too slow for ~30 steps/epoch
 
 
 def test_distillation_loss(keras):
