@@ -1,7 +1,9 @@
 """Check the harness against the vendors' own tools.
 
 1. OpenVINO's `benchmark_app` (ships in the openvino wheel) on the same IR and thread count:
-   ``benchmark_app -m IR -d CPU -hint none -nstreams 1 -nthreads N -niter K -api sync``; its
+   ``benchmark_app -m IR -d CPU -hint none -nstreams 1 -nthreads N -niter K -api sync
+   -infer_precision P`` (P = the precision our compiled model runs in: without it benchmark_app
+   may pick bf16 where our session compiled f32, and the two measure different kernels); its
    median latency against our median for the same model, backend and threads, measured in a
    fresh row process right after it. Target: within 10 %.
 2. A bare loop around the backend call (`Session.run_raw`, N calls, one clock read before and
@@ -65,13 +67,19 @@ def parse_benchmark_app(text: str) -> dict[str, float]:
     return out
 
 
+#: OpenVINO element type names (as our rows record them) -> benchmark_app -infer_precision values
+_INFER_PRECISION = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16", "float16": "f16", "f16": "f16"}
+
+
 def run_benchmark_app(model: str, *, threads: int, iterations: int = 100, device: str = "CPU",
-                      timeout: float = 300.0) -> dict[str, Any]:
+                      infer_precision: str | None = None, timeout: float = 300.0) -> dict[str, Any]:
     exe = benchmark_app_path()
     if not exe:
         return {"error": "benchmark_app not found (it ships with the openvino wheel: pip install 'edgecell[openvino]')"}
     cmd = [exe, "-m", str(model), "-d", device, "-hint", "none", "-nstreams", "1", "-nthreads", str(threads),
            "-niter", str(iterations), "-api", "sync"]
+    if infer_precision:
+        cmd += ["-infer_precision", infer_precision]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -107,11 +115,13 @@ def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, ro
     base = {"check": "benchmark_app", "model": model, "backend": "openvino", "threads": threads,
             "target": f"within {VENDOR_TOLERANCE:.0%}"}
     ours, raws, theirs, commands = [], [], [], None
+    precision = None  # the precision our compiled model runs in, learnt from our first row
     for i in range(rounds):
         order = ("ours", "vendor") if i % 2 == 0 else ("vendor", "ours")
         for which in order:
             if which == "vendor":
-                v = run_benchmark_app(model, threads=threads, iterations=iterations)
+                v = run_benchmark_app(model, threads=threads, iterations=iterations,
+                                      infer_precision=_INFER_PRECISION.get(str(precision)) if precision else None)
                 if "error" in v:
                     return dict(base, error=v["error"], **{"pass": None})
                 theirs.append(v["median_ms"])
@@ -122,6 +132,7 @@ def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, ro
                     return dict(base, error=f"our row {r.get('status')}: {r.get('reason')}", **{"pass": None})
                 ours.append(r["latency_ms"]["median"])
                 raws.append((r.get("raw_latency_ms") or {}).get("median"))
+                precision = precision or r.get("ov_inference_precision")
     ratios = [o / t for o, t in zip(ours, theirs)]
     ratio = stats.median(ratios)
     raw_ratios = [r / t for r, t in zip(raws, theirs) if r]
@@ -133,7 +144,7 @@ def compare_benchmark_app(model: str, threads: int, *, iterations: int = 100, ro
                 ratio_of_medians=stats.median(ours) / stats.median(theirs),
                 raw_ms=stats.median([r for r in raws if r]) if any(raws) else None,
                 raw_ratio=stats.median(raw_ratios) if raw_ratios else None, pair_ratio_iqr=spread,
-                pair_ratios=ratios, ours_rounds_ms=ours, reference_rounds_ms=theirs,
+                pair_ratios=ratios, ours_rounds_ms=ours, reference_rounds_ms=theirs, infer_precision=precision,
                 command=commands, error=None, **{"pass": verdict})
 
 
