@@ -272,6 +272,13 @@ def _f(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _ms(v: float | None) -> str:
+    """Milliseconds with three significant figures or so: 0.0213, 1.54, 42.8, 130."""
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
 # --------------------------------------------------------------------------------------------
 # writers
 
@@ -432,24 +439,40 @@ def print_table(result: dict[str, Any], console=None) -> None:
 
     console = console or Console()
     console.print(f"[bold]Device:[/] {device_line(result.get('device') or {})}")
-    t = Table(show_lines=False, title="edgecell bench (ms per call; noise = IQR/median)")
-    for col, just in (("model", "left"), ("backend", "left"), ("prec", "left"), ("thr", "right"),  # noqa: E501
-                      ("median", "right"), ("p90", "right"), ("p99", "right"), ("noise", "right"),
-                      ("fps", "right"), ("ours/raw", "right"), ("load", "right"), ("RSS MB", "right"),
-                      ("pipeline", "right"), ("status", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+    compact = console.width < 130  # a Pi's serial console or an 80-column terminal: the essentials only
+    from rich import box
+
+    t = Table(show_lines=False, title="edgecell bench (ms per call; noise = IQR/median)", pad_edge=False,
+              box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, padding=(0, 1), collapse_padding=compact)
+    cols = [("model", "left"), ("backend", "left"), ("prec", "left"), ("thr", "right"), ("median", "right"),
+            ("p90", "right"), ("noise", "right"), ("o/raw" if compact else "ours/raw", "right"), ("status", "left")]
+    short = {"onnxruntime": "ort", "tflite-runtime": "tflite-rt", "openvino": "ov"} if compact else {}
+    if not compact:
+        cols[6:6] = [("p99", "right")]
+        cols[-1:-1] = [("fps", "right"), ("load", "right"), ("RSS MB", "right"), ("pipeline", "right")]
+    for col, just in cols:
+        t.add_column(col, justify=just, no_wrap=col != "status", overflow="ellipsis" if col != "status" else "fold",
+                     max_width=(16 if compact else 30) if col == "model" else None)
     problems: list[str] = []
     for r in result["rows"]:
         f = flat_row(r)
         status = {"ok": "ok", "skipped": "[yellow]skipped[/]", "failed": "[red]failed[/]"}.get(f["status"], str(f["status"]))
+        if compact:
+            status = {"ok": "ok", "skipped": "[yellow]skip[/]", "failed": "[red]FAIL[/]"}.get(f["status"], status)
         if f["status"] != "ok":
             problems.append(f"{f['name']}.{f['format'] or ''} {f['backend']} t{_f(f['threads'])}: {f['status']}: "
                             f"{f.get('reason') or ''}" + (f" -> {f['install']}" if f.get("install") else ""))
         fps = _f(f["sync_fps"], 0) + (f"/{_f(f['async_fps'], 0)}a" if f["async_fps"] else "")
-        t.add_row(f"{f['name']}.{f['format'] or ''}", str(f["backend"]), str(f["precision"]), _f(f["threads"]),
-                  _f(f["median_ms"], 3), _f(f["p90_ms"], 3), _f(f["p99_ms"], 3), _f(f["noise"]), fps,
-                  _f(f["overhead_ratio"]), _f(f["load_ms"], 0), _f(f["peak_rss_mb"], 0),
-                  _f(f["pipeline_ms"], 2), status)
+        label = f"{f['name']}.{f['format'] or ''}"
+        if compact and len(label) > 16:
+            label = label[:6] + "…" + label[-9:]  # keep the precision and format at the end
+        values = {"model": label, "backend": short.get(f["backend"], str(f["backend"])),
+                  "prec": str(f["precision"]),
+                  "thr": _f(f["threads"]), "median": _ms(f["median_ms"]), "p90": _ms(f["p90_ms"]),
+                  "p99": _ms(f["p99_ms"]), "noise": _f(f["noise"]), "ours/raw": _f(f["overhead_ratio"]), "o/raw": _f(f["overhead_ratio"]),
+                  "fps": fps, "load": _f(f["load_ms"], 0), "RSS MB": _f(f["peak_rss_mb"], 0),
+                  "pipeline": _f(f["pipeline_ms"], 2), "status": status}
+        t.add_row(*[values[c] for c, _ in cols])
     console.print(t)
     for line in problems:
         console.print(line, markup=False, highlight=False)
