@@ -289,8 +289,16 @@ def ship(args, dest: str | os.PathLike | None = None) -> Path:
     r = json.loads(report.read_text())
     dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
     info = read_model_info(src)
-    info.metrics = {k: r[k] for k in ("gate_accuracy", "task_accuracy", "share_rejected", "test_originals")
-                    if k in r}
+    r4 = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+    info.metrics = {
+        "held_out_originals": r.get("test_originals"), "labelled_copies": r.get("test_labelled"),
+        "task_model": r["task_model"]["file"], "task_model_sha256": r["task_model"]["sha256"],
+        "gate_accuracy": {k: r4(v["accuracy"]) for k, v in r["gate_accuracy"].items()},
+        "gate_balanced_accuracy": {k: r4(v["balanced_accuracy"]) for k, v in r["gate_accuracy"].items()},
+        "task_accuracy_all_degraded": r4(next(iter(r["task_accuracy"].values()))["accuracy_all"]),
+        "task_accuracy_accepted": {k: r4(v["accuracy_accepted"]) for k, v in r["task_accuracy"].items()},
+        "share_rejected": {k: r4(v) for k, v in r["share_rejected"].items()},
+    }
     target = dest / f"{STEM}_int8.tflite"
     shutil.copyfile(src, target)
     write_sidecar(target, info)
