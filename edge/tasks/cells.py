@@ -163,23 +163,26 @@ def decode(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, floor: 
     in_w, in_h = info.input_size
     sx, sy = in_w / gw, in_h / gh
     obj = _sigmoid(g[..., 4])
-    logits = g[..., 5:]
-    logits = logits - logits.max(-1, keepdims=True)
+    cand = obj >= floor  # score = obj * max prob <= obj: only these can pass the floor
+    if not cand.any():
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    gy, gx, ga = np.nonzero(cand)
+    t = g[gy, gx, ga]
+    logits = t[:, 5:] - t[:, 5:].max(-1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(-1, keepdims=True)
     cls = probs.argmax(-1)
-    score = obj * probs.max(-1)
+    score = obj[gy, gx, ga] * probs.max(-1)
     keep = score >= floor
     if not keep.any():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    gy, gx, ga = np.nonzero(keep)
-    t = g[gy, gx, ga]
+    gy, gx, ga, t, cls, score = gy[keep], gx[keep], ga[keep], t[keep], cls[keep], score[keep]
     cx = (gx + _sigmoid(t[:, 0])) * sx
     cy = (gy + _sigmoid(t[:, 1])) * sy
     bw = anchors[ga, 0] * np.exp(np.clip(t[:, 2], -8, 6))
     bh = anchors[ga, 1] * np.exp(np.clip(t[:, 3], -8, 6))
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-    return boxes, cls[keep].astype(np.int64), score[keep].astype(np.float32)
+    return boxes, cls.astype(np.int64), score.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- box utilities
