@@ -238,6 +238,7 @@ def export(args) -> dict:
         path = Path(r["path"])
         meta = read_model_info(path)
         meta.settings["thresholds"] = r["sweep"]["chosen"]
+        meta.settings["threshold_holdout"] = list(split["holdout"])
         meta.settings["thresholds_chosen_on"] = (f"Table 1 sweep (0.20-0.60) on {len(hold_xml)} held-out training "
                                                  f"images, {r['backend']} {precision}")
         meta.metrics = {"testing_images": report["images"],

@@ -203,15 +203,16 @@ def _fmt(v, pct=False):
 
 
 def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split: str = "Testing",
-                   sweep_split: str | list = "Validation", threads: int | None = None,
+                   sweep_split: str | list | None = None, threads: int | None = None,
                    overlay_stem: str | None = None) -> dict:
     """Evaluate cells models through the device pipeline on a split, side by side.
 
     For each model: mAP@0.5 per class and mean (detections above a 0.01 floor), counting
     accuracy per class on totals (Table 2) and mean absolute count error per image (Table 1), at
     the paper's thresholds, at the model's stored thresholds, and at the thresholds chosen by the
-    Table 1 sweep (0.20..0.60) on `sweep_split` (a split name, or a list of VOC XML paths, e.g. a
-    hold-out of training images). Writes cells_eval.json, cells_eval.md, cells_pr.png and one
+    Table 1 sweep (0.20..0.60) on `sweep_split` (a split name, or a list of VOC XML paths; default:
+    the training hold-out named in the model's `settings["threshold_holdout"]`, else the official
+    Validation list). Writes cells_eval.json, cells_eval.md, cells_pr.png and one
     overlay next to its ground truth into out_dir. Returns the JSON dict.
     """
     import hashlib
@@ -225,6 +226,14 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test = load_split(data_dir, split)
+    if sweep_split is None:
+        # the hold-out the model's thresholds were chosen on (stored in its sidecar), else the
+        # paper's list (the official Validation split, a subset of Training)
+        from edgecell.modelinfo import read_model_info
+
+        stems = read_model_info(model_paths[0]).settings.get("threshold_holdout") if model_paths else None
+        sweep_split = ([data_dir / "Training" / "Annotations" / f"{st}.xml" for st in stems] if stems
+                       else "Validation")
     if isinstance(sweep_split, str):
         sweep = load_split(data_dir, sweep_split)
         sweep_name = sweep_split
