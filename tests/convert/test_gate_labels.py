@@ -73,3 +73,16 @@ def test_relabel_and_split_by_original():
     assert held == gl.split_by_original(rows, 0.2, seed=1)
     train_images = {r["image"] for r in rows if r["image"] not in held}
     assert not train_images & held
+
+
+def test_gate_sidecar_and_threshold_choice():
+    from edgecell.convert import train_gate as tg
+
+    info = tg.gate_info(128, 0.75, "products")
+    assert info.task == "gate" and info.labels == ["not_useful", "useful"] and info.input_size == (128, 128)
+    assert info.settings == {"threshold": 0.75, "for_task": "products"}
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    p = np.array([0.1, 0.3, 0.62, 0.7, 0.8, 0.9, 0.95, 0.99])
+    assert tg.balanced_accuracy(y, p, 0.5) == pytest.approx((2 / 3 + 1) / 2)
+    t = tg.choose_threshold(y, p)
+    assert 0.62 < t <= 0.7 and tg.balanced_accuracy(y, p, t) == 1.0
