@@ -60,4 +60,7 @@ def load_model(path: str | os.PathLike, backend: str = "auto", *, threads: int |
     if info.task == "raw":
         info = _fill_from_session(info, session)
     check_input_fits(info, session)
+    first = session.inputs[0]
+    if first.scale and first.dtype in ("int8", "uint8"):
+        info.input_quantization = {"scale": first.scale, "zero_point": first.zero_point, "dtype": first.dtype}
     return Model(session, info)

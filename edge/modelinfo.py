@@ -35,13 +35,18 @@ class ModelInfo:
     precision: str = "fp32"  # "fp32" | "int8"
     settings: dict[str, Any] = field(default_factory=dict)  # task settings: anchors, thresholds, ...
     metrics: dict[str, Any] = field(default_factory=dict)  # measured on held-out data, for `info`
+    #: filled at load time from an integer model input (scale, zero_point, dtype) so that
+    #: pre-processing can write the quantized tensor directly; never stored in the sidecar
+    input_quantization: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        data.pop("input_quantization")
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "input_quantization"}
         info = cls(**known)
         info.input_size = tuple(int(v) for v in info.input_size)  # type: ignore[assignment]
         if info.task not in TASKS:

@@ -32,10 +32,10 @@ class TensorInfo:
 def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     """float -> the tensor's integer dtype, with its scale and zero point (rounding, saturating)."""
     dtype = np.dtype(info.dtype)
-    if dtype.kind == "f" or info.scale in (None, 0.0):
-        return x.astype(dtype, copy=False)
+    if dtype.kind == "f" or info.scale in (None, 0.0) or x.dtype == dtype:
+        return x.astype(dtype, copy=False)  # float model, or already quantized by pre-processing
     lim = np.iinfo(dtype)
-    q = np.round(x / info.scale) + (info.zero_point or 0)
+    q = np.rint(np.multiply(x, np.float32(1.0 / info.scale), dtype=np.float32)) + np.float32(info.zero_point or 0)
     return np.clip(q, lim.min, lim.max).astype(dtype)
 
 

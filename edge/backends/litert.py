@@ -94,8 +94,8 @@ class LiteRTSession(Session):
         """float -> int8/uint8 with one reusable float scratch buffer per input (the general
         `quantize` allocates three full-size temporaries per call, which cost more than a small
         INT8 model's inference)."""
-        if info.scale is None:
-            return x.astype(info.dtype, copy=False)
+        if info.scale is None or x.dtype == np.dtype(info.dtype):
+            return x.astype(info.dtype, copy=False)  # float model, or already quantized
         scratch = self._scratch.get(info.name)
         if scratch is None or scratch.shape != x.shape:
             scratch = self._scratch[info.name] = np.empty(x.shape, np.float32)
@@ -109,7 +109,7 @@ class LiteRTSession(Session):
     def run(self, feeds):
         feeds = self._as_feeds(feeds)
         for detail, info in zip(self._in, self.inputs):
-            self._interp.set_tensor(detail["index"], self._quantize_input(np.asarray(feeds[info.name], np.float32), info))
+            self._interp.set_tensor(detail["index"], self._quantize_input(np.asarray(feeds[info.name]), info))
         self._interp.invoke()
         return {info.name: dequantize(self._interp.get_tensor(d["index"]), info)
                 for d, info in zip(self._out, self.outputs)}

@@ -28,6 +28,7 @@ import numpy as np
 from edgecell.errors import ModelError
 from edgecell.images import Letterbox, letterbox
 from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.common import normalise as normalise_pixels
 
 TASK = "cells"
 CLASSES = ("RBC", "WBC", "Platelets")
@@ -101,14 +102,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def normalise(canvas: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """uint8 H x W x C canvas -> float32 1 x H x W x C (or NCHW) model input."""
-    mean = np.asarray(info.mean, dtype=np.float32)
-    std = np.asarray(info.std, dtype=np.float32)
-    if mean.size == 1 and mean[0] == 0.0 and std.size == 1 and std[0] == 255.0:
-        x = np.multiply(canvas, np.float32(1.0 / 255.0), dtype=np.float32)  # one pass
-    else:
-        x = (canvas.astype(np.float32) - mean) / std
-    x = x[None]
+    """uint8 H x W x C canvas -> 1 x H x W x C (or NCHW) model input (the shared normalisation)."""
+    x = normalise_pixels(canvas, info)[None]
     if info.layout == "NCHW":
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return x

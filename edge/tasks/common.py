@@ -3,6 +3,9 @@ and the device, so the numbers in a model card are the numbers a user gets."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Sequence
+
 import cv2
 import numpy as np
 
@@ -11,11 +14,43 @@ from edgecell.images import Letterbox, letterbox, resize_stretch
 from edgecell.modelinfo import ModelInfo
 
 
-def normalise(pixels: np.ndarray, info: ModelInfo) -> np.ndarray:
+def normalise_float(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 H x W x C -> float32 (pixel - mean) / std, as the model was trained."""
-    mean = np.asarray(info.mean, dtype=np.float32)
-    std = np.asarray(info.std, dtype=np.float32)
-    return (pixels.astype(np.float32) - mean) / std
+    if len(mean) == 1 and mean[0] == 0.0 and len(std) == 1 and std[0] == 255.0:
+        return np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)  # one pass
+    return (pixels.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+@lru_cache(maxsize=16)
+def _quantized_lut(mean: tuple, std: tuple, channels: int, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    """256 x 1 x C table: uint8 pixel -> the integer the model input wants, computed with the very
+    float32 operations of the float path and the backend's quantizer (so both give equal tensors)."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], channels, axis=2)
+    x = normalise_float(levels, mean, std)
+    q = np.multiply(x, np.float32(1.0 / scale))
+    np.rint(q, out=q)
+    q += np.float32(zero_point)
+    lim = np.iinfo(np.dtype(dtype))
+    np.clip(q, lim.min, lim.max, out=q)
+    return q.astype(dtype).view(np.uint8)  # cv2.LUT works on bytes; viewed back as int8 after
+
+
+def normalise(pixels: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """uint8 H x W x C -> the model input's values: float32 (pixel - mean) / std, or, for a
+    full-integer model (info.input_quantization set at load), the quantized integers directly
+    through a lookup table, which is several times faster than normalising and quantizing."""
+    quant = info.input_quantization
+    if quant is None:
+        return normalise_float(pixels, tuple(info.mean), tuple(info.std))
+    channels = pixels.shape[2]
+    lut = _quantized_lut(tuple(info.mean), tuple(info.std), channels, float(quant["scale"]),
+                         int(quant["zero_point"] or 0), quant["dtype"])
+    table = lut.reshape(256, 1, channels) if channels in (1, 3, 4) else None
+    if table is not None and channels > 1:
+        out = cv2.LUT(pixels, table.reshape(1, 256, channels))
+    else:
+        out = lut[:, 0, 0][pixels]
+    return out.view(np.dtype(quant["dtype"])).reshape(pixels.shape)
 
 
 def to_input_tensor(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, Letterbox | None]:
@@ -28,6 +63,8 @@ def to_input_tensor(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, Let
         pixels = resize_stretch(image, info.input_size)
     if info.channels == 1:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
     tensor = normalise(pixels, info)[None]
     if info.layout == "NCHW":
         tensor = tensor.transpose(0, 3, 1, 2)
