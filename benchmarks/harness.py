@@ -358,9 +358,12 @@ def _task_input(spec: RowSpec, session, row: dict) -> tuple[dict[str, np.ndarray
     else:
         image = synthetic_image(spec.seed)
         row["sample_image"] = "synthetic 640x480 (no shipped sample)"
-    tensor, _ = task.preprocess(image, info)
     if len(session.inputs) != 1:
         return None
+    from edgecell.model import attach_input_quantization
+
+    attach_input_quantization(info, session)  # as the device pipeline does (load_model)
+    tensor, _ = task.preprocess(image, info)
     return {session.inputs[0].name: tensor}, info, task, image
 
 

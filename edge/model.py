@@ -60,7 +60,13 @@ def load_model(path: str | os.PathLike, backend: str = "auto", *, threads: int |
     if info.task == "raw":
         info = _fill_from_session(info, session)
     check_input_fits(info, session)
+    attach_input_quantization(info, session)
+    return Model(session, info)
+
+
+def attach_input_quantization(info: ModelInfo, session: Session) -> ModelInfo:
+    """Let pre-processing write a full-integer model's input directly (see tasks.common.normalise)."""
     first = session.inputs[0]
     if first.scale and first.dtype in ("int8", "uint8"):
         info.input_quantization = {"scale": first.scale, "zero_point": first.zero_point, "dtype": first.dtype}
-    return Model(session, info)
+    return info
