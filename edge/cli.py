@@ -411,8 +411,11 @@ def evaluate(
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Report folder (JSON, Markdown, PNG)."),
     split: Optional[str] = typer.Option(None, "--split", help="Held-out split (cells: Testing; classifiers: test)."),
     backend: str = typer.Option("auto", "--backend", "-b"),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
 ) -> None:
-    """Measure accuracy on held-out images with the same pipeline the device runs."""
+    """Measure accuracy on held-out images with the same pipeline the device runs.
+
+    Give FP32 and INT8 files of several formats to see them side by side."""
     from edgecell.modelinfo import read_model_info
 
     paths = [resolve_model_path(str(m)) for m in models_]
@@ -423,14 +426,48 @@ def evaluate(
 
         report = evaluate_cells(paths, dataset_dir("cbc_bccd_cleaned", data), out, backend=backend,
                                 split=split or "Testing")
-    elif task in ("products", "classify", "xray", "gate"):
+    elif task == "products":
+        from edgecell.calibration import dataset_dir
         from edgecell.evaluation.classification import evaluate_classifier
 
+        report = evaluate_classifier(paths, dataset_dir("clothing_small_subset", data), out,
+                                     split=split or "test", backend=backend)
+    elif task == "classify":
+        from edgecell.evaluation.classification import evaluate_classifier
+
+        if data is None:
+            raise EdgecellError("--data DIR is needed for a classify model: a folder of <split>/<class>/ images")
         report = evaluate_classifier(paths, data, out, split=split or "test", backend=backend)
+    elif task == "gate":
+        raise EdgecellError("a gate is evaluated against its task model and labels: "
+                            "python -m edgecell.evaluation.gate --help")
+    elif task == "xray":
+        raise EdgecellError("X-ray models are evaluated on their held-out list: python -m edgecell.convert.train_xray --help")
     else:
         raise EdgecellError(f"{paths[0]}: no evaluation for task {task!r}; expected a cells, products, xray or gate model")
-    print(json.dumps(report, indent=2, default=str)[:4000])
-    print(f"report written to {out}")
+    if not as_json:
+        _print_eval_summary(report)
+    else:
+        print(json.dumps(report, indent=2, default=str))
+    print(f"report written to {out} (JSON, Markdown, PNG)", file=sys.stderr)
+
+
+def _print_eval_summary(report: dict) -> None:
+    """The headline figures per model file; the full report is in the output folder."""
+    for name, entry in (report.get("models") or {}).items():
+        parts = []
+        if isinstance(entry.get("map50"), dict):
+            parts.append(f"mAP@0.5 {entry['map50']['mean']:.3f} ("
+                         + ", ".join(f"{c} {v:.3f}" for c, v in entry["map50"]["per_class"].items()) + ")")
+        if isinstance(entry.get("counting"), dict) and "model_thresholds" in entry["counting"]:
+            per = entry["counting"]["model_thresholds"]["per_class"]
+            parts.append("counting accuracy " + ", ".join(
+                f"{c} {v['accuracy']:.1%}" if isinstance(v, dict) and "accuracy" in v else f"{c} {v}" for c, v in per.items()))
+        if "top1" in entry:
+            parts.append(f"top-1 {entry['top1']:.1%}")
+            if isinstance(entry.get("macro"), dict) and "f1" in entry["macro"]:
+                parts.append(f"macro F1 {entry['macro']['f1']:.1%}")
+        print(f"{name}: " + "; ".join(parts or ["see report"]))
 
 
 @app.command()

@@ -146,3 +146,21 @@ def test_run_bundle_uses_its_configured_pipeline_and_refuses_a_changed_byte(clas
     out = edgecell("run", folder)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert model_file.name in out.stderr
+
+
+def test_eval_products_reports_the_model_cards_accuracy(tmp_path):
+    out = edgecell("eval", "products", "-o", tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "classification.json").read_text())
+    top1 = report["models"]["litert-int8"]["top1"]
+    assert 0.77 <= top1 <= 0.82  # model card: 79.4-79.7 % INT8 on the 345 test images
+    assert "top-1" in out.stdout and (tmp_path / "confusion_matrices.png").is_file()
+
+
+def test_eval_cells_reports_map_and_counting_accuracy(tmp_path):
+    out = edgecell("eval", "cells", "-o", tmp_path)
+    assert out.returncode == 0, out.stderr
+    entry = json.loads((tmp_path / "cells_eval.json").read_text())["models"]["litert-int8"]
+    assert 0.67 <= entry["map50"]["mean"] <= 0.71  # model card: 0.690 on the 60 Testing smears
+    assert entry["counting"]["model_thresholds"]["per_class"]["WBC"]["accuracy"] == 1.0
+    assert "mAP@0.5" in out.stdout
