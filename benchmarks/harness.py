@@ -362,7 +362,10 @@ def _task_input(spec: RowSpec, session, row: dict) -> tuple[dict[str, np.ndarray
         return None
     from edgecell.model import attach_input_quantization
 
-    attach_input_quantization(info, session)  # as the device pipeline does (load_model)
+    # the float tensor identifies the input (the same for every backend and precision); the
+    # pipeline then feeds a full-integer model its quantized twin, as load_model sets it up
+    row["input_sha1"] = tensor_sha1({session.inputs[0].name: task.preprocess(image, info)[0]})
+    attach_input_quantization(info, session)
     tensor, _ = task.preprocess(image, info)
     return {session.inputs[0].name: tensor}, info, task, image
 
@@ -377,7 +380,7 @@ def _measure_loaded(spec: RowSpec, session, row: dict) -> None:
     else:
         feeds = random_feeds(session.inputs, spec.seed)
         row["input_source"] = f"uniform [0,1) noise, seed {spec.seed}"
-    row["input_sha1"] = tensor_sha1(feeds)
+    row.setdefault("input_sha1", tensor_sha1(feeds))
     # the bare backend call gets the input already in the model's dtype (quantized for int8 TFLite)
     prepared = {t.name: np.ascontiguousarray(quantize(np.asarray(feeds[t.name]), t)) for t in session.inputs}
 
