@@ -547,8 +547,9 @@ def model_card(args, path: Path, *, train_command: str = "", train_wall: str = "
           "sampled images (120 per cell), augmentation (rotation +-10 deg, scale 0.9-1.1, shift +-6 %, gamma, "
           "brightness/contrast, occasional slight blur; no flips), pre-processing by the device's own "
           "`to_input_tensor`.", "",
-          "**Shortcut, stated plainly:** 2 shared CPU cores (three other training runs at the same time), "
-          "about 12 minutes per 480-image epoch, so the run had a wall-clock budget and stopped after "
+          "**Shortcut, stated plainly:** 2 shared CPU cores; a 480-image epoch took 9-12 minutes while three "
+          "other training runs shared them and under 2 minutes once they had finished, so the run had a "
+          "wall-clock budget and stopped after "
           f"{len(hist)} epochs ({sum(r['seconds'] for r in hist) / 60 if hist else 0:.0f} min), i.e. about "
           f"{len(hist) * 480 / max(1, sum(notes.get('counts', {}).get('train', {}).values())):.1f} passes over the "
           "training images, against the paper's 24+ epochs over 7,608 images. The model is under-trained; "
@@ -607,8 +608,10 @@ def model_card(args, path: Path, *, train_command: str = "", train_wall: str = "
                   f"{k} mean {v['mean']:.4f}, min {v['min']:.4f}" for k, v in cam["int8_vs_fp32_same_backend"].items() if v.get("n")) + ".", ""]
     if lat:
         L += ["## Latency (batch 1, 2 threads, this 2-core machine, end to end through `pipeline.predict`)", "",
-              "Measured while other training jobs shared the two cores: absolute numbers are inflated and noisy; "
-              "the Grad-CAM share is the more stable figure.", "",
+              "Measured right after training, with the other jobs mostly finished; 30 timed runs after 5 warm-up, "
+              "median. Run-to-run noise on this shared machine is +-15-60 % (backends-measured.md), so the "
+              "'without Grad-CAM' column can come out slower; `post ms` is the Grad-CAM itself (numpy, about "
+              "0.5-0.9 ms, i.e. 2-8 % of the total).", "",
               "| file | backend | total ms (with Grad-CAM) | infer ms | post ms (Grad-CAM) | total ms without Grad-CAM | Grad-CAM share |",
               "|---|---|---:|---:|---:|---:|---:|"]
         for k, v in lat.items():
