@@ -541,7 +541,7 @@ def model_card(args, path: Path, *, train_command: str = "", train_wall: str = "
           "its F1 moves by several points per image.",
           "- Same upstream sources in both sets (ieee8023); COVID images of one patient may sit on both sides.", "",
           "## Training", "",
-          f"Command: `{train_command or 'python -m edgecell.convert.train_xray --out /work/artifacts/xray/run1 --minutes 85 --seed 0'}`"
+          f"Command: `{train_command or 'python -m edgecell.convert.train_xray --out artifacts/xray/run1 --minutes 85 --seed 0'}`"
           + (f" ({train_wall})" if train_wall else "") + ".", "",
           "Categorical cross-entropy, RMSprop 1e-3 halved every 5 epochs (floor 1e-6), batch 16, an epoch = 480 "
           "sampled images (120 per cell), augmentation (rotation +-10 deg, scale 0.9-1.1, shift +-6 %, gamma, "

@@ -329,6 +329,8 @@ def _print_summary(records: list[dict], elapsed: float) -> None:
                 if "label" in res else json.dumps(res)[:60]
             if r.get("action") == "flagged":
                 text += f" [yellow]flagged: utility {r['gate']['utility']:.2f}[/]"
+            if res.get("retake"):
+                text += f" [red]{res.get('message') or 'retake the image'}[/]"
             table.add_row(name, text, f"{r['timings']['total_ms']:.1f}")
     if counts_mode and len(ok) > 1:
         table.add_row("[bold]total[/]", *[f"[bold]{totals[c]}[/]" for c in classes], "")
