@@ -528,7 +528,24 @@ def _select_model_files(model: Path, profile: BundleProfile) -> tuple[Path, list
     side = sidecar_path(chosen)
     if side.is_file():
         files.append(side)
+        files += companion_files(side)
     return chosen, files
+
+
+def companion_files(sidecar: Path) -> list[Path]:
+    """Files a model's task needs beside it, named in its sidecar settings (for example the X-ray
+    model's Grad-CAM head, `settings.gradcam_head`): a bundle without them runs, but not fully."""
+    try:
+        settings = json.loads(sidecar.read_text()).get("settings") or {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    out = []
+    for value in settings.values():
+        if isinstance(value, str) and value and "/" not in value and "\\" not in value:
+            candidate = sidecar.parent / value
+            if candidate.is_file() and candidate != sidecar:
+                out.append(candidate)
+    return out
 
 
 def parse_run_args(run_args: list[str] | None, model_rel: str) -> dict[str, Any]:

@@ -438,3 +438,17 @@ def test_wheelhouse_glibc_floor_from_wheel_tags():
 def test_gate_path_in_run_arguments_is_refused(model, tmp_path):
     with pytest.raises(BundleError, match="give the gate model as one of the bundle's models"):
         _build(model, tmp_path, run_args=["--gate", str(model)])
+
+
+def test_files_named_in_the_sidecar_travel_with_the_model(tmp_path):
+    """The X-ray model's Grad-CAM head (settings.gradcam_head) must be in the bundle beside it."""
+    src = Path(__file__).resolve().parent.parent / "edge" / "models"
+    for name in ("xray_int8.tflite", "xray_int8.json", "xray_gradcam_head.npz"):
+        if not (src / name).is_file():
+            pytest.fail(f"shipped {name} missing")
+        shutil.copy(src / name, tmp_path / name)
+    folder = build_bundle([tmp_path / "xray_int8.tflite"], profile="raspberry-pi", out=tmp_path / "out",
+                          wheelhouse=False, archive=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "models/xray_gradcam_head.npz" in manifest["files"]
+    assert verify_bundle(folder).ok
