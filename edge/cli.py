@@ -375,7 +375,7 @@ def info(
 
     loaded = load_model(resolve_model_path(model), backend)
     data = {"file": str(loaded.path), "size_bytes": loaded.path.stat().st_size, **loaded.session.describe(),
-            "metadata": asdict(loaded.info)}
+            "metadata": {k: v for k, v in asdict(loaded.info).items() if k != "input_quantization"}}
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return
@@ -403,7 +403,7 @@ def models() -> None:
         return
     for name, path in shipped.items():
         meta = read_model_info(path)
-        print(f"{name:<10} {meta.task:<9} {path.stat().st_size / 1e6:5.2f} MB  {path}")
+        print(f"{name:<14} {meta.task:<9} {path.stat().st_size / 1e6:5.2f} MB  {path}")
 
 
 @app.command(name="eval")
