@@ -444,7 +444,13 @@ def evaluate(
         raise EdgecellError("a gate is evaluated against its task model and labels: "
                             "python -m edgecell.evaluation.gate --help")
     elif task == "xray":
-        raise EdgecellError("X-ray models are evaluated on their held-out list: python -m edgecell.convert.train_xray --help")
+        from edgecell.calibration import xray as xray_data
+        from edgecell.convert.train_xray import heldout_folder
+        from edgecell.evaluation.classification import evaluate_classifier
+
+        # the held-out split is rebuilt from the data and the seed the model card names (0)
+        items, _, _ = xray_data.build(data, seed=0)
+        report = evaluate_classifier(paths, heldout_folder(items, out), out, split="test", backend=backend)
     else:
         raise EdgecellError(f"{paths[0]}: no evaluation for task {task!r}; expected a cells, products, xray or gate model")
     if not as_json:

@@ -164,3 +164,10 @@ def test_eval_cells_reports_map_and_counting_accuracy(tmp_path):
     assert 0.67 <= entry["map50"]["mean"] <= 0.71  # model card: 0.690 on the 60 Testing smears
     assert entry["counting"]["model_thresholds"]["per_class"]["WBC"]["accuracy"] == 1.0
     assert "mAP@0.5" in out.stdout
+
+
+def test_eval_xray_rebuilds_the_held_out_split_and_reports_the_cards_accuracy(tmp_path):
+    out = edgecell("eval", "xray", "-o", tmp_path)
+    assert out.returncode == 0, out.stderr
+    entry = json.loads((tmp_path / "classification.json").read_text())["models"]["litert-int8"]
+    assert entry["n"] == 601 and 0.77 <= entry["top1"] <= 0.82  # model card: 79.5 % INT8 LiteRT
