@@ -360,12 +360,9 @@ def _callbacks(keras, minutes: float, patience: int, log_path: Path):
 
 
 def train(args) -> dict:
-    import keras
-    import tensorflow as tf
+    from edgecell.convert.training import start_tensorflow
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    keras.utils.set_random_seed(args.seed)
+    tf, keras = start_tensorflow(threads=args.threads, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from edgecell.calibration import dataset_dir

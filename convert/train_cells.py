@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import queue
 import sys
 import threading
@@ -190,7 +189,6 @@ def export(args) -> dict:
 
     from edgecell.backends import load_session
     from edgecell.calibration import dataset_dir
-    from edgecell.calibration.voc import list_split
     from edgecell.convert.quantize import compare_outputs, export_model
     from edgecell.evaluation.detection import evaluate_cells
     from edgecell.images import decode_image
@@ -256,13 +254,9 @@ def main(argv=None):
     if args.export:
         export(args)
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    import keras
+    from edgecell.convert.training import start_tensorflow
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    keras.utils.set_random_seed(args.seed)
+    tf, keras = start_tensorflow(threads=args.threads, seed=args.seed)
 
     from edgecell.calibration import dataset_dir
     from edgecell.calibration.voc import CELL_CLASSES, load_split, missing_class

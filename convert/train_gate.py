@@ -124,18 +124,12 @@ def _split(rows: list[dict], test_fraction: float, val_fraction: float, seed: in
 
 
 def train(args) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-
     from edgecell.calibration import dataset_dir
     from edgecell.convert.gate_labels import count_labels, read_labels
     from edgecell.convert.products import find_weights
+    from edgecell.convert.training import start_tensorflow
 
-    keras.utils.set_random_seed(args.seed)
+    tf, keras = start_tensorflow(threads=args.threads, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = dataset_dir(args.dataset, args.data)

@@ -295,8 +295,6 @@ def _print_summary(records: list[dict], elapsed: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgecell.pipeline import Timings  # noqa: F401
-
     console = Console()
     ok = [r for r in records if r["ok"] and r.get("result") is not None]
     table = Table(show_lines=False, title=f"{len(ok)} of {len(records)} inputs in {elapsed:.1f} s")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecell.backends.base import Session, TensorInfo, dequantize, quantize
+from edgecell.backends.base import Session, TensorInfo, dequantize
 from edgecell.errors import BackendNotInstalled, ModelError
 
 #: backend name -> (module that provides Interpreter, pip requirement)

@@ -217,7 +217,6 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
     """
     import hashlib
     import json
-    import os
     from pathlib import Path
 
     from edgecell.calibration.voc import load_split, parse_voc
