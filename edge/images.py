@@ -99,31 +99,74 @@ def decode_bytes(data: bytes, name: str = "image") -> np.ndarray:
     return to_rgb8(image)
 
 
+def is_dicom(head: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble, whatever their name (often none)."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
 def decode_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB. DICOM (.dcm) needs the `dicom` extra."""
+    """Read an image file as H x W x 3 uint8 RGB. DICOM (by suffix or content) needs the `dicom` extra."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    if path.suffix.lower() == ".dcm":
+    data = path.read_bytes()
+    if path.suffix.lower() == ".dcm" or is_dicom(data[:132]):
         return _decode_dicom(path)
-    return decode_bytes(path.read_bytes(), str(path))
+    return decode_bytes(data, str(path))
 
 
 def _decode_dicom(path: Path) -> np.ndarray:
+    """DICOM -> 8-bit RGB as a viewer would show it: rescale, window (the file's own VOI window if it
+    has one, else the 0.5-99.5 percentiles), MONOCHROME1 inverted, first frame of a multi-frame file."""
     try:
         import pydicom
     except ImportError:
         raise ImageError(f"{path}: DICOM needs pydicom; install it with: pip install 'edgecell[dicom]'") from None
     try:
         ds = pydicom.dcmread(str(path))
-        pixels = ds.pixel_array.astype(np.float32)
     except Exception as exc:  # pydicom raises many types for bad files
         raise ImageError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    lo, hi = np.percentile(pixels, [0.5, 99.5])
-    grey = np.clip((pixels - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
-    return to_rgb8(grey if grey.ndim == 2 else grey[..., 0])
+    if "PixelData" not in ds:
+        raise ImageError(f"{path}: DICOM holds no image (no PixelData); expected an X-ray or other image object")
+    rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
+    if rows * cols > MAX_PIXELS:
+        raise ImageError(f"{path}: image is {cols}x{rows}, over the pixel limit")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            raise ImageError(f"{path}: compressed DICOM ({name}) needs a decoder; install it with: "
+                             "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg") from None
+        raise ImageError(f"{path}: unreadable DICOM pixel data ({type(exc).__name__}: {exc})") from None
+    samples = int(getattr(ds, "SamplesPerPixel", 1))
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if samples == 3:  # colour DICOM (photos, screenshots): pydicom returns RGB
+        return to_rgb8(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR))
+    values = pixels.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) \
+        + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    centre, width = _first_value(ds, "WindowCenter"), _first_value(ds, "WindowWidth")
+    if centre is not None and width is not None and width > 1:
+        lo, hi = centre - width / 2, centre + width / 2
+    else:
+        lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    grey = np.clip((values - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":  # white = low values
+        grey = 255 - grey
+    return to_rgb8(grey)
+
+
+def _first_value(ds, keyword: str) -> float | None:
+    """Window tags may hold one value or several (one per preset); the first is the default."""
+    value = getattr(ds, keyword, None)
+    if value is None:
+        return None
+    try:
+        return float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from edgecell.errors import EdgecellError, SourceError
-from edgecell.images import IMAGE_SUFFIXES, decode_image
+from edgecell.images import IMAGE_SUFFIXES, decode_image, is_dicom
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 URL_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
@@ -31,8 +31,17 @@ class Frame:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    """Image files under `folder`, sorted; suffix-less files too when they are DICOM (PACS exports)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and (p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and _is_dicom_file(p))))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return is_dicom(f.read(132))
+    except OSError:
+        return False
 
 
 def describe_source(source: str) -> str:

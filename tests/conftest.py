@@ -79,3 +79,38 @@ def odd_images(tmp_path: Path, real_jpeg: Path) -> dict[str, Path]:
     out["grey8"] = tmp_path / "grey8.png"
     cv2.imwrite(str(out["grey8"]), grey)
     return out
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
+                **tags) -> Path:
+    """Write a minimal, valid DICOM Part 10 file (uncompressed) holding `pixels` (uint16 grey)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    try:
+        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)  # pydicom 2.x
+    return path
+
+
+@pytest.fixture()
+def make_dicom():
+    """Factory: make_dicom(path, uint16 array, photometric=..., **tags) -> path (needs pydicom)."""
+    pytest.importorskip("pydicom")
+    return write_dicom

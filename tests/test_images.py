@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,52 @@ def test_letterbox_keeps_aspect_and_maps_boxes_back():
 def test_write_image_atomic_leaves_no_temp_file(tmp_path):
     path = write_image_atomic(tmp_path / "o" / "x.png", np.full((8, 8, 3), 200, np.uint8))
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["x.png"]
+
+
+def _ramp(h: int = 64, w: int = 80) -> np.ndarray:
+    return (np.arange(h * w, dtype=np.float32).reshape(h, w) * (4095.0 / (h * w - 1))).astype(np.uint16)
+
+
+def test_dicom_12bit_monochrome2_is_windowed_to_full_range(tmp_path, make_dicom):
+    path = make_dicom(tmp_path / "chest.dcm", _ramp())
+    image = decode_image(path)
+    assert image.shape == (64, 80, 3) and image.dtype == np.uint8
+    assert image[0, 0, 0] == 0 and image[-1, -1, 0] == 255  # percentile window stretches the 12 bits
+    assert np.all(np.diff(image[:, :, 0].ravel().astype(int)) >= 0)  # ramp order kept
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path, make_dicom):
+    mono2 = decode_image(make_dicom(tmp_path / "a.dcm", _ramp()))
+    mono1 = decode_image(make_dicom(tmp_path / "b.dcm", _ramp(), photometric="MONOCHROME1"))
+    assert np.array_equal(mono1, 255 - mono2)
+
+
+def test_dicom_uses_its_own_voi_window(tmp_path, make_dicom):
+    path = make_dicom(tmp_path / "w.dcm", _ramp(), WindowCenter=1024, WindowWidth=1024)
+    grey = decode_image(path)[:, :, 0].astype(int)
+    values = _ramp().astype(int)
+    assert grey[values <= 512].max() == 0 and grey[values >= 1536].min() == 255
+
+
+def test_dicom_without_suffix_is_recognised(tmp_path, make_dicom):
+    from edgecell.sources import list_images
+
+    make_dicom(tmp_path / "IM000001", _ramp())
+    (tmp_path / "README").write_text("not an image")
+    assert [p.name for p in list_images(tmp_path)] == ["IM000001"]
+    assert decode_image(tmp_path / "IM000001").shape == (64, 80, 3)
+
+
+def test_truncated_dicom_is_one_line_error(tmp_path, make_dicom):
+    path = make_dicom(tmp_path / "cut.dcm", _ramp())
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(ImageError) as err:
+        decode_image(path)
+    assert "DICOM" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dicom_without_pydicom_names_the_extra(tmp_path, make_dicom, monkeypatch):
+    path = make_dicom(tmp_path / "x.dcm", _ramp())
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
+    with pytest.raises(ImageError, match=r"pip install 'edgecell\[dicom\]'"):
+        decode_image(path)

@@ -205,3 +205,22 @@ def test_shipped_model_end_to_end():
         assert np.abs(recomputed - scores).max() < 0.15
     result, _ = predict(model, np.zeros((300, 300, 3), np.uint8))
     assert result.retake
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped X-ray model")
+def test_dicom_gives_the_same_answer_as_its_png(tmp_path, make_dicom):
+    """A real X-ray stored as 12-bit DICOM (full-range window) is classified as its 8-bit PNG is."""
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+
+    files = _xray_files(3)
+    if not files:
+        pytest.skip("X-ray data not found beside the repo")
+    model = load_model(SHIPPED)
+    for n, png in enumerate(files):
+        grey = decode_image(png)[:, :, 0]
+        dcm = make_dicom(tmp_path / f"{n}.dcm", grey.astype(np.uint16) * 16, WindowCenter=2048, WindowWidth=4096)
+        from_png, _ = predict(model, decode_image(png))
+        from_dcm, _ = predict(model, decode_image(dcm))
+        assert from_dcm.label == from_png.label
+        assert abs(from_dcm.confidence - from_png.confidence) < 0.05
