@@ -210,7 +210,7 @@ def test_install_then_interrupted_install_keeps_previous(model, tmp_path, monkey
     def crash(*args, **kwargs):
         raise RuntimeError("power cut before the switch")
 
-    monkeypatch.setattr(B, "_activate", crash)
+    monkeypatch.setattr("edgecell.bundle.install._activate", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         install_bundle(_build(model, tmp_path / "b", "2", archive=True), prefix=prefix, create_env=False)
     monkeypatch.undo()
