@@ -82,11 +82,18 @@ def predict(model: Model, image: np.ndarray, **options) -> tuple[Any, Timings]:
 def predict_gated(gate: Model, model: Model, image: np.ndarray, *, policy: str = "reject",
                   **options) -> tuple[Any, Any, Timings, str]:
     """The gate first, then (unless the policy rejects the image) the task model.
-    Returns (gate result, task result or None, timings, action)."""
-    gate_result, gate_timings = predict(gate, image, **options)
-    if not gate_result.useful and policy == "reject":
-        return gate_result, None, Timings(gate=gate_timings.total), "rejected"
-    result, timings = predict(model, image, **options)
+    Returns (gate result, task result or None, timings, action).
+
+    The image is resized to each size once (`common.resize_once`): a gate whose input is made
+    via its task model's input size (`settings.resize_via`) pays for that full-image resize and
+    the task model reuses it, so the gate's own cost is a small resize and its network."""
+    from edgecell.tasks.common import resize_once
+
+    with resize_once(image):
+        gate_result, gate_timings = predict(gate, image, **options)
+        if not gate_result.useful and policy == "reject":
+            return gate_result, None, Timings(gate=gate_timings.total), "rejected"
+        result, timings = predict(model, image, **options)
     timings.gate = gate_timings.total
     action = "flagged" if not gate_result.useful and policy == "flag" else "ran"
     return gate_result, result, timings, action

@@ -14,7 +14,8 @@ CSV (spec + seed) and goes through the device pipeline (`load_model` + `pipeline
 - the task model's top-1 accuracy on ALL degraded copies (labelled or not) against its accuracy
   on the copies each gate accepts, and the share rejected (the paper's Fig. 2), overall and per
   degradation; how many rejected copies the task model would in fact have got right;
-- end-to-end latency (pipeline pre + infer + post, median) of each gate against the task model;
+- end-to-end time gated vs ungated (`edgecell.benchmarks.gate_overhead`), each gate with the task
+  model of the same format and precision;
 - `gate.json`, `gate.md`, `gate_accuracy_vs_jpeg.png` (task accuracy vs JPEG quality with and
   without the gate, share rejected on the second axis). No TensorFlow needed.
 """
@@ -98,64 +99,48 @@ def _key(model, taken: set) -> str:
     return key
 
 
-def _latency(models: dict, images: Sequence[np.ndarray], warmup: int = 3, passes: int = 2) -> dict:
-    """Median pipeline time per model, measured INTERLEAVED (each image through every model in
-    turn) so that a shared, noisy CPU slows all of them alike."""
-    from edgecell.pipeline import predict
+def _backend_precision(path: str | Path) -> tuple[str, str]:
+    from edgecell.benchmarks.harness import precision_of
 
-    for img in images[:warmup]:
-        for m in models.values():
-            predict(m, img)
-    totals: dict = {k: [] for k in models}
-    infers: dict = {k: [] for k in models}
-    cpu: dict = {k: [] for k in models}
-    for _ in range(passes):
-        for img in images:
-            for k, m in models.items():
-                c0 = time.process_time()
-                _, t = predict(m, img)
-                cpu[k].append((time.process_time() - c0) * 1e3)
-                totals[k].append(t.total)
-                infers[k].append(t.infer)
-    # process CPU time: what the call costs in work, much less disturbed than wall time by other
-    # processes on a shared machine (with threads=1 it is the single-core cost)
-    return {k: {"total_ms_p50": float(np.median(totals[k])), "infer_ms_p50": float(np.median(infers[k])),
-                "total_ms_min": float(np.min(totals[k])), "cpu_ms_p50": float(np.median(cpu[k])),
-                "n": len(totals[k])} for k in models}
+    return Path(path).suffix.lower(), precision_of(path)
 
 
-def measure_latency(gates: dict, task, images: Sequence[np.ndarray], decode_ms: float,
-                    task_siblings: Sequence = (), passes: int = 2) -> dict:
-    """Gate vs task model end-to-end pipeline time. Each gate is compared with the task model on
-    the SAME backend and precision when such a sibling is given (`task_siblings`: Models), else
-    with `task`. All models run interleaved on the same images."""
-    tasks = {"task": task}
-    for m in task_siblings:
-        tasks[f"task:{m.session.backend}-{m.info.precision}"] = m
-    lat = _latency({**tasks, **gates}, images, passes=passes)
-    out = {"task": {"file": task.path.name, "backend": task.session.backend, **lat["task"]},
-           "task_siblings": {k: {"file": tasks[k].path.name, **lat[k]} for k in tasks if k != "task"},
-           "decode_ms_p50": decode_ms, "gates": {},
-           "note": "interleaved, same images, same process; shared CPU: +-15-60 % noise"}
-    for k in gates:
-        v = dict(lat[k])
-        ref_key = f"task:{k.rstrip('+')}" if f"task:{k.rstrip('+')}" in lat else "task"
-        ref = lat[ref_key]
-        v["compared_with"] = tasks[ref_key].path.name + f" ({ref_key.replace('task:', '') or 'task'})"
-        v["task_total_ms_p50"] = ref["total_ms_p50"]
-        v["ratio_to_task"] = v["total_ms_p50"] / ref["total_ms_p50"]
-        v["ratio_to_task_min"] = v["total_ms_min"] / ref["total_ms_min"]
-        v["ratio_to_task_cpu"] = v["cpu_ms_p50"] / ref["cpu_ms_p50"]
-        v["ratio_to_task_with_decode"] = v["total_ms_p50"] / (ref["total_ms_p50"] + decode_ms)
-        out["gates"][k] = v
+def measure_latency(gate_paths: Sequence[str | Path], task_model: str | Path, image_paths: Sequence[str | Path], *,
+                    task_siblings: Sequence[str | Path] = (), threads: int | None = 1, repeats: int = 3) -> dict:
+    """End-to-end time gated vs ungated (`edgecell.benchmarks.gate_overhead`), each gate paired with
+    the task model of the same format and precision when one is given in `task_siblings`."""
+    from edgecell.benchmarks.gate_overhead import OverheadSpec, measure_overhead
+
+    tasks = {_backend_precision(t): str(t) for t in [task_model, *task_siblings]}
+    out = {}
+    for g in gate_paths:
+        task = tasks.get(_backend_precision(g), str(task_model))
+        out[Path(g).name] = measure_overhead(OverheadSpec(str(g), task, [str(p) for p in image_paths],
+                                                          repeats=repeats, threads=threads))
     return out
 
 
-def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labels_csv: str | Path,
-                  split_json: str | Path, data_dir: str | Path, out_dir: str | Path, *, threads: int | None = None,
-                  latency_images: int = 60, limit: int = 0, task_siblings: Sequence[str | Path] = ()) -> dict:
-    from edgecell.calibration import degrade
+def heldout_rows(labels_csv: str | Path, split_json: str | Path, limit: int = 0) -> list[dict]:
+    """The labels CSV's rows of the gate's held-out originals (`gate_split.json`)."""
     from edgecell.convert.gate_labels import read_labels
+
+    held = set(json.loads(Path(split_json).read_text())["test_images"])
+    rows = [r for r in read_labels(labels_csv) if r["image"] in held]
+    if limit:
+        keep = set(sorted(held)[:limit])
+        rows = [r for r in rows if r["image"] in keep]
+    if not rows:
+        raise EdgecellError(f"{labels_csv}: no rows for the held-out images of {split_json}")
+    return rows
+
+
+def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labels_csv: str | Path | None,
+                  split_json: str | Path | None, data_dir: str | Path, out_dir: str | Path, *,
+                  threads: int | None = None, latency_images: int = 60, limit: int = 0,
+                  task_siblings: Sequence[str | Path] = (), rows: Sequence[dict] | None = None) -> dict:
+    """`rows` (image, truth, degradation, seed, label) replace the labels CSV + split: e.g. the
+    task model's own held-out images, unlabelled (`gate_labels.degraded_rows`)."""
+    from edgecell.calibration import degrade
     from edgecell.evaluation.classification import model_bytes, sha256
     from edgecell.images import decode_image
     from edgecell.model import load_model
@@ -163,34 +148,26 @@ def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labe
 
     data, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    split = json.loads(Path(split_json).read_text())
-    held = set(split["test_images"])
-    rows = [r for r in read_labels(labels_csv) if r["image"] in held]
-    if limit:
-        keep = sorted(held)[:limit]
-        rows = [r for r in rows if r["image"] in set(keep)]
-    if not rows:
-        raise EdgecellError(f"{labels_csv}: no rows for the held-out images of {split_json}")
+    rows = list(rows) if rows is not None else heldout_rows(labels_csv, split_json, limit)
+    held = sorted({r["image"] for r in rows})
     task = load_model(task_model, threads=threads)
     taken: set = set()
     gates = {}
     for p in gate_paths:
         m = load_model(p, threads=threads)
         gates[_key(m, taken)] = m
-    n_labels = len(task.info.labels)
+    options = {"top_k": len(task.info.labels), "gradcam": False}  # Grad-CAM plays no part in top-1
     p_useful = {k: np.zeros(len(rows), np.float32) for k in gates}
     correct = np.zeros(len(rows), bool)
     t0 = time.perf_counter()
-    cache_key, cache_img, pristine_imgs = None, None, []
+    cache_key, cache_img = None, None
     order = sorted(range(len(rows)), key=lambda i: rows[i]["image"])
     for n, i in enumerate(order):
         r = rows[i]
         if r["image"] != cache_key:
             cache_key, cache_img = r["image"], decode_image(data / r["image"])
-            if len(pristine_imgs) < latency_images:
-                pristine_imgs.append(cache_img)
         img = degrade.apply(cache_img, r["degradation"], r["seed"])
-        res, _ = predict(task, img, top_k=n_labels)
+        res, _ = predict(task, img, **options)
         correct[i] = res.index == r["truth"]
         for k, g in gates.items():
             p_useful[k][i] = predict(g, img)[0].utility
@@ -204,7 +181,7 @@ def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labe
     y = np.array([r["label"] if r["label"] is not None else -1 for r in rows])
     report: dict = {"task_model": {"file": Path(task_model).name, "sha256": sha256(task_model),
                                    "backend": task.session.backend, "precision": task.info.precision},
-                    "labels_csv": Path(labels_csv).name, "test_originals": len({r["image"] for r in rows}),
+                    "labels_csv": Path(labels_csv).name if labels_csv else None, "test_originals": len({r["image"] for r in rows}),
                     "test_samples": len(rows), "test_labelled": int(labelled.sum()),
                     "test_label_counts": {"useful": int((y == 1).sum()), "not_useful": int((y == 0).sum()),
                                           "left_out": int((~labelled).sum())},
@@ -235,43 +212,22 @@ def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labe
             if twin in gates:
                 thr = report["gates"][k]["threshold"]
                 report["int8_vs_fp32_agreement"][k.split("-")[0]] = agreement(p_useful[k], p_useful[twin], thr)
-    if latency_images and pristine_imgs:
-        report["latency"] = measure_latency(gates, task, pristine_imgs, _decode_ms(data, sorted(held)[:latency_images]),
-                                            [load_model(p, threads=threads) for p in task_siblings])
+    if latency_images:
+        report["latency"] = measure_latency(gate_paths, task_model, [data / r for r in held[:latency_images]],
+                                            task_siblings=task_siblings, threads=threads or 1)
     (out / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
     png = plot_accuracy_vs_jpeg(report, out / "gate_accuracy_vs_jpeg.png")
     (out / "gate.md").write_text(markdown_report(report, png))
     return report
 
 
-def _decode_ms(data: Path, images: Sequence[str]) -> float:
-    from edgecell.images import decode_image
-
-    times = []
-    for r in images:
-        t = time.perf_counter()
-        decode_image(data / r)
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times)) if times else 0.0
-
-
 def latency_only(gate_paths, task_model, split_json, data_dir, out_dir, *, threads=None, latency_images=60,
-                 task_siblings=(), passes: int = 3) -> dict:
+                 task_siblings=(), repeats: int = 5) -> dict:
     """Re-measure only the latency section (e.g. at a quieter moment) and merge it into gate.json."""
-    from edgecell.images import decode_image
-    from edgecell.model import load_model
-
     data, out = Path(data_dir), Path(out_dir)
     held = sorted(json.loads(Path(split_json).read_text())["test_images"])[:latency_images]
-    images = [decode_image(data / r) for r in held]
-    task = load_model(task_model, threads=threads)
-    taken: set = set()
-    gates = {}
-    for p in gate_paths:
-        m = load_model(p, threads=threads)
-        gates[_key(m, taken)] = m
-    lat = measure_latency(gates, task, images, _decode_ms(data, held),
-                          [load_model(p, threads=threads) for p in task_siblings], passes=passes)
+    lat = measure_latency(gate_paths, task_model, [data / r for r in held], task_siblings=task_siblings,
+                          threads=threads or 1, repeats=repeats)
     path = out / "gate.json"
     if path.is_file():
         report = json.loads(path.read_text())
@@ -318,18 +274,11 @@ def markdown_report(report: dict, png: str | None = None) -> str:
             lines.append(f"| {spec} | {t['n']} | {_pct(t['accuracy_all'])} | {_pct(t['accuracy_accepted'])} | "
                          f"{_pct(t['share_rejected'])} |")
     lat = report.get("latency") or {}
-    if lat:
-        lines += ["", "## Latency (pipeline pre + infer + post, this machine, shared CPU, interleaved)", "",
-                  f"Task model {lat['task']['file']} ({lat['task']['backend']}): p50 {lat['task']['total_ms_p50']:.2f} ms, "
-                  f"min {lat['task'].get('total_ms_min', float('nan')):.2f} ms (infer p50 {lat['task']['infer_ms_p50']:.2f} ms); "
-                  f"JPEG decode of the original: {lat['decode_ms_p50']:.2f} ms.", "",
-                  "| gate | compared with | gate p50 ms | task p50 ms | gate / task (p50) | gate / task (min) | "
-                  "gate / task (CPU time p50) | gate / (decode + task) |", "|---|---|---|---|---|---|---|---|"]
-        for k, g in lat["gates"].items():
-            lines.append(f"| {k} | {g.get('compared_with', lat['task']['file'])} | {g['total_ms_p50']:.2f} | "
-                         f"{g.get('task_total_ms_p50', lat['task']['total_ms_p50']):.2f} | {_pct(g['ratio_to_task'])} | "
-                         f"{_pct(g.get('ratio_to_task_min'))} | {_pct(g.get('ratio_to_task_cpu'))} | "
-                         f"{_pct(g['ratio_to_task_with_decode'])} |")
+    if lat and "gates" not in lat:  # the gate_overhead benchmark (older reports: skipped)
+        from edgecell.benchmarks.gate_overhead import markdown as overhead_table
+
+        lines += ["", "## End-to-end time, gated vs ungated (decode + pipeline; `edgecell.benchmarks.gate_overhead`)",
+                  "", overhead_table(list(lat.values())).rstrip()]
     if png:
         lines += ["", f"![task accuracy vs JPEG quality]({png})"]
     return "\n".join(lines) + "\n"
@@ -380,8 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gate", action="append", default=[], help="gate model file (repeat)")
     p.add_argument("--gate-dir", help="folder of exported gates: every gate_*_{fp32,int8}.{tflite,xml,onnx}")
     p.add_argument("--task-model", required=True)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--split", required=True, help="gate_split.json from edgecell.convert.train_gate")
+    p.add_argument("--labels", help="labels CSV (gate accuracy and task accuracy on the gate's held-out originals)")
+    p.add_argument("--split", help="gate_split.json from edgecell.convert.train_gate")
+    p.add_argument("--task-split", help="instead of --labels/--split: degraded copies of the task model's own "
+                                        "split (xray: 'test', its held-out images), unlabelled: task accuracy "
+                                        "all vs accepted, no gate accuracy")
+    p.add_argument("--split-list", help="X-ray: xray_split.tsv (else rebuilt, seed 0)")
+    p.add_argument("--task-split-limit", type=int, default=0, help="seeded sample of N images of --task-split")
     p.add_argument("--data", help="datasets folder or the dataset folder itself")
     p.add_argument("--dataset", default="clothing_small_subset")
     p.add_argument("--out", required=True)
@@ -393,8 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "the task model on the same backend and precision (repeat)")
     p.add_argument("--latency-only", action="store_true", help="re-measure latency only; merge into OUT/gate.json")
     args = p.parse_args(argv)
-    from edgecell.calibration import dataset_dir
+    from edgecell.convert.gate_labels import degraded_rows, gate_data_dir
+    from edgecell.modelinfo import read_model_info
 
+    if args.latency_only and not args.split:
+        p.error("--latency-only times the held-out originals of --split")
+    if not args.latency_only and not args.task_split and not (args.labels and args.split):
+        p.error("give --labels and --split, or --task-split")
+    task_info = read_model_info(args.task_model)
+    data = gate_data_dir(task_info.task, args.dataset, args.data)
     gates = list(args.gate)
     if args.gate_dir:
         d = Path(args.gate_dir)
@@ -405,13 +366,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("no gate model: pass --gate FILE or --gate-dir DIR")
     try:
         if args.latency_only:
-            lat = latency_only(gates, args.task_model, args.split, dataset_dir(args.dataset, args.data), args.out,
+            lat = latency_only(gates, args.task_model, args.split, data, args.out,
                                threads=args.threads, latency_images=args.latency_images, task_siblings=args.task_sibling)
             print(json.dumps(lat, indent=2))
             return 0
-        report = evaluate_gate(gates, args.task_model, args.labels, args.split, dataset_dir(args.dataset, args.data),
+        rows = None
+        if args.task_split:
+            rows = degraded_rows(task_info.task, data, args.task_split, task_info.labels, task_info.settings,
+                                 split_list=args.split_list, limit=args.task_split_limit)
+        report = evaluate_gate(gates, args.task_model, args.labels, args.split, data,
                                args.out, threads=args.threads, latency_images=args.latency_images, limit=args.limit,
-                               task_siblings=args.task_sibling)
+                               task_siblings=args.task_sibling, rows=rows)
     except EdgecellError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

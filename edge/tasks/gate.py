@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecell.modelinfo import ModelInfo
-from edgecell.tasks.common import require_task, softmax, to_input_tensor
+from edgecell.tasks.common import require_task, resized, softmax, to_input_tensor
 
 POLICIES = ("reject", "flag", "pass")
 
@@ -44,9 +44,33 @@ class GateResult:
         return f"utility {self.utility:.2f}" + ("" if self.useful else " (not useful)")
 
 
+def resize_via(info: ModelInfo) -> tuple[int, int] | None:
+    """The intermediate (width, height) a gate's input is made from (`settings.resize_via`: its
+    task model's input size), or None for a direct resize of the full image."""
+    via = info.settings.get("resize_via")
+    return (int(via[0]), int(via[1])) if via else None
+
+
+def gate_pixels(image: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The gate's input pixels. With `resize_via`: the full image stretched to that size (the task
+    model's input size: under `common.resize_once` the task model reuses it), then bilinear to the
+    gate's size (0.07 ms for 224 -> 128 against 0.33 ms INTER_AREA; at an exact 2x, as 256 -> 128,
+    bilinear is the 2 x 2 mean). Without it: one stretch of the full image, as the first products
+    gate was trained. Training, evaluation and the device all call this one function."""
+    import cv2
+
+    via = resize_via(info)
+    if not via:
+        return resized(image, info.input_size)
+    pixels = resized(image, via)
+    if tuple(info.input_size) == via:
+        return pixels
+    return cv2.resize(pixels, tuple(info.input_size), interpolation=cv2.INTER_LINEAR)
+
+
 def preprocess(image: np.ndarray, info: ModelInfo):
     require_task(info, "gate")
-    tensor, _ = to_input_tensor(image, info)
+    tensor, _ = to_input_tensor(gate_pixels(image, info), info)  # already at size: no second resize
     return tensor, None
 
 

@@ -55,11 +55,12 @@ def test_report_and_plot(tmp_path):
               "task_accuracy": {"litert-int8": ev.task_with_gate([False, True, False], [False, True, False])},
               "int8_vs_fp32_agreement": {"litert": 0.98}, "per_degradation": {"litert-int8": per},
               "jpeg_curve": {"litert-int8": {"2": per["jpeg:2"], "100": per["none"]}},
-              "latency": {"task": {"file": "t", "backend": "litert", "total_ms_p50": 4.0, "infer_ms_p50": 3.0},
-                          "decode_ms_p50": 2.0,
-                          "gates": {"litert-int8": {"total_ms_p50": 1.0, "infer_ms_p50": 0.6, "ratio_to_task": 0.25,
-                                                    "ratio_to_task_with_decode": 1 / 6}}}}
+              "latency": {"gate_int8.tflite": {"gate": "gate_int8.tflite", "task_model": "t.tflite", "variants": {
+                  v: {"wall_ms": {"median": m, "p90": 2 * m}, "cpu_ms": {"median": m}}
+                  for v, m in (("ungated", 4.0), ("gated", 5.0), ("gated_separate", 6.0))}, "overhead": {
+                  v: {"median_ratio": r, "p90_ratio": r, "cpu_median_ratio": r, "paired_median_ratio": r,
+                      "per_repeat_median_ratio": [r]} for v, r in (("gated", 1.25), ("gated_separate", 1.5))}}}}
     png = ev.plot_accuracy_vs_jpeg(report, tmp_path / "curve.png")
     assert png == "curve.png" and (tmp_path / "curve.png").stat().st_size > 1000
     md = ev.markdown_report(report, png)
-    assert "100.0 %" in md and "33.3 %" in md and "25.0 %" in md and "![task accuracy" in md
+    assert "100.0 %" in md and "33.3 %" in md and "| 1.250 |" in md and "![task accuracy" in md
