@@ -75,10 +75,14 @@ def blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def noise(image: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
-    """Additive white Gaussian noise of standard deviation `sigma` grey levels, seeded."""
+    """Additive white Gaussian noise of standard deviation `sigma` grey levels, seeded. A grey
+    image (three equal channels, e.g. an X-ray) gets the same noise in every channel: a grey
+    sensor makes grey noise, and colour speckle would trip the X-ray model's colour check."""
     _check(image)
     rng = np.random.default_rng(seed)
-    noisy = image.astype(np.float32) + rng.normal(0.0, float(sigma), image.shape).astype(np.float32)
+    grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    shape = image.shape[:2] + (1,) if grey else image.shape
+    noisy = image.astype(np.float32) + rng.normal(0.0, float(sigma), shape).astype(np.float32)
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 

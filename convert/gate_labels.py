@@ -2,6 +2,13 @@
 
     python -m edgecell.convert.gate_labels --task-model edge/models/products_int8.tflite \\
         --task-model OUT/export/products_v1_fp32.tflite --data DIR --out FILE.csv
+    python -m edgecell.convert.gate_labels --task-model edge/models/xray_int8.tflite \\
+        --task-model XRAY_OUT/export/xray_fp32.tflite --split-list XRAY_OUT/xray_split.tsv --limit 400 --out FILE.csv
+
+Which images: products, the clothing set's validation + test folders (never trained on by the
+classifier); X-ray, the TRAINING part of the seeded X-ray split (`edgecell.calibration.xray`), so
+the 601 held-out images of the X-ray model card stay untouched for its figures and for measuring
+the gate's effect (`edgecell.evaluation.gate --task-split test`).
 
 Every image of the chosen splits is degraded (`edgecell.calibration.degrade`: pristine, JPEG at 9
 quality levels, blur, noise, exposure) and each copy, and the pristine image, go through every
@@ -170,12 +177,72 @@ def _model_columns(k: int) -> list[str]:
             f"m{k}_f", f"m{k}_label"]
 
 
+def gate_data_dir(task: str, dataset: str = DATASET, data: str | os.PathLike | None = None) -> Path:
+    """The folder a labels CSV's `image` paths are relative to: the data root for X-ray (its
+    images come from two datasets), else the dataset folder."""
+    from edgecell.calibration import data_root, dataset_dir
+
+    return data_root(data) if task == "xray" else dataset_dir(dataset, data)
+
+
+def list_samples(task: str, base: Path, splits: str, labels: Sequence[str], settings: dict,
+                 split_list: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
+    """(image path, ground-truth index) of the images to label, per task model kind.
+
+    products/classify: the dataset's split folders (`splits`, "+"-joined). xray: the seeded split
+    of `edgecell.calibration.xray` (read from `split_list`, else rebuilt, ~1 min), `splits` naming
+    its parts ("train": never the held-out images the X-ray model card reports)."""
+    if task == "xray":
+        from edgecell.calibration import xray
+
+        if split_list:
+            items = xray.read_list(split_list, base)
+        else:
+            items, _, _ = xray.build(base, seed=0)
+        wanted = set(splits.split("+"))
+        return [(it.path, list(labels).index(it.label)) for it in sorted(items, key=lambda i: i.rel)
+                if it.split in wanted]
+    from edgecell.calibration.folders import list_split
+    from edgecell.evaluation.classification import folder_label_map
+
+    fmap = folder_label_map(labels, settings, None)
+    return list_split(base, splits, sorted(fmap, key=fmap.get))
+
+
+def degraded_rows(task: str, base: Path, splits: str, labels: Sequence[str], settings: dict, *,
+                  split_list: str | os.PathLike | None = None, specs: Sequence[str] | None = None,
+                  limit: int = 0, seed: int = 0) -> list[dict]:
+    """Unlabelled rows (image, truth, degradation, seed, label None) of every degraded copy of a
+    split's images: to measure a task model's accuracy with and without a gate on images it was
+    never trained on (X-ray: its 601 held-out images) without labelling them. `limit`: a seeded
+    sample of that many images."""
+    from edgecell.calibration import degrade
+
+    samples = list_samples(task, base, splits, labels, settings, split_list)
+    if limit:
+        rng = np.random.default_rng(seed)
+        samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit].tolist())]
+    rows = []
+    for path, truth in samples:
+        key = path.relative_to(base).as_posix()
+        for spec in specs or degrade.default_specs():
+            rows.append({"image": key, "folder": path.parent.name, "truth": int(truth), "degradation": spec,
+                         "seed": degrade.sample_seed(key, spec, seed), "label": None})
+    return rows
+
+
+def class_probabilities(result) -> dict[str, float]:
+    """label -> probability from a classifier's result (products: `top`, X-ray: `probabilities`)."""
+    probs = getattr(result, "probabilities", None)
+    return dict(probs) if probs else dict(result.top)
+
+
 def label_dataset(model_paths: Sequence[str | os.PathLike], data: Path, out_csv: Path, *, splits: str,
                   specs: Sequence[str], t_high: float, t_low: float, phi_rec: float | None, seed: int,
-                  limit: int = 0, threads: int | None = None, backend: str = "auto") -> dict:
+                  limit: int = 0, threads: int | None = None, backend: str = "auto",
+                  split_list: str | os.PathLike | None = None) -> dict:
     from edgecell.calibration import degrade
-    from edgecell.calibration.folders import list_split
-    from edgecell.evaluation.classification import folder_label_map, sha256
+    from edgecell.evaluation.classification import sha256
     from edgecell.images import decode_image
     from edgecell.model import load_model
     from edgecell.pipeline import predict
@@ -183,15 +250,14 @@ def label_dataset(model_paths: Sequence[str | os.PathLike], data: Path, out_csv:
     models = [load_model(p, backend, threads=threads) for p in model_paths]
     first = models[0].info
     for m in models[1:]:
-        if list(m.info.labels) != list(first.labels):
-            raise ValueError(f"{m.path.name}: labels differ from {models[0].path.name}; models must share classes")
-    fmap = folder_label_map(first.labels, first.settings, None)
-    folders = sorted(fmap, key=fmap.get)
-    samples = list_split(data, splits, folders)
+        if list(m.info.labels) != list(first.labels) or m.info.task != first.task:
+            raise ValueError(f"{m.path.name}: task or labels differ from {models[0].path.name}; "
+                             "models must share them")
+    samples = list_samples(first.task, data, splits, first.labels, first.settings, split_list)
+    options = {"top_k": len(first.labels), "gradcam": False}  # Grad-CAM: not needed for a label
     if limit:
         rng = np.random.default_rng(seed)
         samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit].tolist())]
-    n_labels = len(first.labels)
     rec = [float(phi_rec) if phi_rec is not None else float(m.info.settings.get("min_confidence", 0.5))
            for m in models]
 
@@ -213,8 +279,8 @@ def label_dataset(model_paths: Sequence[str | os.PathLike], data: Path, out_csv:
             image = decode_image(path)
             pristine = []
             for m in models:
-                res, _ = predict(m, image, top_k=n_labels)
-                probs = dict((label, p) for label, p in res.top)
+                res, _ = predict(m, image, **options)
+                probs = class_probabilities(res)
                 pristine.append((res.index, float(probs[first.labels[truth]])))
             for spec in specs:
                 s = degrade.sample_seed(key, spec, seed)
@@ -223,8 +289,8 @@ def label_dataset(model_paths: Sequence[str | os.PathLike], data: Path, out_csv:
                 labels_here, fs = [], []
                 grid_row = {"truth": truth}
                 for k, m in enumerate(models):
-                    res, _ = predict(m, img, top_k=n_labels)
-                    probs = dict((label, p) for label, p in res.top)
+                    res, _ = predict(m, img, **options)
+                    probs = class_probabilities(res)
                     phi = float(probs[first.labels[truth]])
                     pp, phip = pristine[k]
                     fval = utility(phi, phip, rec[k])
@@ -253,7 +319,7 @@ def label_dataset(model_paths: Sequence[str | os.PathLike], data: Path, out_csv:
         by_spec.setdefault(spec_i, Counter())[lab] += 1
     summary = {
         "csv": out_csv.name,
-        "dataset": data.name, "splits": splits, "originals": len(samples), "samples": len(combined),
+        "task": first.task, "dataset": data.name, "splits": splits, "originals": len(samples), "samples": len(combined),
         "degradations": list(specs), "jpeg_qualities": list(degrade.JPEG_QUALITIES),
         "models": [{"file": m.path.name, "backend": m.session.backend, "precision": m.info.precision,
                     "name": m.info.name, "sha256": sha256(m.path), "phi_rec": r}
@@ -278,8 +344,10 @@ def parse_args(argv=None):
                    help="task model file (repeat for several: labels combined by agreement)")
     p.add_argument("--data", help="datasets folder or the dataset folder itself (else $EDGECELL_DATA, ../shared/data)")
     p.add_argument("--dataset", default=DATASET)
-    p.add_argument("--splits", default="validation+test",
-                   help="splits to label, '+'-joined (default: images the task model was NOT trained on)")
+    p.add_argument("--splits", default=None,
+                   help="splits to label, '+'-joined (default products: validation+test, images the task model "
+                        "was NOT trained on; xray: train, never its held-out images)")
+    p.add_argument("--split-list", help="X-ray: xray_split.tsv of edgecell.calibration.xray (else rebuilt, seed 0)")
     p.add_argument("--out", required=True, help="labels CSV (a summary FILE.json is written beside it)")
     p.add_argument("--t-high", type=float, default=T_HIGH)
     p.add_argument("--t-low", type=float, default=T_LOW)
@@ -293,14 +361,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from edgecell.calibration import dataset_dir
     from edgecell.calibration.degrade import default_specs
     from edgecell.errors import EdgecellError
+    from edgecell.modelinfo import read_model_info
 
     args = parse_args(argv)
     try:
-        data = dataset_dir(args.dataset, args.data)
-        summary = label_dataset(args.task_model, data, Path(args.out), splits=args.splits,
+        task = read_model_info(args.task_model[0]).task
+        data = gate_data_dir(task, args.dataset, args.data)
+        splits = args.splits or ("train" if task == "xray" else "validation+test")
+        summary = label_dataset(args.task_model, data, Path(args.out), splits=splits, split_list=args.split_list,
                                 specs=default_specs(extras=not args.no_extras), t_high=args.t_high,
                                 t_low=args.t_low, phi_rec=args.phi_rec, seed=args.seed, limit=args.limit,
                                 threads=args.threads, backend=args.backend)

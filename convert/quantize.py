@@ -489,6 +489,27 @@ def export_model(keras_model, info: ModelInfo, calibration: Sequence[np.ndarray]
     return results
 
 
+def ship_model(src: str | os.PathLike, dest_dir: str | os.PathLike, metrics: dict, *, name: str | None = None,
+               extra_files: Sequence[str | os.PathLike] = ()) -> Path:
+    """Copy an exported model into `dest_dir` (edge/models) as `name` (default: its own name) with a
+    sidecar: the export's metadata plus the measured `metrics` (a shipped model states its
+    figures). `extra_files` (e.g. a Grad-CAM head) are copied beside it. Atomic writes."""
+    from edgecell.errors import EdgecellError
+    from edgecell.modelinfo import read_model_info
+
+    src, dest_dir = Path(src), Path(dest_dir)
+    if not src.is_file():
+        raise EdgecellError(f"{src}: no exported model; export it first")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    info = read_model_info(src)
+    info.metrics = dict(metrics)
+    target = dest_dir / (name or src.name)
+    for s, t in [(src, target)] + [(Path(f), dest_dir / Path(f).name) for f in extra_files]:
+        _write_bytes(t, s.read_bytes())
+    write_sidecar(target, info)
+    return target
+
+
 # ----------------------------------------------------------------------------- checking
 
 def _run(session, x: np.ndarray) -> list[np.ndarray]:

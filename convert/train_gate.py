@@ -2,7 +2,8 @@
 `edgecell.convert.gate_labels`, export it FP32 + INT8 to TFLite, OpenVINO and ONNX through the
 shared converter, and optionally ship the INT8 TFLite to `edge/models/`.
 
-    python -m edgecell.convert.train_gate --labels FILE.csv --data DIR --out DIR --minutes 15
+    python -m edgecell.convert.train_gate --labels FILE.csv --data DIR --out DIR --minutes 15 \
+        [--for-task products|xray] [--resize-via 224]
 
 Choices (and why):
 - Network: MobileNet V1, alpha 0.25, ImageNet weights (`--weights` / $EDGECELL_WEIGHTS /
@@ -23,8 +24,12 @@ Choices (and why):
   loss by inverse class frequency instead (no relabelling run needed). Augmentation is a
   horizontal flip only: any resampling (zoom, rotation) would itself blur the image and
   change what the gate must judge.
-- Pre-processing is `edgecell.tasks.common.to_input_tensor` (stretch, (p - 127.5) / 127.5), the
-  device's own; the degraded images are rebuilt from the CSV's spec + seed, never stored.
+- Pre-processing is the device's own: `edgecell.tasks.gate.gate_pixels` (with `--resize-via N`,
+  the task model's input size: full image -> N x N, the resize the task model does anyway and
+  shares at run time, then bilinear to the gate's size), then `to_input_tensor` ((p - 127.5) /
+  127.5). The degraded images are rebuilt from the CSV's spec + seed, never stored.
+- Any classifier task: `--for-task xray` reads the X-ray images from the data root (paths in its
+  labels CSV are relative to it) and names the files gate_xray_*.
 - Threshold: the sidecar's `threshold` is the P(useful) that maximises balanced accuracy on the
   validation originals (grid 0.05 .. 0.95).
 """
@@ -34,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,11 +54,19 @@ MEAN = [127.5, 127.5, 127.5]
 STD = [127.5, 127.5, 127.5]
 ALPHA = 0.25
 DEFAULT_SIZE = 128
-STEM = "gate_products"
 
 
-def gate_info(size: int, threshold: float, for_task: str, **extra) -> ModelInfo:
+def stem(for_task: str) -> str:
+    """File stem of a gate's files: gate_products, gate_xray, ..."""
+    return f"gate_{for_task}"
+
+
+def gate_info(size: int, threshold: float, for_task: str, resize_via: int = 0, **extra) -> ModelInfo:
+    """The gate's metadata; `resize_via` (the task model's square input size, 0 = none) makes its
+    input from the task model's already resized image (`edgecell.tasks.gate.gate_pixels`)."""
     settings = {"threshold": round(float(threshold), 4), "for_task": for_task}
+    if resize_via:
+        settings["resize_via"] = [int(resize_via), int(resize_via)]
     settings.update(extra)
     return ModelInfo(task="gate", name=f"gate_{for_task}_mobilenet_v1_{ALPHA}_{size}", version="1",
                      labels=list(LABELS), input_size=(size, size), channels=3, layout="NHWC",
@@ -92,10 +104,12 @@ def choose_threshold(y: np.ndarray, p_useful: np.ndarray) -> float:
 
 def build_tensors(rows: Sequence[dict], data: Path, info: ModelInfo, progress: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Rebuild every degraded image from (image, degradation, seed) and pre-process it with the
-    device's function; float16 storage (values in [-1, 1], error < 5e-4) to halve the memory."""
+    device's functions (`gate_pixels`, then `to_input_tensor`); float16 storage (values in
+    [-1, 1], error < 5e-4) to halve the memory."""
     from edgecell.calibration import degrade
     from edgecell.images import decode_image
     from edgecell.tasks.common import to_input_tensor
+    from edgecell.tasks.gate import gate_pixels
 
     w, h = info.input_size
     x = np.empty((len(rows), h, w, 3), np.float16)
@@ -107,7 +121,7 @@ def build_tensors(rows: Sequence[dict], data: Path, info: ModelInfo, progress: s
         if r["image"] != cache_key:
             cache_key, cache_img = r["image"], decode_image(data / r["image"])
         img = degrade.apply(cache_img, r["degradation"], r["seed"])
-        x[i] = to_input_tensor(img, info)[0][0]
+        x[i] = to_input_tensor(gate_pixels(img, info), info)[0][0]
         y[i] = int(r["label"])
         if progress and (n + 1) % 1000 == 0:
             print(f"  {progress}: {n + 1}/{len(rows)}", flush=True)
@@ -124,15 +138,14 @@ def _split(rows: list[dict], test_fraction: float, val_fraction: float, seed: in
 
 
 def train(args) -> dict:
-    from edgecell.calibration import dataset_dir
-    from edgecell.convert.gate_labels import count_labels, read_labels
+    from edgecell.convert.gate_labels import count_labels, gate_data_dir, read_labels
     from edgecell.convert.products import find_weights
     from edgecell.convert.training import start_tensorflow
 
     tf, keras = start_tensorflow(threads=args.threads, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = dataset_dir(args.dataset, args.data)
+    data = gate_data_dir(args.for_task, args.dataset, args.data)
     rows = read_labels(args.labels)
     test, val = _split(rows, args.test_fraction, args.val_fraction, args.seed)
     labelled = [r for r in rows if r["label"] is not None]
@@ -151,7 +164,7 @@ def train(args) -> dict:
         raise EdgecellError(f"too few labelled samples of one class to train a gate: {split['counts']['fit']}; "
                             "relabel with relaxed --t-high/--t-low (see the labels summary JSON)")
 
-    info = gate_info(args.size, 0.5, args.for_task)
+    info = gate_info(args.size, 0.5, args.for_task, args.resize_via)
     t0 = time.perf_counter()
     x_fit, y_fit = build_tensors(fit_rows, data, info, "fit")
     x_val, y_val = build_tensors(val_rows, data, info, "val")
@@ -220,10 +233,10 @@ def train(args) -> dict:
         threshold = choose_threshold(y_val, p_val)
     else:  # no validation originals (tiny runs): the class-weighted midpoint
         p_val, threshold = np.zeros(0), 0.5
-    keras_path = out / f"{STEM}.keras"
+    keras_path = out / f"{stem(args.for_task)}.keras"
     model.save(keras_path)
     summary = {
-        "labels_csv": str(Path(args.labels).name), "size": args.size, "alpha": ALPHA, "weights": weights.name,
+        "labels_csv": str(Path(args.labels).name), "size": args.size, "resize_via": args.resize_via, "alpha": ALPHA, "weights": weights.name,
         "params": int(model.count_params()), "epochs_run": len(hist.history["loss"]),
         "best_epoch": budget.best_epoch + 1, "train_minutes": round(train_s / 60, 2),
         "tensor_build_s": round(t1 - t0, 1), "class_weight": class_weight, "threshold": threshold,
@@ -242,13 +255,12 @@ def export(args, summary: dict) -> dict[str, Path]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from edgecell.calibration import dataset_dir
-    from edgecell.convert.gate_labels import read_labels
+    from edgecell.convert.gate_labels import gate_data_dir, read_labels
     from edgecell.convert.quantize import export_model
 
     out = Path(args.out)
-    data = dataset_dir(args.dataset, args.data)
-    model = keras.models.load_model(out / f"{STEM}.keras", compile=False)
+    data = gate_data_dir(args.for_task, args.dataset, args.data)
+    model = keras.models.load_model(out / f"{stem(args.for_task)}.keras", compile=False)
     size = int(model.input_shape[1])
     split = json.loads((out / "gate_split.json").read_text())
     held = set(split["test_images"]) | set(split["val_images"])
@@ -257,11 +269,12 @@ def export(args, summary: dict) -> dict[str, Path]:
     pick = [rows[i] for i in sorted(rng.permutation(len(rows))[:args.calibration].tolist())]
     for r in pick:
         r["label"] = 0 if r["label"] is None else r["label"]  # labels are not used for calibration
-    info = gate_info(size, summary["threshold"], args.for_task, labels_csv=summary["labels_csv"])
+    info = gate_info(size, summary["threshold"], args.for_task, summary.get("resize_via", 0),
+                     labels_csv=summary["labels_csv"])
     x, _ = build_tensors(pick, data, info)
     calib = [x[i:i + 1].astype(np.float32) for i in range(len(x))]
     t0 = time.perf_counter()
-    paths = export_model(model, info, calib, out / "export", STEM)
+    paths = export_model(model, info, calib, out / "export", stem(args.for_task))
     print(f"exported in {time.perf_counter() - t0:.0f} s with {len(calib)} calibration images (training "
           "originals, degraded and pristine): " + ", ".join(p.name for p in paths.values()), flush=True)
     (out / "gate_export.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2) + "\n")
@@ -269,22 +282,18 @@ def export(args, summary: dict) -> dict[str, Path]:
 
 
 def ship(args, dest: str | os.PathLike | None = None) -> Path:
-    """Copy OUT/export/gate_products_int8.tflite to edge/models/ with a sidecar whose `metrics`
+    """Copy OUT/export/gate_<task>_int8.tflite to edge/models/ with a sidecar whose `metrics`
     come from OUT/eval/gate.json (run `python -m edgecell.evaluation.gate` first)."""
-    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.convert.quantize import ship_model
 
     out = Path(args.out)
-    src = out / "export" / f"{STEM}_int8.tflite"
+    src = out / "export" / f"{stem(args.for_task)}_int8.tflite"
     report = out / "eval" / "gate.json"
-    if not src.is_file():
-        raise EdgecellError(f"{src}: no exported gate; train and export first")
     if not report.is_file():
         raise EdgecellError(f"{report}: no evaluation; an unevaluated gate is not shipped")
     r = json.loads(report.read_text())
-    dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
-    info = read_model_info(src)
     r4 = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
-    info.metrics = {
+    metrics = {
         "held_out_originals": r.get("test_originals"), "labelled_copies": r.get("test_labelled"),
         "task_model": r["task_model"]["file"], "task_model_sha256": r["task_model"]["sha256"],
         "gate_accuracy": {k: r4(v["accuracy"]) for k, v in r["gate_accuracy"].items()},
@@ -293,9 +302,8 @@ def ship(args, dest: str | os.PathLike | None = None) -> Path:
         "task_accuracy_accepted": {k: r4(v["accuracy_accepted"]) for k, v in r["task_accuracy"].items()},
         "share_rejected": {k: r4(v) for k, v in r["share_rejected"].items()},
     }
-    target = dest / f"{STEM}_int8.tflite"
-    shutil.copyfile(src, target)
-    write_sidecar(target, info)
+    dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
+    target = ship_model(src, dest, metrics)
     print(f"shipped {target} ({target.stat().st_size / 1e3:.0f} kB)", flush=True)
     return target
 
@@ -312,6 +320,9 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget (0 = none)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    p.add_argument("--resize-via", type=int, default=0,
+                   help="the task model's (square) input size: the gate's input is made from the image the "
+                        "task model resizes anyway (shared at run time); 0 = resize the full image directly")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--dropout", type=float, default=0.2)
@@ -322,7 +333,7 @@ def parse_args(argv=None):
     p.add_argument("--min-per-class", type=int, default=20, help="refuse to train with fewer labelled samples of a class")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-train", action="store_true", help="export an already trained OUT/gate_products.keras")
+    p.add_argument("--skip-train", action="store_true", help="export an already trained OUT/gate_<task>.keras")
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--ship", action="store_true", help="only ship (after evaluation): copy the INT8 TFLite to edge/models")
     return p.parse_args(argv)

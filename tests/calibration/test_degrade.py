@@ -63,3 +63,12 @@ def test_spec_round_trip_and_errors(photo):
         degrade.jpeg(photo, 0)
     with pytest.raises(ValueError):
         degrade.jpeg(photo[..., 0], 10)
+
+
+def test_noise_on_a_grey_image_stays_grey(photo):
+    grey = np.repeat(photo.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    noisy = degrade.noise(grey, 50, seed=1)
+    assert np.array_equal(noisy[..., 0], noisy[..., 1]) and np.array_equal(noisy[..., 1], noisy[..., 2])
+    assert np.abs(noisy.astype(int) - grey).mean() > 10
+    colour = degrade.noise(photo, 50, seed=1)
+    assert not np.array_equal(colour[..., 0] - photo[..., 0], colour[..., 1] - photo[..., 1])

@@ -86,3 +86,36 @@ def test_gate_sidecar_and_threshold_choice():
     assert tg.balanced_accuracy(y, p, 0.5) == pytest.approx((2 / 3 + 1) / 2)
     t = tg.choose_threshold(y, p)
     assert 0.62 < t <= 0.7 and tg.balanced_accuracy(y, p, t) == 1.0
+
+
+def test_degraded_rows_and_a_labelling_run_on_a_folder_dataset(tmp_path):
+    """Products-style folders: every image x every degradation, seeded, paths relative to the
+    dataset; then the real labelling run on two photos with the shipped product classifier."""
+    import csv
+    import shutil
+    from pathlib import Path
+
+    from edgecell.calibration import degrade
+
+    models = Path(__file__).resolve().parents[2] / "edge" / "models"
+    photos = sorted((models.parent / "samples" / "products").glob("*.jpg"))[:2]
+    for p in photos:
+        folder = tmp_path / "test" / p.name.split("_")[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    from edgecell.modelinfo import read_model_info
+
+    info = read_model_info(models / "products_int8.tflite")
+    specs = ["none", "jpeg:2", "noise:50"]
+    rows = gl.degraded_rows("products", tmp_path, "test", info.labels, info.settings, specs=specs)
+    assert len(rows) == 2 * len(specs) and all(r["label"] is None for r in rows)
+    assert rows[0]["image"].startswith("test/") and rows[0]["seed"] == degrade.sample_seed(rows[0]["image"], "none")
+    out = tmp_path / "labels.csv"
+    summary = gl.label_dataset([models / "products_int8.tflite"], tmp_path, out, splits="test", specs=specs,
+                               t_high=0.9, t_low=0.1, phi_rec=None, seed=0)
+    assert summary["task"] == "products" and summary["samples"] == 6
+    back = gl.read_labels(out)
+    assert [r["degradation"] for r in back] == specs * 2
+    assert sum(summary["counts"].values()) == 6
+    with open(out) as f:
+        assert "m0_phi" in next(csv.reader(f))
