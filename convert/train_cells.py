@@ -1,6 +1,7 @@
-"""Train the paper's Tiny-YOLOv2 blood-cell detector on CBC/BCCD.
+"""Train a blood-cell detector on CBC/BCCD: the paper's Tiny-YOLOv2 (`--arch tiny-yolo`, the
+reproduction) or edgecell's CenterNet on an ImageNet MobileNet V1 0.25 (`--arch centernet`).
 
-    python -m edgecell.convert.train_cells --data DIR --out DIR --minutes 60 --seed 0
+    python -m edgecell.convert.train_cells --arch centernet --data DIR --out DIR --minutes 45 --seed 0
 
 * data: Training split only (300 images). The 14 training XMLs with no RBC box at all are left
   out of training (their RBCs would be taught as background); zero-area boxes are dropped by the
@@ -8,7 +9,8 @@
   checkpoint (the official Validation split is a subset of Training, not independent).
 * pre-processing: `edgecell.tasks.cells.preprocess`, the runtime's own function.
 * augmentation: same-scale mosaic of 4 smears (p=0.5), random scale 0.75-1.25 with translation,
-  horizontal and vertical flips, HSV colour jitter.
+  horizontal and vertical flips, HSV colour jitter, greyscale (`--grey`, CenterNet default 0.1, so a
+  greyscale smear still counts).
 * schedule: Adam, warm-up then cosine decay over the wall-clock budget (--minutes); one line per
   epoch with validation loss and mAP@0.5; best/last weights and the Keras model in --out.
 """
@@ -38,6 +40,13 @@ def get_args(argv=None):
     p.add_argument("--out", required=True, help="output folder for checkpoints, logs, the Keras model")
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=("tiny-yolo", "centernet"), default="tiny-yolo",
+                   help="tiny-yolo: the paper's Tiny-YOLOv2 from scratch; centernet: MobileNet V1 0.25 "
+                   "(ImageNet) + FPN to stride 8 + CenterNet head")
+    p.add_argument("--imagenet", help="centernet: MobileNet V1 0.25 ImageNet no-top .h5 (else $EDGECELL_WEIGHTS, "
+                   "../shared/weights)")
+    p.add_argument("--grey", type=float, default=None, help="probability of a greyscale training image "
+                   "(default 0.1 for centernet, 0 for tiny-yolo as trained for the card)")
     p.add_argument("--input", type=parse_size, default=(416, 320), help="W x H, multiples of 32")
     p.add_argument("--width", type=float, default=1.0, help="filter multiplier (1.0 = the paper's Tiny-YOLOv2)")
     p.add_argument("--batch", type=int, default=8)
@@ -99,7 +108,7 @@ def mosaic(samples, rng):
     return canvas, np.concatenate(boxes).reshape(-1, 4), np.concatenate(labels)
 
 
-def augment(img, boxes, labels, rng):
+def augment(img, boxes, labels, rng, grey: float = 0.0):
     import cv2
 
     h, w = img.shape[:2]
@@ -124,6 +133,8 @@ def augment(img, boxes, labels, rng):
     hsv[..., 1] = np.clip(hsv[..., 1] * gains[1], 0, 255)
     hsv[..., 2] = np.clip(hsv[..., 2] * gains[2], 0, 255)
     img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    if grey and rng.random() < grey:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     return img, boxes.astype(np.float32).reshape(-1, 4), labels
 
 
@@ -140,17 +151,16 @@ def to_input(img, boxes, info):
 class Batches:
     """Background thread producing augmented batches (OpenCV releases the GIL)."""
 
-    def __init__(self, data, info, anchors, grid, batch, seed, mosaic_p):
-        self.data, self.info, self.anchors, self.grid = data, info, anchors, grid
-        self.batch, self.mosaic_p = batch, mosaic_p
+    def __init__(self, data, info, targets, batch, seed, mosaic_p, grey=0.0):
+        """targets(boxes_list, labels_list) -> tuple of target arrays for the loss."""
+        self.data, self.info, self.targets = data, info, targets
+        self.batch, self.mosaic_p, self.grey = batch, mosaic_p, grey
         self.rng = np.random.default_rng(seed)
         self.q: queue.Queue = queue.Queue(maxsize=6)
         self.steps_per_epoch = max(1, len(data) // batch)
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
-        from edgecell.convert.yolo_loss import build_targets
-
         while True:
             order = self.rng.permutation(len(self.data))
             for s in range(self.steps_per_epoch):
@@ -160,11 +170,10 @@ class Batches:
                     if self.rng.random() < self.mosaic_p:
                         others = [self.data[j] for j in self.rng.integers(0, len(self.data), 3)]
                         img, b, l = mosaic([(img, b, l)] + others, self.rng)
-                    img, b, l = augment(img, b, l, self.rng)
+                    img, b, l = augment(img, b, l, self.rng, self.grey)
                     x, b = to_input(img, b, self.info)
                     xs.append(x), bs.append(b), ls.append(l)
-                y, gt = build_targets(bs, ls, self.anchors, tuple(self.info.input_size), self.grid)
-                self.q.put((np.stack(xs), y, gt))
+                self.q.put((np.stack(xs), *self.targets(bs, ls)))
 
     def get(self):
         return self.q.get()
@@ -249,6 +258,62 @@ def export(args) -> dict:
     return report
 
 
+def _tiny_yolo_setup(args, train):
+    """The paper's Tiny-YOLOv2: k-means anchors on the training boxes, YOLOv2 loss."""
+    from edgecell.calibration.voc import CELL_CLASSES
+    from edgecell.convert.anchors import kmeans_anchors
+    from edgecell.convert.models import build_tiny_yolo
+    from edgecell.convert.yolo_loss import build_targets, make_loss
+    from edgecell.modelinfo import ModelInfo
+    from edgecell.tasks import cells
+
+    in_w, in_h = args.input
+    grid = (in_w // 32, in_h // 32)
+    scale = min(in_w / 640, in_h / 480)
+    wh = np.concatenate([(a.boxes[:, 2:] - a.boxes[:, :2]) for a in train]) * scale
+    anchors, miou = kmeans_anchors(wh, 5, seed=args.seed)
+    print(f"anchors (input px): {np.round(anchors, 1).tolist()}  mean IoU {miou:.3f}", flush=True)
+    info = ModelInfo(task="cells", name="cells-tiny-yolov2", version="1", labels=list(CELL_CLASSES),
+                     input_size=(in_w, in_h), mean=[0.0], std=[255.0], resize="letterbox", precision="fp32",
+                     settings={"anchors": np.round(anchors, 3).tolist(), "thresholds": dict(cells.DEFAULT_THRESHOLDS),
+                               "nms_iou": cells.DEFAULT_NMS_IOU, "platelet_iou": cells.DEFAULT_PLATELET_IOU,
+                               "architecture": f"tiny-yolov2 width {args.width}", "anchor_iou": round(miou, 4)})
+    model = build_tiny_yolo((in_w, in_h), len(CELL_CLASSES), 5, width=args.width)
+
+    def targets(bs, ls):
+        return build_targets(bs, ls, anchors, (in_w, in_h), grid)
+
+    return info, model, targets, make_loss(anchors, (in_w, in_h), grid, len(CELL_CLASSES))
+
+
+def _centernet_setup(args, keras):
+    """edgecell's detector: ImageNet MobileNet V1 0.25 + FPN to stride 8 + CenterNet head, input
+    scaled to [-1, 1] as the backbone was trained; INTER_LINEAR letterbox (cheap on the device)."""
+    from edgecell.calibration.voc import CELL_CLASSES
+    from edgecell.convert.centernet_loss import build_heat_targets, make_centernet_loss
+    from edgecell.convert.models import build_centernet
+    from edgecell.convert.products import find_weights
+    from edgecell.modelinfo import ModelInfo
+    from edgecell.tasks import cells
+
+    in_w, in_h = args.input
+    weights = find_weights(args.imagenet)
+    info = ModelInfo(task="cells", name="cells-centernet-mobilenetv1", version="2", labels=list(CELL_CLASSES),
+                     input_size=(in_w, in_h), mean=[127.5], std=[127.5], resize="letterbox", precision="fp32",
+                     settings={"head": "centernet", "stride": cells.CENTERNET_STRIDE,
+                               "offset_scale": cells.CENTERNET_OFFSET_SCALE, "size_scale": cells.CENTERNET_SIZE_SCALE,
+                               "interpolation": "linear", "thresholds": dict(cells.DEFAULT_THRESHOLDS),
+                               "nms_iou": cells.DEFAULT_NMS_IOU, "platelet_iou": cells.DEFAULT_PLATELET_IOU,
+                               "architecture": "mobilenet-v1 0.25 (ImageNet) + FPN stride 8 + CenterNet head",
+                               "backbone_weights": weights.name})
+    model = build_centernet((in_w, in_h), len(CELL_CLASSES), weights=weights)
+
+    def targets(bs, ls):
+        return (build_heat_targets(bs, ls, len(CELL_CLASSES), (in_w, in_h)),)
+
+    return info, model, targets, make_centernet_loss(len(CELL_CLASSES))
+
+
 def main(argv=None):
     args = get_args(argv)
     if args.export:
@@ -260,9 +325,6 @@ def main(argv=None):
 
     from edgecell.calibration import dataset_dir
     from edgecell.calibration.voc import CELL_CLASSES, load_split, missing_class
-    from edgecell.convert.anchors import kmeans_anchors
-    from edgecell.convert.models import build_tiny_yolo
-    from edgecell.convert.yolo_loss import build_targets, make_loss
     from edgecell.evaluation.detection import map50
     from edgecell.images import decode_image
     from edgecell.modelinfo import ModelInfo, write_sidecar
@@ -285,17 +347,11 @@ def main(argv=None):
     print(f"data {data_dir}: {len(train)} train, {len(holdout)} hold-out, {len(empty_rbc)} excluded (no RBC boxes)", flush=True)
 
     in_w, in_h = args.input
-    grid = (in_w // 32, in_h // 32)
-    scale = min(in_w / 640, in_h / 480)
-    wh = np.concatenate([(a.boxes[:, 2:] - a.boxes[:, :2]) for a in train]) * scale
-    anchors, miou = kmeans_anchors(wh, 5, seed=args.seed)
-    print(f"anchors (input px): {np.round(anchors, 1).tolist()}  mean IoU {miou:.3f}", flush=True)
-
-    info = ModelInfo(task="cells", name="cells-tiny-yolov2", version="1", labels=list(CELL_CLASSES),
-                     input_size=(in_w, in_h), mean=[0.0], std=[255.0], resize="letterbox", precision="fp32",
-                     settings={"anchors": np.round(anchors, 3).tolist(), "thresholds": dict(cells.DEFAULT_THRESHOLDS),
-                               "nms_iou": cells.DEFAULT_NMS_IOU, "platelet_iou": cells.DEFAULT_PLATELET_IOU,
-                               "architecture": f"tiny-yolov2 width {args.width}", "anchor_iou": round(miou, 4)})
+    if args.arch == "centernet":
+        info, model, targets, loss_fn = _centernet_setup(args, keras)
+    else:
+        info, model, targets, loss_fn = _tiny_yolo_setup(args, train)
+    grey = args.grey if args.grey is not None else (0.1 if args.arch == "centernet" else 0.0)
 
     def load(a):
         return decode_image(a.image_path), a.boxes.copy(), a.labels.copy()
@@ -309,18 +365,15 @@ def main(argv=None):
         hold_x.append(x[0]), hold_ctx.append(ctx)
         hold_b.append(a.boxes * lb.scale + np.array([lb.pad_x, lb.pad_y] * 2, np.float32)), hold_l.append(a.labels)
     hold_x = np.stack(hold_x)
-    hold_y, hold_gt = build_targets(hold_b, hold_l, anchors, (in_w, in_h), grid)
-
-    model = build_tiny_yolo((in_w, in_h), len(CELL_CLASSES), 5, width=args.width)
-    print(f"model: {model.count_params():,} parameters, grid {grid[0]}x{grid[1]}", flush=True)
-    loss_fn = make_loss(anchors, (in_w, in_h), grid, len(CELL_CLASSES))
+    hold_t = targets(hold_b, hold_l)
+    print(f"model: {model.count_params():,} parameters, output {tuple(model.output.shape[1:])}", flush=True)
     opt = keras.optimizers.Adam(learning_rate=args.lr, weight_decay=5e-4, clipnorm=10.0)
 
     @tf.function(reduce_retracing=True)
-    def train_step(x, y, gt):
+    def train_step(x, *t):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
-            total, parts = loss_fn(pred, y, gt)
+            total, parts = loss_fn(pred, *t)
         grads = tape.gradient(total, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return total, parts
@@ -333,7 +386,7 @@ def main(argv=None):
         preds, losses = [], []
         for i in range(0, len(hold_x), 10):
             p = predict(hold_x[i : i + 10])
-            losses.append(float(loss_fn(p, hold_y[i : i + 10], hold_gt[i : i + 10])[0]) * len(p))
+            losses.append(float(loss_fn(p, *(t[i : i + 10] for t in hold_t))[0]) * len(p))
             for k, pk in enumerate(p.numpy()):
                 b, c, s = cells.decode(pk[None], info, floor=0.01)
                 keep = cells.nms_per_class(b, c, s)
@@ -341,7 +394,7 @@ def main(argv=None):
         m = map50(preds, list(zip(hold_b, hold_l)), CELL_CLASSES)
         return sum(losses) / len(hold_x), m
 
-    batches = Batches(train_data, info, anchors, grid, args.batch, args.seed, args.mosaic)
+    batches = Batches(train_data, info, targets, args.batch, args.seed, args.mosaic, grey)
     spe = batches.steps_per_epoch
     budget = args.minutes * 60
     warmup = min(150, spe * 3)
@@ -356,8 +409,8 @@ def main(argv=None):
             frac = min(1.0, elapsed / budget)
             lr = args.lr * (min(1.0, (step + 1) / warmup)) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
             opt.learning_rate.assign(lr)
-            x, y, gt = batches.get()
-            total, parts = train_step(tf.constant(x), tf.constant(y), tf.constant(gt))
+            x, *t = batches.get()
+            total, parts = train_step(tf.constant(x), *map(tf.constant, t))
             run.append(float(total))
             step += 1
             progress(epoch, s + 1, spe, float(np.mean(run[-20:])), lr, elapsed, budget)
@@ -386,12 +439,13 @@ def main(argv=None):
         if elapsed + np.mean(epoch_times[-3:]) > budget:
             break
     model.load_weights(out / "best.weights.h5")
-    model.save(out / "cells_tiny_yolo.keras")
+    keras_path = out / f"cells_{args.arch.replace('-', '_')}.keras"
+    model.save(keras_path)
     info.metrics = {"holdout_map50": round(best_map, 4), "epochs": epoch, "steps": step,
                     "train_minutes": round((time.time() - t0) / 60, 1)}
-    write_sidecar(out / "cells_tiny_yolo.keras", info)
+    write_sidecar(keras_path, info)
     print(f"done: {epoch} epochs, {step} steps, {(time.time() - t0) / 60:.1f} min, best hold-out mAP@0.5 {best_map:.4f}; "
-          f"model {out / 'cells_tiny_yolo.keras'}", flush=True)
+          f"model {keras_path}", flush=True)
 
 
 if __name__ == "__main__":

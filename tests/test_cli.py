@@ -161,8 +161,8 @@ def test_eval_cells_reports_map_and_counting_accuracy(tmp_path):
     out = edgecell("eval", "cells", "-o", tmp_path)
     assert out.returncode == 0, out.stderr
     entry = json.loads((tmp_path / "cells_eval.json").read_text())["models"]["litert-int8"]
-    assert 0.67 <= entry["map50"]["mean"] <= 0.71  # model card: 0.690 on the 60 Testing smears
-    assert entry["counting"]["model_thresholds"]["per_class"]["WBC"]["accuracy"] == 1.0
+    assert 0.90 <= entry["map50"]["mean"] <= 0.93  # model card: 0.917 on the 60 Testing smears (CenterNet INT8)
+    assert entry["counting"]["model_thresholds"]["per_class"]["WBC"]["accuracy"] >= 0.95  # card: 63/61, 96.7 %
     assert "mAP@0.5" in out.stdout
 
 

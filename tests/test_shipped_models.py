@@ -18,6 +18,7 @@ SAMPLE_FOR = {"cells": "bccd", "products": "products", "gate": "products", "xray
 
 def test_the_default_cell_counter_ships():
     assert MODELS / "cells_int8.tflite" in SHIPPED
+    assert MODELS / "cells_tinyyolov2_int8.tflite" in SHIPPED  # the paper's reproduction
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

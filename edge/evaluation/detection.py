@@ -244,7 +244,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
     gt_sweep = np.array([[a.counts()[c] for c in labels] for a in sweep])
     report = {"split": split, "images": len(test), "sweep_on": sweep_name, "sweep_images": len(sweep),
               "ground_truth": dict(zip(labels, gt_test.sum(0).tolist())), "models": {}}
-    curves, taken, overlay_done = {}, set(), None
+    curves, taken, overlay_done, all_preds = {}, set(), None, {}
     paper = np.array([cells.DEFAULT_THRESHOLDS.get(c, 0.5) for c in labels], np.float32)
     for path in map(Path, model_paths):
         run = run_model(path, test, backend, threads)
@@ -252,6 +252,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
         key = _model_key(run["session"].backend, info.precision, taken)
         m = map50(preds, [(a.boxes, a.labels) for a in test], labels)
         curves[key] = m["curves"]
+        all_preds[key] = preds
         sw_run = run_model(path, sweep, backend, threads)
         sw = threshold_sweep(sw_run["predictions"], gt_sweep, labels)
         chosen = np.array([sw["chosen"][c] for c in labels], np.float32)
@@ -285,7 +286,13 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
     for key, r in report["models"].items():
         fp = report["models"].get(key.replace("int8", "fp32")) if "int8" in key else None
         if fp:
+            # same thresholds (the FP32 file's) on both: what quantization alone changes
+            fp_thr = np.array([fp["counting"]["model_thresholds"]["thresholds"][c] for c in labels], np.float32)
+            same = counting_metrics(count_matrix(all_preds[key], fp_thr, len(labels)), gt_test, labels)
             r["vs_fp32"] = {
+                "accuracy_delta_points_same_thresholds": {
+                    c: 100 * (same[c]["accuracy"] - fp["counting"]["model_thresholds"]["per_class"][c]["accuracy"])
+                    for c in labels},
                 "map50_delta": r["map50"]["mean"] - fp["map50"]["mean"],
                 "accuracy_delta_points": {c: 100 * (r["counting"]["model_thresholds"]["per_class"][c]["accuracy"]
                                                     - fp["counting"]["model_thresholds"]["per_class"][c]["accuracy"])
@@ -331,9 +338,14 @@ def markdown_report(report: dict, labels) -> str:
         lines.append("| chosen | " + " | ".join(f"{sw['chosen'][c]:.2f}" for c in labels) + " |")
     deltas = [(k, r["vs_fp32"]) for k, r in report["models"].items() if "vs_fp32" in r]
     if deltas:
-        lines += ["", "## INT8 against FP32 (same backend)", "", "| model | mAP@0.5 delta | " +
-                  " | ".join(f"{c} acc delta (points)" for c in labels) + " |", "|---" * (len(labels) + 2) + "|"]
+        lines += ["", "## INT8 against FP32 (same backend)", "",
+                  "Accuracy deltas at each file's stored thresholds, and (same thr.) with the FP32 file's "
+                  "thresholds on both: what quantization alone changes.", "", "| model | mAP@0.5 delta | " +
+                  " | ".join(f"{c} acc delta (points)" for c in labels) + " | " +
+                  " | ".join(f"{c} same thr." for c in labels) + " |", "|---" * (2 * len(labels) + 2) + "|"]
         for k, d in deltas:
+            same = d.get("accuracy_delta_points_same_thresholds", {})
             lines.append(f"| {k} | {d['map50_delta']:+.4f} | " +
-                         " | ".join(f"{d['accuracy_delta_points'][c]:+.2f}" for c in labels) + " |")
+                         " | ".join(f"{d['accuracy_delta_points'][c]:+.2f}" for c in labels) + " | " +
+                         " | ".join(f"{same[c]:+.2f}" if c in same else "-" for c in labels) + " |")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
-"""Cells pipeline: YOLO decode on a hand-built grid, NMS, platelet de-duplication, thresholds,
-tiling that counts a seam cell once, empty and greyscale smears, refusing another task's model."""
+"""Cells pipeline: YOLOv2 and CenterNet decode on hand-built outputs, NMS, platelet
+de-duplication, thresholds, tiling that counts a seam cell once, empty and greyscale smears (both
+heads), refusing another task's model; the shipped default and the paper's reproduction on real
+smears."""
 
 from __future__ import annotations
 
@@ -15,12 +17,19 @@ from edgecell.modelinfo import ModelInfo
 from edgecell.tasks import cells
 
 ANCHORS = [[12.0, 12.0], [30.0, 30.0], [40.0, 40.0], [50.0, 50.0], [90.0, 90.0]]
-SHIPPED = Path(cells.__file__).resolve().parent.parent / "models" / "cells_int8.tflite"
+MODELS = Path(cells.__file__).resolve().parent.parent / "models"
+SHIPPED = MODELS / "cells_int8.tflite"
+REPRODUCTION = MODELS / "cells_tinyyolov2_int8.tflite"
 
 
 def make_info(size=(256, 192), **settings) -> ModelInfo:
     return ModelInfo(task="cells", labels=list(cells.CLASSES), input_size=size, resize="letterbox",
                      settings={"anchors": ANCHORS, **settings})
+
+
+def make_centernet_info(size=(256, 192), **settings) -> ModelInfo:
+    return ModelInfo(task="cells", labels=list(cells.CLASSES), input_size=size, resize="letterbox",
+                     settings={"head": "centernet", "interpolation": "linear", **settings})
 
 
 def _logit(p):
@@ -48,9 +57,29 @@ def encode(boxes, classes, info, obj=0.999, background=-12.0) -> np.ndarray:
     return out.reshape(1, gh, gw, 40)
 
 
+def encode_centernet(boxes, classes, info, score=0.95, background=-9.0) -> np.ndarray:
+    """Inverse of the CenterNet decode: 1 x H/8 x W/8 x 7 raw output, one peak per box, with a
+    lower (not maximal) neighbourhood as a trained heatmap has."""
+    w, h = info.input_size
+    s = cells.CENTERNET_STRIDE
+    gw, gh = w // s, h // s
+    out = np.zeros((gh, gw, 7), np.float32)
+    out[..., :3] = background
+    for (x1, y1, x2, y2), c in zip(boxes, classes):
+        cx, cy = (x1 + x2) / 2 / s, (y1 + y2) / 2 / s
+        i, j = min(int(cx), gw - 1), min(int(cy), gh - 1)
+        out[max(0, j - 1) : j + 2, max(0, i - 1) : i + 2, c] = np.maximum(out[max(0, j - 1) : j + 2, max(0, i - 1) : i + 2, c],
+                                                                         _logit(score) - 2.0)
+        out[j, i, c] = _logit(score)
+        out[j, i, 3:] = (cells.CENTERNET_OFFSET_SCALE * (cx - i), cells.CENTERNET_OFFSET_SCALE * (cy - j),
+                         cells.CENTERNET_SIZE_SCALE * np.log((x2 - x1) / s), cells.CENTERNET_SIZE_SCALE * np.log((y2 - y1) / s))
+    return out[None]
+
+
 class BlobSession:
-    """A stand-in detector: dark discs on a light background become boxes in the raw YOLO grid.
-    Discs smaller than 20 input px are platelets, larger than 60 are WBCs, else RBCs."""
+    """A stand-in detector: dark discs on a light background become boxes in the raw YOLO grid
+    (or CenterNet output, by the info's head). Discs smaller than 20 input px are platelets, larger
+    than 60 are WBCs, else RBCs."""
 
     backend = "fake"
 
@@ -67,13 +96,20 @@ class BlobSession:
                 continue
             boxes.append((x, y, x + w, y + h))
             classes.append(2 if max(w, h) < 20 else (1 if max(w, h) > 60 else 0))
+        if cells.head_of(self.info) == "centernet":
+            return {"out": encode_centernet(boxes, classes, self.info)}
         return {"out": encode(boxes, classes, self.info)}
 
 
-def test_decode_hand_built_grid():
-    info = make_info()
+HEAD_INFOS = {"yolov2": make_info, "centernet": make_centernet_info}
+
+
+@pytest.mark.parametrize("head", HEAD_INFOS)
+def test_decode_hand_built_output(head):
+    """YOLOv2: a hand-built grid; CenterNet: one heatmap peak per box -> exactly that box."""
+    info = HEAD_INFOS[head]()
     boxes = np.array([[10, 20, 40, 50], [100, 60, 190, 150], [200, 150, 212, 162]], np.float32)
-    out = encode(boxes, [0, 1, 2], info, obj=0.9)
+    out = encode_centernet(boxes, [0, 1, 2], info, score=0.9) if head == "centernet" else encode(boxes, [0, 1, 2], info, obj=0.9)
     b, c, s = cells.decode({"out": out}, info, floor=0.1)
     order = np.argsort(b[:, 0])
     np.testing.assert_allclose(b[order], boxes, atol=1e-2)
@@ -82,11 +118,50 @@ def test_decode_hand_built_grid():
     # NCHW output is accepted too
     b2, _, _ = cells.decode({"out": out.transpose(0, 3, 1, 2)}, info, floor=0.1)
     assert len(b2) == 3
+    assert len(cells.decode({"out": out}, info, floor=0.95)[0]) == 0  # all below the floor
 
 
 def test_decode_rejects_wrong_depth():
     with pytest.raises(ModelError, match="40"):
         cells.decode({"out": np.zeros((1, 6, 8, 30), np.float32)}, make_info())
+
+
+def test_centernet_only_local_maxima_and_plateaus_are_deduplicated():
+    info = make_centernet_info()
+    out = encode_centernet(np.array([[60, 60, 100, 100]], np.float32), [0], info, score=0.8)
+    # the neighbours hold a lower score: one detection, not nine
+    assert len(cells.decode(out, info, floor=0.05)[0]) == 1
+    # an INT8 plateau: two equal neighbouring peaks with the same box -> two raw peaks, one count
+    j, i = 10, 10
+    out[0, j, i + 1] = out[0, j, i]
+    out[0, j, i + 1, 3] -= cells.CENTERNET_OFFSET_SCALE  # same centre seen from the next cell
+    b, c, s = cells.decode(out, info, floor=0.05)
+    assert len(b) == 2
+    tensor, ctx = cells.preprocess(np.full((192, 256, 3), 200, np.uint8), info)
+    assert cells.postprocess({"out": out}, ctx, info, thresholds=0.5).counts == {"RBC": 1, "WBC": 0, "Platelets": 0}
+
+
+def test_centernet_decode_rejects_wrong_depth_and_unknown_head():
+    with pytest.raises(ModelError, match="1 x H x W x 7"):
+        cells.decode({"out": np.zeros((1, 6, 8, 40), np.float32)}, make_centernet_info())
+    info = make_centernet_info(head="detr")
+    with pytest.raises(ModelError) as exc:
+        cells.check_info(info)
+    assert "\n" not in str(exc.value) and "detr" in str(exc.value)
+    cells.check_info(make_centernet_info())  # no anchors needed
+
+
+def test_linear_letterbox_places_like_the_reference():
+    from edgecell.images import letterbox
+
+    for shape in ((480, 640, 3), (640, 480, 3), (100, 120, 3)):
+        image = np.full(shape, 90, np.uint8)
+        fast, lb = cells.letterbox_linear(image, (416, 320))
+        ref, lb_ref = letterbox(image, (416, 320))
+        assert lb == lb_ref and fast.shape == ref.shape
+        np.testing.assert_array_equal(fast, ref)  # flat image: interpolation makes no difference
+    a, _ = cells.letterbox_linear(np.zeros((480, 640, 3), np.uint8), (416, 320))
+    assert a[0, 0, 0] == 114 and a[10, 10, 0] == 0  # the reused canvas gets its bands refilled
 
 
 def test_nms_per_class():
@@ -145,8 +220,9 @@ def _smear(size=(1600, 1200), step=100, r=16, seed=0):
     return img, centres
 
 
-def test_tiling_counts_seam_cells_once():
-    info = make_info()
+@pytest.mark.parametrize("head", HEAD_INFOS)
+def test_tiling_counts_seam_cells_once(head):
+    info = HEAD_INFOS[head]()
     image, centres = _smear()
     session = BlobSession(info)
     r = cells.run_image(session, image, info)
@@ -177,8 +253,9 @@ def test_tile_grid_cores_partition_image():
     assert cells.auto_tiles((3246, 2448), (416, 320)) == 4
 
 
-def test_empty_smear_gives_zero_counts():
-    info = make_info()
+@pytest.mark.parametrize("head", HEAD_INFOS)
+def test_empty_smear_gives_zero_counts(head):
+    info = HEAD_INFOS[head]()
     blank = np.full((480, 640, 3), (230, 200, 210), np.uint8)
     r = cells.run_image(BlobSession(info), blank, info)
     assert r.counts == {"RBC": 0, "WBC": 0, "Platelets": 0} and len(r.boxes) == 0
@@ -186,8 +263,9 @@ def test_empty_smear_gives_zero_counts():
     assert overlay.shape == blank.shape
 
 
-def test_greyscale_smear_works():
-    info = make_info()
+@pytest.mark.parametrize("head", HEAD_INFOS)
+def test_greyscale_smear_works(head):
+    info = HEAD_INFOS[head]()
     image, centres = _smear((640, 480), step=120, r=14)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     for img in (grey, grey[:, :, None]):
@@ -215,21 +293,55 @@ def test_other_task_is_refused_in_one_line():
     assert "\n" not in msg and "'cells'" in msg and "'classify'" in msg
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped cells model not built yet")
-def test_shipped_model_counts_a_real_smear_and_a_blank_one():
+def _load(path):
     from edgecell.backends import load_session
-    from edgecell.images import decode_image
     from edgecell.modelinfo import read_model_info
 
-    session = load_session(SHIPPED)
-    info = read_model_info(SHIPPED, session.embedded_metadata)
-    samples = sorted((SHIPPED.parent.parent / "samples" / "bccd").glob("*.jpg"))
-    assert samples, "sample smears missing"
-    image = decode_image(samples[0])
+    session = load_session(path)
+    return session, read_model_info(path, session.embedded_metadata)
+
+
+def _samples():
+    from edgecell.images import decode_image
+
+    paths = sorted((MODELS.parent / "samples" / "bccd").glob("*.jpg"))
+    assert len(paths) == 4, "sample smears missing"
+    return [decode_image(p) for p in paths]
+
+
+def _totals(session, info, images):
+    counts = [cells.run_image(session, img, info).counts for img in images]
+    return counts, {k: sum(c[k] for c in counts) for k in cells.CLASSES}
+
+
+def test_shipped_default_counts_the_samples_in_colour_grey_and_blank():
+    """The default model (CenterNet) on the 4 shipped test smears (ground truth RBC 15+14+8+14 = 51,
+    WBC 4, platelets 2+4+3+2 = 11): the card states 58 / 5 / 11 in colour, 55 / 5 / 12 in grey."""
+    session, info = _load(SHIPPED)
+    assert cells.head_of(info) == "centernet" and info.settings["thresholds"]
+    images = _samples()
+    counts, total = _totals(session, info, images)
+    assert all(c["WBC"] >= 1 for c in counts)
+    assert 45 <= total["RBC"] <= 65 and 4 <= total["WBC"] <= 6 and 8 <= total["Platelets"] <= 14, total
+    grey, grey_total = _totals(session, info, [cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) for img in images])
+    assert all(c["WBC"] >= 1 for c in grey)
+    for k in cells.CLASSES:  # greyscale augmentation: a grey smear counts like the colour one
+        assert abs(grey_total[k] - total[k]) <= max(2, 0.15 * total[k]), (k, grey_total, total)
+    assert sum(cells.run_image(session, np.full_like(images[0], 225), info).counts.values()) == 0
+
+
+def test_shipped_reproduction_still_runs():
+    """The paper's Tiny-YOLOv2 (kept as the reproduction) counts 14 / 1 / 2 on sample 00339."""
+    session, info = _load(REPRODUCTION)
+    assert cells.head_of(info) == "yolov2"
+    image = _samples()[0]
     r = cells.run_image(session, image, info)
-    assert r.counts["RBC"] >= 5
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    rg = cells.run_image(session, grey, info)
-    assert rg.counts["RBC"] >= 1
-    blank = np.full_like(image, 225)
-    assert sum(cells.run_image(session, blank, info).counts.values()) == 0
+    assert 10 <= r.counts["RBC"] <= 18 and r.counts["WBC"] == 1
+    assert sum(cells.run_image(session, np.full_like(image, 225), info).counts.values()) == 0
+
+
+def test_shipped_model_of_another_task_is_refused_in_one_line():
+    session, info = _load(MODELS / "products_int8.tflite")
+    with pytest.raises(ModelError) as exc:
+        cells.run_image(session, _samples()[0], info)
+    assert "\n" not in str(exc.value) and "'cells'" in str(exc.value)
