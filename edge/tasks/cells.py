@@ -57,7 +57,7 @@ def check_info(info: ModelInfo) -> None:
     """Refuse a model made for another task, with one line saying what was expected."""
     if info.task != TASK:
         raise ModelError(f"this model is a {info.task!r} model; the cells pipeline expects a 'cells' model "
-                         f"(a detector with labels RBC, WBC, Platelets and anchors in its metadata)")
+                         f"(a detector with labels RBC, WBC, Platelets; see `edgecell info MODEL`)")
     head = head_of(info)
     if head not in HEADS:
         raise ModelError(f"cells model head {head!r} is not known to this edgecell; known heads: {', '.join(HEADS)}")
