@@ -435,7 +435,7 @@ def measure_pipeline(session, info, task, image, *, iterations: int = 20) -> dic
         t0 = pc()
         tensor, ctx = task.preprocess(image, info)
         t1 = pc()
-        outputs = infer(session, tensor, info) if infer else session.run(tensor)
+        outputs = infer(session, tensor, info, context=ctx) if infer else session.run(tensor)
         t2 = pc()
         result = task.postprocess(outputs, ctx, info)
         t3 = pc()
