@@ -193,8 +193,8 @@ def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labe
         accepted = p_useful[k] >= thr
         report["gates"][k] = {"file": g.path.name, "sha256": sha256(g.path), "bytes": model_bytes(g.path),
                               "threshold": thr}
-        gm = gate_metrics(y[labelled], p_useful[k][labelled], thr)
-        report["gate_accuracy"][k] = gm
+        if labelled.any():  # none when the rows are a task split's unlabelled copies
+            report["gate_accuracy"][k] = gate_metrics(y[labelled], p_useful[k][labelled], thr)
         tw = task_with_gate(correct[degraded], accepted[degraded])
         report["task_accuracy"][k] = tw
         report["share_rejected"][k] = tw["share_rejected"]

@@ -64,3 +64,30 @@ def test_report_and_plot(tmp_path):
     assert png == "curve.png" and (tmp_path / "curve.png").stat().st_size > 1000
     md = ev.markdown_report(report, png)
     assert "100.0 %" in md and "33.3 %" in md and "| 1.250 |" in md and "![task accuracy" in md
+
+
+def test_unlabelled_task_split_rows_give_task_figures_but_no_gate_accuracy(tmp_path):
+    """--task-split: degraded copies of images the task model never saw, no labels: the report has
+    the task accuracy all vs accepted and the share rejected, and no (empty) gate accuracy."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from edgecell.convert.gate_labels import degraded_rows
+    from edgecell.modelinfo import read_model_info
+
+    models = Path(__file__).resolve().parents[2] / "edge" / "models"
+    for p in sorted((models.parent / "samples" / "products").glob("*.jpg"))[:2]:
+        folder = tmp_path / "data" / "test" / p.name.split("_")[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    task = models / "products_int8.tflite"
+    info = read_model_info(task)
+    rows = degraded_rows("products", tmp_path / "data", "test", info.labels, info.settings,
+                         specs=["none", "blur:7"])
+    report = ev.evaluate_gate([models / "gate_products_int8.tflite"], task, None, None, tmp_path / "data",
+                              tmp_path / "out", latency_images=0, rows=rows)
+    assert report["gate_accuracy"] == {} and report["test_samples"] == 4 and report["test_labelled"] == 0
+    t = report["task_accuracy"]["litert-int8"]
+    assert t["n"] == 2 and t["pristine"]["n"] == 2 and 0 <= t["share_rejected"] <= 1
+    assert json.loads((tmp_path / "out" / "gate.json").read_text())["labels_csv"] is None
