@@ -28,6 +28,10 @@ Choices (and why):
   as Keras' MobileNet expects); augmentation is one random affine warp applied to that tensor
   (rotation, shift, shear, zoom, flip commute with the per-pixel normalisation), so the model
   sees exactly the device's pre-processing.
+- INT8: the shipped V1 is fine-tuned quantization-aware (`edgecell.convert.qat`: BatchNorm folded,
+  int8 weight and ReLU6 grids simulated) and then exported here with `--skip-train`; that took
+  INT8/FP32 top-1 agreement from 92.5 % to 98.3 % (test, LiteRT). More calibration images
+  (96 -> 500) changed nothing: every ReLU6 saturates at 6, so the activation ranges are fixed.
 """
 
 from __future__ import annotations
@@ -523,6 +527,10 @@ def ship(args, dest: str | os.PathLike | None = None) -> Path:
     if train_json.is_file():
         t = json.loads(train_json.read_text())
         metrics["holdout_accuracy_keras"] = t["holdout_accuracy"]
+        if "qat" in t:  # written by edgecell.convert.qat: say so, with the float model it started from
+            metrics["quantization_aware_training"] = {"source_holdout_accuracy": t["source_holdout_accuracy"],
+                                                      "fake_quant_holdout_accuracy": t["fake_quant_holdout_after"],
+                                                      "epochs": t["epochs_run"], "lr": t["qat"]["lr"]}
     info.metrics = metrics
     target = dest / "products_int8.tflite"
     shutil.copyfile(src, target)
