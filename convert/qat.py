@@ -19,6 +19,9 @@ The paper's frozen boundary is kept by default: only the layers from `trainable_
 (conv_dw_12 = the last 2 blocks) and the head are fine-tuned; the frozen layers' rounding is
 simulated in the forward pass so the trained layers can compensate for it.
 
+`--weight-levels 64` trains for ONNX Runtime's 7-bit `reduce_range` grid instead (the converter's
+default for x86 CPUs without VNNI, which cost the 8-bit QAT model 2-5 points); one model per grid.
+
     python -m edgecell.convert.qat --model OUT_V1/products_v1.keras --out OUT_QAT --epochs 15 --lr 1e-5
     python -m edgecell.convert.products --arch v1 --out OUT_QAT --skip-train --nofix-variants
 """
@@ -54,25 +57,27 @@ class QatSettings:
     augment: bool = True
     distil: float = 0.0  # weight of KL(float model || QAT model) in the loss (0 = labels only)
     temperature: float = 1.0
+    weight_levels: int = WEIGHT_LEVELS  # 127 = 8-bit grid; 64 = ORT's 7-bit reduce_range grid (AVX2 files)
 
 
-def quantize_kernel_np(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
-    """Per-channel symmetric int8 rounding of a conv kernel (numpy): what the converters will do."""
+def quantize_kernel_np(kernel: np.ndarray, depthwise: bool, levels: int = WEIGHT_LEVELS) -> np.ndarray:
+    """Per-channel symmetric int8 rounding of a conv kernel (numpy): what the converters will do.
+    `levels` 64 is ONNX Runtime's 7-bit `reduce_range` grid ([-64, 64] x max|w| / 64)."""
     axes = (0, 1, 3) if depthwise else (0, 1, 2)
-    scale = np.max(np.abs(kernel), axis=axes, keepdims=True) / WEIGHT_LEVELS
+    scale = np.max(np.abs(kernel), axis=axes, keepdims=True) / levels
     scale = np.where(scale == 0, 1.0, scale)
-    return (np.clip(np.round(kernel / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS) * scale).astype(np.float32)
+    return (np.clip(np.round(kernel / scale), -levels, levels) * scale).astype(np.float32)
 
 
-def _layers(keras):
+def _layers(keras, levels: int = WEIGHT_LEVELS):
     """The two QAT layer classes (built on demand: keras is a heavy import)."""
     ops = keras.ops
 
     def fake_quant_kernel(kernel, depthwise: bool):
         axes = (0, 1, 3) if depthwise else (0, 1, 2)
-        scale = ops.max(ops.abs(kernel), axis=axes, keepdims=True) / WEIGHT_LEVELS
+        scale = ops.max(ops.abs(kernel), axis=axes, keepdims=True) / levels
         scale = ops.maximum(ops.stop_gradient(scale), 1e-12)
-        q = ops.clip(ops.round(kernel / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS) * scale
+        q = ops.clip(ops.round(kernel / scale), -levels, levels) * scale
         return kernel + ops.stop_gradient(q - kernel)  # straight-through
 
     class QuantConv(keras.layers.Layer):
@@ -105,7 +110,8 @@ def _layers(keras):
     return QuantConv, QuantReLU6
 
 
-def fold_chain(model, *, fake_quant: bool, trainable_from: str = "", name: str | None = None):
+def fold_chain(model, *, fake_quant: bool, trainable_from: str = "", name: str | None = None,
+               weight_levels: int = WEIGHT_LEVELS):
     """Rebuild a chain model (each layer feeds the next: MobileNet V1 + head) with every
     Conv/DepthwiseConv + BatchNormalization pair folded into one conv with bias.
 
@@ -114,7 +120,7 @@ def fold_chain(model, *, fake_quant: bool, trainable_from: str = "", name: str |
     `trainable_from` are frozen ('' = all trainable)."""
     import keras
 
-    QuantConv, QuantReLU6 = _layers(keras)
+    QuantConv, QuantReLU6 = _layers(keras, weight_levels)
     layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     for prev, layer in zip([None] + layers[:-1], layers):
         src = layer.input if prev is None else prev.output
@@ -177,7 +183,7 @@ def fold_chain(model, *, fake_quant: bool, trainable_from: str = "", name: str |
     return keras.Model(inp, x, name=name or model.name)
 
 
-def copy_weights(src, dst, *, snap: bool = True) -> None:
+def copy_weights(src, dst, *, snap: bool = True, levels: int = WEIGHT_LEVELS) -> None:
     """QAT model -> plain folded model (same layer names); conv kernels snapped to their int8
     grid so that every converter's per-channel quantizer reproduces them exactly."""
     import keras
@@ -187,7 +193,7 @@ def copy_weights(src, dst, *, snap: bool = True) -> None:
             continue
         weights = [np.asarray(w) for w in src.get_layer(layer.name).get_weights()]
         if snap and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            weights[0] = quantize_kernel_np(weights[0], isinstance(layer, keras.layers.DepthwiseConv2D))
+            weights[0] = quantize_kernel_np(weights[0], isinstance(layer, keras.layers.DepthwiseConv2D), levels)
         layer.set_weights(weights)
 
 
@@ -213,7 +219,7 @@ def finetune(model_path: Path, out: Path, settings: QatSettings, *, data: str | 
     y_hold1 = keras.utils.to_categorical(y_hold, n)
 
     qat = fold_chain(float_model, fake_quant=True, trainable_from=settings.trainable_from,
-                     name=f"{float_model.name}_qat")
+                     name=f"{float_model.name}_qat", weight_levels=settings.weight_levels)
     plain = fold_chain(float_model, fake_quant=False)
     float_acc = float(np.mean(np.argmax(float_model.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))
     fold_acc = float(np.mean(np.argmax(plain.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))
@@ -235,7 +241,7 @@ def finetune(model_path: Path, out: Path, settings: QatSettings, *, data: str | 
                               callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     minutes = (time.perf_counter() - t0) / 60
     after = float(np.mean(np.argmax(qat.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))
-    copy_weights(qat, plain, snap=True)
+    copy_weights(qat, plain, snap=True, levels=settings.weight_levels)
     plain_acc = float(np.mean(np.argmax(plain.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))
     print(f"QAT {len(history.history['loss'])} epochs in {minutes:.1f} min: fake-quant holdout {after:.4f}; "
           f"exported float model (snapped kernels) {plain_acc:.4f}", flush=True)
@@ -274,12 +280,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--distil", type=float, default=d.distil, help="weight of KL(float || QAT) (0 = labels only)")
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--weight-levels", type=int, default=d.weight_levels,
+                   help="127: int8 weight grid; 64: the 7-bit grid of ORT reduce_range (AVX2 without VNNI)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     settings = QatSettings(epochs=a.epochs, lr=a.lr, batch=a.batch, minutes=a.minutes, patience=a.patience,
                            trainable_from=a.trainable_from, seed=a.seed, augment=not a.no_augment,
-                           distil=a.distil, temperature=a.temperature)
+                           distil=a.distil, temperature=a.temperature, weight_levels=a.weight_levels)
     try:
         if not Path(a.model).is_file():
             raise EdgecellError(f"{a.model}: no such model file")

@@ -16,6 +16,10 @@ def test_quantize_kernel_grid():
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the per-output-channel grid
     assert np.abs(steps).max() <= 127 + 1e-3
     assert np.abs(q - k).max() <= scale.max() / 2 + 1e-6
+    q7 = Q.quantize_kernel_np(k, depthwise=False, levels=64)  # ORT reduce_range: [-64, 64] x max / 64
+    s7 = np.abs(k).max(axis=(0, 1, 2)) / 64
+    np.testing.assert_allclose(q7 / s7, np.round(q7 / s7), atol=1e-3)
+    assert np.abs(q7 - k).max() > np.abs(q - k).max()  # coarser than the 8-bit grid
     dw = rng.normal(0, 1, (3, 3, 6, 1)).astype(np.float32)
     qdw = Q.quantize_kernel_np(dw, depthwise=True)
     s = np.abs(dw).max(axis=(0, 1, 3)) / 127  # one scale per input channel
