@@ -197,6 +197,15 @@ def copy_weights(src, dst, *, snap: bool = True, levels: int = WEIGHT_LEVELS) ->
         layer.set_weights(weights)
 
 
+def qat_pair(float_model, settings: QatSettings):
+    """(QAT model to fine-tune, plain folded model to export) of a trained float chain model;
+    shared by the products model (`finetune`) and the utility gates (`train_gate --qat-from`).
+    After fitting, `copy_weights(qat, plain, levels=settings.weight_levels)` gives the export."""
+    qat = fold_chain(float_model, fake_quant=True, trainable_from=settings.trainable_from,
+                     name=f"{float_model.name}_qat", weight_levels=settings.weight_levels)
+    return qat, fold_chain(float_model, fake_quant=False)
+
+
 def finetune(model_path: Path, out: Path, settings: QatSettings, *, data: str | None = None,
              threads: int = 1, val_split: float = 0.2) -> dict:
     """QAT fine-tuning of a trained products V1 model; writes OUT/products_v1.keras (plain,
@@ -218,9 +227,7 @@ def finetune(model_path: Path, out: Path, settings: QatSettings, *, data: str | 
     n = len(P.LABELS)
     y_hold1 = keras.utils.to_categorical(y_hold, n)
 
-    qat = fold_chain(float_model, fake_quant=True, trainable_from=settings.trainable_from,
-                     name=f"{float_model.name}_qat", weight_levels=settings.weight_levels)
-    plain = fold_chain(float_model, fake_quant=False)
+    qat, plain = qat_pair(float_model, settings)
     float_acc = float(np.mean(np.argmax(float_model.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))
     fold_acc = float(np.mean(np.argmax(plain.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))
     before = float(np.mean(np.argmax(qat.predict(x_hold, verbose=0, batch_size=64), 1) == y_hold))

@@ -26,6 +26,15 @@ def test_quantize_kernel_grid():
     np.testing.assert_allclose(qdw[..., 0] / s, np.round(qdw[..., 0] / s), atol=1e-3)
 
 
+def _random_bn(keras, model, rng) -> None:
+    """Non-trivial BatchNorm statistics, so that folding them is actually tested."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, g.shape), rng.normal(0, 0.3, b.shape),
+                               rng.normal(0, 0.3, m.shape), rng.uniform(0.2, 3, v.shape)])
+
+
 @pytest.fixture(scope="module")
 def v1():
     keras = pytest.importorskip("keras")
@@ -33,11 +42,7 @@ def v1():
 
     model, _ = P.build_v1(8, size=32, weights=None, trainable_blocks=2)
     rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            g, b, m, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 2, g.shape), rng.normal(0, 0.3, b.shape),
-                               rng.normal(0, 0.3, m.shape), rng.uniform(0.2, 3, v.shape)])
+    _random_bn(keras, model, rng)
     return keras, model, rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
 
 
@@ -73,3 +78,24 @@ def test_rejects_non_chain():
     model = keras.Model(inp, keras.layers.Add(name="add")([a, b]))
     with pytest.raises(Exception, match="not a chain"):
         Q.fold_chain(model, fake_quant=True)
+
+
+def test_gate_qat_pair_all_layers_trainable():
+    """The utility gate (MobileNet V1 0.25 + GAP/dropout/dense head) is a foldable chain; with
+    trainable_from='' (train_gate --qat-from) every weighted layer is fine-tuned."""
+    keras = pytest.importorskip("keras")
+    from edgecell.convert.train_gate import build_gate, parse_args
+
+    model = build_gate(size=32, weights=None)
+    rng = np.random.default_rng(2)
+    _random_bn(keras, model, rng)
+    x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    qat, plain = Q.qat_pair(model, Q.QatSettings(trainable_from=""))
+    weighted = [l for l in qat.layers if l.weights]
+    assert weighted and all(l.trainable for l in weighted)
+    assert weighted[0].name == "conv1" and weighted[-1].name == "gate_probs"
+    np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), atol=1e-5)  # folding is exact
+    Q.copy_weights(qat, plain)
+    np.testing.assert_allclose(plain(x).numpy(), qat(x).numpy(), atol=0.05)
+    args = parse_args(["--labels", "l.csv", "--out", "o", "--qat-from", "g.keras", "--lr", "3e-5"])
+    assert args.qat_from == "g.keras" and args.lr == 3e-5
