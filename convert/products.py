@@ -501,9 +501,8 @@ def evaluate(args, paths: dict[str, Path]) -> dict:
 def ship(args, dest: str | os.PathLike | None = None) -> Path:
     """Copy OUT/export/products_ARCH_int8.tflite to edge/models/products_int8.tflite with a sidecar
     whose `metrics` are the measured test (and validation) figures of that file and its FP32 twin."""
-    import shutil
-
-    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.convert.quantize import ship_model
+    from edgecell.modelinfo import read_model_info
 
     out = Path(args.out)
     src = out / "export" / f"products_{args.arch}_int8.tflite"
@@ -531,10 +530,7 @@ def ship(args, dest: str | os.PathLike | None = None) -> Path:
             metrics["quantization_aware_training"] = {"source_holdout_accuracy": t["source_holdout_accuracy"],
                                                       "fake_quant_holdout_accuracy": t["fake_quant_holdout_after"],
                                                       "epochs": t["epochs_run"], "lr": t["qat"]["lr"]}
-    info.metrics = metrics
-    target = dest / "products_int8.tflite"
-    shutil.copyfile(src, target)
-    write_sidecar(target, info)
+    target = ship_model(src, dest, metrics, name="products_int8.tflite")
     print(f"shipped {target} ({target.stat().st_size / 1e6:.2f} MB) with metrics {metrics}", flush=True)
     return target
 

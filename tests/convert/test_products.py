@@ -78,3 +78,25 @@ def test_augment_identity_and_shape(keras):
     np.testing.assert_allclose(P.augment_batch(tf, tf.constant(x), aug=none).numpy(), x, atol=1e-5)
     out = P.augment_batch(tf, tf.constant(x)).numpy()
     assert out.shape == x.shape and out.min() >= -1 - 1e-5 and out.max() <= 1 + 1e-5
+
+
+def test_ship_copies_the_int8_file_with_its_measured_metrics(tmp_path):
+    import argparse
+    import json
+    import shutil
+    from pathlib import Path
+
+    from edgecell.modelinfo import read_model_info
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "models"
+    export = tmp_path / "out" / "export"
+    export.mkdir(parents=True)
+    for suffix in (".tflite", ".json"):
+        shutil.copyfile(fixtures / f"tiny_classifier_int8{suffix}", export / f"products_v1_int8{suffix}")
+    (tmp_path / "out" / "eval_test").mkdir()
+    report = {"models": {"litert-int8": {"n": 345, "top1": 0.82029, "macro": {"f1": 0.8087}}}}
+    (tmp_path / "out" / "eval_test" / "classification.json").write_text(json.dumps(report))
+    target = P.ship(argparse.Namespace(out=str(tmp_path / "out"), arch="v1"), tmp_path / "models")
+    assert target.name == "products_int8.tflite"
+    assert target.read_bytes() == (export / "products_v1_int8.tflite").read_bytes()
+    assert read_model_info(target).metrics["test_int8"] == {"n": 345, "top1": 0.8203, "macro_f1": 0.8087}
