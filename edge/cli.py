@@ -399,9 +399,10 @@ def models() -> None:
     if not shipped:
         print("no shipped models found in", MODELS_DIR)
         return
+    width = max(len(name) for name in shipped)
     for name, path in shipped.items():
         meta = read_model_info(path)
-        print(f"{name:<14} {meta.task:<9} {path.stat().st_size / 1e6:5.2f} MB  {path}")
+        print(f"{name:<{width}}  {meta.task:<9} {path.stat().st_size / 1e6:5.2f} MB  {path}")
 
 
 @app.command(name="eval")
