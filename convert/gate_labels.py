@@ -60,6 +60,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from edgecell.errors import script_main
+
 T_HIGH = 0.9
 T_LOW = 0.1
 DET_IOU = 0.5
@@ -360,23 +362,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@script_main
 def main(argv=None) -> int:
     from edgecell.calibration.degrade import default_specs
-    from edgecell.errors import EdgecellError
     from edgecell.modelinfo import read_model_info
 
     args = parse_args(argv)
-    try:
-        task = read_model_info(args.task_model[0]).task
-        data = gate_data_dir(task, args.dataset, args.data)
-        splits = args.splits or ("train" if task == "xray" else "validation+test")
-        summary = label_dataset(args.task_model, data, Path(args.out), splits=splits, split_list=args.split_list,
-                                specs=default_specs(extras=not args.no_extras), t_high=args.t_high,
-                                t_low=args.t_low, phi_rec=args.phi_rec, seed=args.seed, limit=args.limit,
-                                threads=args.threads, backend=args.backend)
-    except EdgecellError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    task = read_model_info(args.task_model[0]).task
+    data = gate_data_dir(task, args.dataset, args.data)
+    splits = args.splits or ("train" if task == "xray" else "validation+test")
+    summary = label_dataset(args.task_model, data, Path(args.out), splits=splits, split_list=args.split_list,
+                            specs=default_specs(extras=not args.no_extras), t_high=args.t_high,
+                            t_low=args.t_low, phi_rec=args.phi_rec, seed=args.seed, limit=args.limit,
+                            threads=args.threads, backend=args.backend)
     print(json.dumps({k: summary[k] for k in ("originals", "samples", "counts", "counts_threshold_grid", "wall_s")},
                      indent=2))
     return 0

@@ -48,7 +48,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecell.calibration.folders import list_split, per_class_sample, stratified_split, class_counts
-from edgecell.errors import EdgecellError
+from edgecell.errors import EdgecellError, script_main
 from edgecell.modelinfo import ModelInfo
 
 # ---------------------------------------------------------------------------------------------
@@ -570,27 +570,24 @@ def parse_args(argv=None):
     return args
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        summary = None
-        if not args.skip_train:
-            summary = train(args)
-        else:
-            f = Path(args.out) / f"products_{args.arch}_train.json"
-            summary = json.loads(f.read_text()) if f.is_file() else None
-        if not args.no_export:
-            paths = export(args, summary)
-        else:
-            f = Path(args.out) / f"products_{args.arch}_export.json"
-            paths = {k: Path(v) for k, v in json.loads(f.read_text()).items()} if f.is_file() else {}
-        if args.eval_splits and paths:
-            evaluate(args, paths)
-        if args.ship:
-            ship(args)
-    except EdgecellError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = None
+    if not args.skip_train:
+        summary = train(args)
+    else:
+        f = Path(args.out) / f"products_{args.arch}_train.json"
+        summary = json.loads(f.read_text()) if f.is_file() else None
+    if not args.no_export:
+        paths = export(args, summary)
+    else:
+        f = Path(args.out) / f"products_{args.arch}_export.json"
+        paths = {k: Path(v) for k, v in json.loads(f.read_text()).items()} if f.is_file() else {}
+    if args.eval_splits and paths:
+        evaluate(args, paths)
+    if args.ship:
+        ship(args)
     return 0
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecell.errors import EdgecellError
+from edgecell.errors import EdgecellError, script_main
 
 WEIGHT_LEVELS = 127  # symmetric narrow-range int8 weights: [-127, 127]
 RELU6_STEP = 6.0 / 255.0  # int8 grid of a [0, 6] activation (zero point -128)
@@ -271,6 +271,7 @@ def finetune(model_path: Path, out: Path, settings: QatSettings, *, data: str | 
     return summary
 
 
+@script_main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgecell.convert.qat", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -295,13 +296,9 @@ def main(argv=None) -> int:
     settings = QatSettings(epochs=a.epochs, lr=a.lr, batch=a.batch, minutes=a.minutes, patience=a.patience,
                            trainable_from=a.trainable_from, seed=a.seed, augment=not a.no_augment,
                            distil=a.distil, temperature=a.temperature, weight_levels=a.weight_levels)
-    try:
-        if not Path(a.model).is_file():
-            raise EdgecellError(f"{a.model}: no such model file")
-        finetune(Path(a.model), Path(a.out), settings, data=a.data, threads=a.threads)
-    except EdgecellError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not Path(a.model).is_file():
+        raise EdgecellError(f"{a.model}: no such model file")
+    finetune(Path(a.model), Path(a.out), settings, data=a.data, threads=a.threads)
     return 0
 
 

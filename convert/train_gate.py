@@ -50,7 +50,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecell.errors import EdgecellError
+from edgecell.errors import EdgecellError, script_main
 from edgecell.modelinfo import ModelInfo
 
 LABELS = ["not_useful", "useful"]
@@ -364,21 +364,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@script_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.ship:
-            ship(args)
-            return 0
-        if args.skip_train:
-            summary = json.loads((Path(args.out) / "gate_train.json").read_text())
-        else:
-            summary = train(args)
-        if not args.no_export:
-            export(args, summary)
-    except EdgecellError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.ship:
+        ship(args)
+        return 0
+    if args.skip_train:
+        record = Path(args.out) / "gate_train.json"
+        if not record.is_file():
+            raise EdgecellError(f"{record}: no training record; train first (without --skip-train) into --out")
+        summary = json.loads(record.read_text())
+    else:
+        summary = train(args)
+    if not args.no_export:
+        export(args, summary)
     return 0
 
 

@@ -3,6 +3,10 @@ that says what was expected and how to fix it; the CLI prints it without a trace
 
 from __future__ import annotations
 
+import functools
+import sys
+from typing import Callable
+
 
 class EdgecellError(Exception):
     """Base class: a problem the user can fix (bad input, missing backend, wrong model)."""
@@ -22,3 +26,18 @@ class BackendNotInstalled(EdgecellError):
 
 class SourceError(EdgecellError):
     """A source (file, folder, video, camera, URL) that cannot be opened or read."""
+
+
+def script_main(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Decorator for `python -m edgecell....` scripts: a user error (`EdgecellError`) becomes one
+    line `error: ...` on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs) or 0
+        except EdgecellError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped

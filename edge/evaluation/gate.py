@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecell.errors import EdgecellError
+from edgecell.errors import EdgecellError, script_main
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -324,6 +324,7 @@ def plot_accuracy_vs_jpeg(report: dict, path: Path, key: str | None = None) -> s
     return Path(path).name
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgecell.evaluation.gate", description=__doc__.split("\n\n")[0])
     p.add_argument("--gate", action="append", default=[], help="gate model file (repeat)")
@@ -364,22 +365,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gates += sorted(str(f) for f in d.glob(f"gate_*_{prec}{suffix}"))
     if not gates:
         p.error("no gate model: pass --gate FILE or --gate-dir DIR")
-    try:
-        if args.latency_only:
-            lat = latency_only(gates, args.task_model, args.split, data, args.out,
-                               threads=args.threads, latency_images=args.latency_images, task_siblings=args.task_sibling)
-            print(json.dumps(lat, indent=2))
-            return 0
-        rows = None
-        if args.task_split:
-            rows = degraded_rows(task_info.task, data, args.task_split, task_info.labels, task_info.settings,
-                                 split_list=args.split_list, limit=args.task_split_limit)
-        report = evaluate_gate(gates, args.task_model, args.labels, args.split, data,
-                               args.out, threads=args.threads, latency_images=args.latency_images, limit=args.limit,
-                               task_siblings=args.task_sibling, rows=rows)
-    except EdgecellError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.latency_only:
+        lat = latency_only(gates, args.task_model, args.split, data, args.out,
+                           threads=args.threads, latency_images=args.latency_images, task_siblings=args.task_sibling)
+        print(json.dumps(lat, indent=2))
+        return 0
+    rows = None
+    if args.task_split:
+        rows = degraded_rows(task_info.task, data, args.task_split, task_info.labels, task_info.settings,
+                             split_list=args.split_list, limit=args.task_split_limit)
+    report = evaluate_gate(gates, args.task_model, args.labels, args.split, data,
+                           args.out, threads=args.threads, latency_images=args.latency_images, limit=args.limit,
+                           task_siblings=args.task_sibling, rows=rows)
     print(markdown_report(report))
     return 0
 
