@@ -34,7 +34,6 @@ import numpy as np
 from edgecell.errors import ModelError
 from edgecell.images import Letterbox, letterbox
 from edgecell.modelinfo import ModelInfo
-from edgecell.tasks.common import _quantized_lut
 from edgecell.tasks.common import normalise as normalise_pixels
 
 TASK = "cells"
@@ -148,30 +147,11 @@ def letterbox_linear(image: np.ndarray, size: tuple[int, int], fill: int = 114) 
     return canvas, Letterbox(scale, pad_x, pad_y)
 
 
-def _uniform(values) -> float | None:
-    values = list(values)
-    return float(values[0]) if values and all(v == values[0] for v in values) else None
-
-
 def normalise(canvas: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """uint8 H x W x C canvas -> 1 x H x W x C (or NCHW) model input (the shared normalisation).
-    Fast paths when mean and std are one value for every channel (both cells models): a float
-    input is one multiply and one in-place subtract (~0.3 ms instead of ~2 ms for astype, subtract,
-    divide); a full-integer input uses a one-channel lookup table (cv2.LUT applies it to every
-    channel, ~30 % faster than a per-channel table). Values equal the shared path's to float
-    rounding (float) and exactly (integer, the same table)."""
-    mean, std = _uniform(info.mean), _uniform(info.std)
-    quant = info.input_quantization
-    if mean is None or std is None or canvas.shape[2] not in (1, 3, 4):
-        x = normalise_pixels(canvas, info)[None]
-    elif quant is None:
-        x = np.multiply(canvas, np.float32(1.0 / std), dtype=np.float32)
-        if mean:
-            x -= np.float32(mean / std)
-        x = x[None]
-    else:
-        lut = _quantized_lut((mean,), (std,), 1, float(quant["scale"]), int(quant["zero_point"] or 0), quant["dtype"])
-        x = cv2.LUT(canvas, lut.reshape(256)).view(np.dtype(quant["dtype"]))[None]
+    """uint8 H x W x C canvas -> 1 x H x W x C (or NCHW) model input, by the shared normalisation
+    (float, or the int8 lookup table of a full-integer model); a new array, so the reused canvas
+    may be overwritten afterwards."""
+    x = normalise_pixels(canvas, info)[None]
     if info.layout == "NCHW":
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return x
