@@ -185,17 +185,28 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 114) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio into (width, height), padding with grey; uint8 out."""
+def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 114, *, interpolation: int | None = None,
+              canvas: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio into (width, height), padding with grey; uint8 out.
+
+    `interpolation`: an OpenCV flag (default INTER_AREA when shrinking, else INTER_LINEAR).
+    `canvas`: a height x width x C uint8 buffer to reuse (the resize is written straight into it,
+    no copy); it is returned, so it is overwritten by the next call that gets it."""
     width, height = size
     h, w = image.shape[:2]
     scale = min(width / w, height / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    interp = interpolation if interpolation is not None else cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     pad_x, pad_y = (width - nw) // 2, (height - nh) // 2
-    canvas = np.full((height, width, image.shape[2]), fill, dtype=np.uint8)
-    canvas[pad_y : pad_y + nh, pad_x : pad_x + nw] = resized
+    if canvas is None:
+        canvas = np.full((height, width, image.shape[2]), fill, dtype=np.uint8)
+    else:
+        canvas[:pad_y], canvas[pad_y + nh :] = fill, fill
+        canvas[pad_y : pad_y + nh, :pad_x], canvas[pad_y : pad_y + nh, pad_x + nw :] = fill, fill
+    roi = canvas[pad_y : pad_y + nh, pad_x : pad_x + nw]
+    out = cv2.resize(image, (nw, nh), dst=roi, interpolation=interp)
+    if out is not roi:  # OpenCV allocated (e.g. a single-channel view): copy in
+        roi[...] = out.reshape(roi.shape)
     return canvas, Letterbox(scale, pad_x, pad_y)
 
 

@@ -103,3 +103,17 @@ def test_dicom_without_pydicom_names_the_extra(tmp_path, make_dicom, monkeypatch
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
     with pytest.raises(ImageError, match=r"pip install 'edgecell\[dicom\]'"):
         decode_image(path)
+
+
+def test_linear_letterbox_into_a_reused_canvas_places_like_the_reference():
+    import cv2
+
+    canvas = np.empty((320, 416, 3), np.uint8)
+    for shape in ((480, 640, 3), (640, 480, 3), (100, 120, 3)):
+        image = np.full(shape, 90, np.uint8)
+        fast, lb = letterbox(image, (416, 320), interpolation=cv2.INTER_LINEAR, canvas=canvas)
+        ref, lb_ref = letterbox(image, (416, 320))
+        assert lb == lb_ref and fast.shape == ref.shape
+        np.testing.assert_array_equal(fast, ref)  # flat image: interpolation makes no difference
+    a, _ = letterbox(np.zeros((480, 640, 3), np.uint8), (416, 320), interpolation=cv2.INTER_LINEAR, canvas=canvas)
+    assert a[0, 0, 0] == 114 and a[10, 10, 0] == 0  # the reused canvas gets its bands refilled
