@@ -7,7 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-CLAIMS_FILE = Path(__file__).resolve().parent / "claims.json"
+from edgecell.resources import shipped_path
+
+CLAIMS_FILE = shipped_path("claims.json", package="edgecell.benchmarks")
 #: where the plain-text papers live in the development checkout (not shipped in the wheel)
 SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 

@@ -48,9 +48,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecell.benchmarks import stats
+from edgecell.resources import shipped_samples
 
 #: where shipped sample images live (the package's samples folder)
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "edge" / "samples"
+SAMPLES_DIR = shipped_samples()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: prefix of the one JSON line a row process prints (backend chatter on stdout cannot be mistaken for it)
 ROW_MARKER = "EDGECELL_ROW "

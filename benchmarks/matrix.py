@@ -30,9 +30,10 @@ from typing import Any, Callable, Iterable
 
 from edgecell.benchmarks.harness import RowSpec, find_sample_image, model_size_bytes, precision_of, task_of
 from edgecell.benchmarks.harness import ROW_MARKER as MARKER
+from edgecell.resources import shipped_path
 
 MODEL_SUFFIXES = (".tflite", ".xml", ".onnx")
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "edge" / "models"
+SHIPPED_DIR = shipped_path("models")
 _PRECISION_RE = re.compile(r"[_\-.](fp32|fp16|int8|uint8|float32|float16)$", re.IGNORECASE)
 
 #: backends in the default matrix for each file type (others only when named)

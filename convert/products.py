@@ -50,6 +50,7 @@ import numpy as np
 from edgecell.calibration.folders import list_split, per_class_sample, stratified_split, class_counts
 from edgecell.errors import EdgecellError, script_main
 from edgecell.modelinfo import ModelInfo
+from edgecell.resources import shipped_path
 
 # ---------------------------------------------------------------------------------------------
 # Categories: the ONE place where dataset folder names meet the paper's category names.
@@ -508,7 +509,7 @@ def ship(args, dest: str | os.PathLike | None = None) -> Path:
     src = out / "export" / f"products_{args.arch}_int8.tflite"
     if not src.is_file():
         raise EdgecellError(f"{src}: no exported INT8 model; run without --skip-train/--no-export first")
-    dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
+    dest = Path(dest) if dest else shipped_path("models")
     dest.mkdir(parents=True, exist_ok=True)
     info = read_model_info(src)
     metrics = {"dataset": DATASET, "model": info.name}

@@ -52,6 +52,7 @@ import numpy as np
 
 from edgecell.errors import EdgecellError, script_main
 from edgecell.modelinfo import ModelInfo
+from edgecell.resources import shipped_path
 
 LABELS = ["not_useful", "useful"]
 MEAN = [127.5, 127.5, 127.5]
@@ -324,7 +325,7 @@ def ship(args, dest: str | os.PathLike | None = None) -> Path:
         "task_accuracy_accepted": {k: r4(v["accuracy_accepted"]) for k, v in r["task_accuracy"].items()},
         "share_rejected": {k: r4(v) for k, v in r["share_rejected"].items()},
     }
-    dest = Path(dest) if dest else Path(__file__).resolve().parent.parent / "edge" / "models"
+    dest = Path(dest) if dest else shipped_path("models")
     target = ship_model(src, dest, metrics)
     print(f"shipped {target} ({target.stat().st_size / 1e3:.0f} kB)", flush=True)
     return target

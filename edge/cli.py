@@ -17,11 +17,10 @@ import typer
 from edgecell import __version__
 from edgecell.errors import EdgecellError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-MODELS_DIR = PACKAGE_DIR / "models"
-SAMPLES_DIR = PACKAGE_DIR / "samples"
+from edgecell.resources import resolve_model_path, shipped_models, shipped_path, shipped_samples  # noqa: F401
+
 DEFAULT_MODEL = "cells"
-DEFAULT_SAMPLES = SAMPLES_DIR / "bccd"
+DEFAULT_SAMPLES = shipped_samples("bccd")
 
 app = typer.Typer(
     name="edgecell",
@@ -39,26 +38,6 @@ def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def shipped_models() -> dict[str, Path]:
-    """Shipped model names -> files: 'cells' -> models/cells_int8.tflite (INT8 TFLite preferred)."""
-    out: dict[str, Path] = {}
-    for path in sorted(MODELS_DIR.glob("*_int8.tflite")):
-        out[path.name[: -len("_int8.tflite")]] = path
-    return out
-
-
-def resolve_model_path(model: str) -> Path:
-    """A path, or the name of a shipped model ('cells', 'products', ...)."""
-    path = Path(model)
-    if path.exists():
-        return path
-    shipped = shipped_models()
-    if model in shipped:
-        return shipped[model]
-    names = ", ".join(shipped) or "none installed"
-    raise EdgecellError(f"{model}: no such model file, and not a shipped model name (shipped: {names})")
 
 
 def _parse_thresholds(values: list[str] | None) -> dict[str, float] | None:
@@ -397,7 +376,7 @@ def models() -> None:
 
     shipped = shipped_models()
     if not shipped:
-        print("no shipped models found in", MODELS_DIR)
+        print("no shipped models found in", shipped_path("models"))
         return
     width = max(len(name) for name in shipped)
     for name, path in shipped.items():

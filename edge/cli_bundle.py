@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         Example (the X-ray cart): `edgecell bundle xray.xml gate.xml --profile x86-legacy
         --gate-policy reject --run '--camera 0 --out results' --sign bundle.key`
         """
-        from edgecell.cli import resolve_model_path
+        from edgecell.resources import resolve_model_path
 
         paths = [resolve_model_path(m) for m in models]
         run_args = shlex.split(run) if run else []
