@@ -45,14 +45,18 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def describe_source(source: str) -> str:
-    """'image' | 'folder' | 'video' | 'camera' | 'url'."""
-    if source.isdigit():
-        return "camera"
-    if source.lower().startswith(URL_PREFIXES):
-        return "url"
+    """'image' | 'folder' | 'video' | 'camera' | 'url'.
+
+    A path that exists is always a path, whatever its name: a folder called `2024` is a folder,
+    not camera 2024. Only a number that names nothing on disk is a camera index."""
     path = Path(source)
     if path.is_dir():
         return "folder"
+    if not path.exists():
+        if source.isdigit():
+            return "camera"
+        if source.lower().startswith(URL_PREFIXES):
+            return "url"
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return "video"
     return "image"

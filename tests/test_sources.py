@@ -74,3 +74,19 @@ def test_live_source_that_vanishes_gives_up_after_retries(tmp_path):
     frames = list(reader.frames())
     reader.close()
     assert reader.gave_up and len(frames) <= 2
+
+
+def test_existing_folder_named_with_digits_is_a_folder_not_a_camera(tmp_path, real_jpeg, monkeypatch):
+    (tmp_path / "2024").mkdir()
+    (tmp_path / "2024" / "a.jpg").write_bytes(real_jpeg.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert describe_source("2024") == "folder"
+    frames = list(iter_frames("2024"))
+    assert [Path(f.name).name for f in frames] == ["a.jpg"] and frames[0].image is not None
+
+
+def test_existing_file_named_with_digits_is_an_image(tmp_path, real_jpeg, monkeypatch):
+    (tmp_path / "7").write_bytes(real_jpeg.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert describe_source("7") == "image"
+    assert describe_source("8") == "camera"  # nothing called 8 here: a camera index
