@@ -246,9 +246,10 @@ def timed_runs(ours: Callable, ours_arg: Any, raw: Callable | None, raw_arg: Any
 # the row
 
 
-def _import_module_for(backend: str) -> str:
-    return {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter",
-            "tf.lite": "tensorflow", "openvino": "openvino", "onnxruntime": "onnxruntime"}.get(backend, backend)
+def _install_hint(backend: str) -> str:
+    from edgecell.backends import BACKENDS, install_hint
+
+    return install_hint(backend) if backend in BACKENDS else f"pip install {backend}"
 
 
 def _backend_version(backend: str) -> str | None:
@@ -284,12 +285,11 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     # 1. import
     try:
         t0 = time.perf_counter()
-        importlib.import_module(_import_module_for(spec.backend))
+        importlib.import_module(BACKENDS[spec.backend].module if spec.backend in BACKENDS else spec.backend)
         row["import_ms"] = (time.perf_counter() - t0) * 1e3
     except ImportError as exc:
-        extra = BACKENDS.get(spec.backend, (None, spec.backend))[1]
         row.update(status="skipped", reason=f"backend {spec.backend!r} is not installed ({exc})",
-                   install=f"pip install {extra}")
+                   install=_install_hint(spec.backend))
         return row
     row["backend_version"] = _backend_version(spec.backend)
 
@@ -300,8 +300,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         session = load_session(path, spec.backend, threads=spec.threads, device=spec.device)
         row["load_ms"] = (time.perf_counter() - t0) * 1e3
     except BackendNotInstalled as exc:
-        extra = BACKENDS.get(spec.backend, (None, spec.backend))[1]
-        row.update(status="skipped", reason=str(exc), install=f"pip install {extra}")
+        row.update(status="skipped", reason=str(exc), install=_install_hint(spec.backend))
         return row
     except EdgecellError as exc:
         row.update(status="skipped", reason=str(exc))

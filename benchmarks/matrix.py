@@ -36,8 +36,6 @@ MODEL_SUFFIXES = (".tflite", ".xml", ".onnx")
 SHIPPED_DIR = shipped_path("models")
 _PRECISION_RE = re.compile(r"[_\-.](fp32|fp16|int8|uint8|float32|float16)$", re.IGNORECASE)
 
-#: backends in the default matrix for each file type (others only when named)
-PRIMARY = {".tflite": ("litert", "tflite-runtime"), ".xml": ("openvino",), ".onnx": ("onnxruntime",)}
 
 
 def family(path: Path) -> str:
@@ -85,7 +83,7 @@ def backends_for(path: Path, family_files: list[Path], wanted: list[str] | None,
                  formats: dict[str, list[str]] | None = None) -> list[tuple[str, str | None]]:
     """[(backend, skip reason or None)] for one file. `formats` (from a profile) maps a file
     suffix to the backends to use for it; a suffix it does not name gets no rows."""
-    from edgecell.backends import BACKENDS, BY_SUFFIX
+    from edgecell.backends import BY_SUFFIX, install_hint, native_backends, not_installed_message
 
     suffix = path.suffix.lower()
     readers = BY_SUFFIX.get(suffix, ())
@@ -99,11 +97,11 @@ def backends_for(path: Path, family_files: list[Path], wanted: list[str] | None,
             if b not in readers:
                 continue  # this backend does not read this file type: not a row at all
             if not _installed(b):
-                out.append((b, f"backend {b!r} is not installed; install it with: pip install {BACKENDS[b][1]}"))
+                out.append((b, not_installed_message(b)))
             else:
                 out.append((b, None))
         return out
-    primary = [b for b in PRIMARY.get(suffix, ()) if _installed(b)]
+    primary = [b for b in native_backends(suffix) if _installed(b)]
     has_ir = any(f.suffix.lower() == ".xml" for f in family_files)
     if suffix in (".onnx", ".tflite") and not has_ir and _installed("openvino"):
         primary.append("openvino")
@@ -111,8 +109,8 @@ def backends_for(path: Path, family_files: list[Path], wanted: list[str] | None,
         return [(b, None) for b in primary]
     if not readers:
         return [("none", f"{path}: unknown model type {suffix or '(none)'}; expected {', '.join(MODEL_SUFFIXES)}")]
-    first = PRIMARY.get(suffix, readers)[0]
-    return [(first, f"no installed backend reads {suffix} models; install one with: pip install {BACKENDS[first][1]}")]
+    first = (native_backends(suffix) or readers)[0]
+    return [(first, f"no installed backend reads {suffix} models; install one with: {install_hint(first)}")]
 
 
 def plan(models: list[Path] | None = None, *, backends: list[str] | None = None,
@@ -148,10 +146,10 @@ def plan(models: list[Path] | None = None, *, backends: list[str] | None = None,
                         "backend": backend, "threads": t, "precision": prec}
                 if reason:
                     skip = dict(base, status="skipped", reason=reason)
-                    from edgecell.backends import BACKENDS
+                    from edgecell.backends import BACKENDS, install_hint
 
                     if backend in BACKENDS and ("not installed" in reason or "no installed backend" in reason):
-                        skip["install"] = f"pip install {BACKENDS[backend][1]}"
+                        skip["install"] = install_hint(backend)
                     rows.append({"skip": skip})
                     continue
                 spec = RowSpec(model=str(f), backend=backend, threads=t, iterations=iterations, seconds=seconds,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecell.errors import ModelError
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -67,6 +69,36 @@ class Session(ABC):
         """The backend's own call with already-prepared inputs; used by benchmarks to measure
         our overhead against the bare backend. Default: same as run."""
         return self.run(feeds)
+
+    def _quantize_input(self, x: np.ndarray, info: TensorInfo) -> np.ndarray:
+        """float -> the input's dtype; for a quantized int8/uint8 input, with its scale and zero
+        point exactly as LiteRT expects them (round half to even, saturate), through one reusable
+        float scratch buffer per input (the general `quantize` allocates three full-size
+        temporaries per call, which cost more than a small INT8 model's inference). Input already
+        in the tensor's dtype (pre-processing that quantized it, see tasks.common) passes as is."""
+        if info.scale is None or x.dtype == np.dtype(info.dtype):
+            return np.ascontiguousarray(x, dtype=info.dtype)
+        scratch = self.__dict__.setdefault("_scratch", {}).get(info.name)
+        if scratch is None or scratch.shape != x.shape:
+            scratch = self._scratch[info.name] = np.empty(x.shape, np.float32)
+        lim = np.iinfo(np.dtype(info.dtype))
+        np.multiply(x, np.float32(1.0 / info.scale), out=scratch)
+        np.rint(scratch, out=scratch)
+        scratch += np.float32(info.zero_point or 0)
+        np.clip(scratch, lim.min, lim.max, out=scratch)
+        return scratch.astype(info.dtype)
+
+    def _refuse_unknown_quantization(self) -> None:
+        """A format that cannot say an integer input's or output's scale and zero point (ONNX,
+        OpenVINO IR) would be fed raw floats and return raw integers: a confident wrong answer.
+        Refuse it at load, in one line."""
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            for t in tensors:
+                if t.dtype in ("int8", "uint8", "int16") and t.scale is None:
+                    raise ModelError(
+                        f"{self.path}: {kind} {t.name} is {t.dtype} and the file does not give its scale and "
+                        f"zero point, so backend {self.backend!r} cannot feed or read it correctly; export it "
+                        "with float input/output (quantized inside) or run the .tflite with LiteRT")
 
     def _as_feeds(self, feeds: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray):

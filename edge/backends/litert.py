@@ -12,27 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from edgecell.backends.base import Session, TensorInfo, dequantize
-from edgecell.errors import BackendNotInstalled, ModelError
-
-#: backend name -> (module that provides Interpreter, pip requirement)
-FLAVOURS = {
-    "litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
-    "tflite-runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
-    "tf.lite": ("tensorflow.lite", "tensorflow"),
-}
-
+from edgecell.errors import ModelError
 
 def interpreter_class(flavour: str):
-    import importlib
+    """The `Interpreter` class of a LiteRT flavour (where it is: the backend registry)."""
+    from edgecell.backends import BACKENDS, import_backend
 
-    module_name, requirement = FLAVOURS[flavour]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise BackendNotInstalled(
-            f"backend {flavour!r} is not installed; install it with: pip install {requirement}"
-        ) from None
-    return module.Interpreter
+    found = import_backend(flavour)
+    for attr in BACKENDS[flavour].interpreter.split("."):
+        found = getattr(found, attr)
+    return found
 
 
 @contextlib.contextmanager
@@ -72,9 +61,10 @@ def _tensor_info(detail: dict) -> TensorInfo:
 
 
 class LiteRTSession(Session):
-    def __init__(self, path: Path, *, threads: int | None = None, flavour: str = "litert"):
-        Interpreter = interpreter_class(flavour)
-        self.backend = flavour
+    def __init__(self, path: Path, *, backend: str = "litert", threads: int | None = None,
+                 device: str = "CPU", providers: list[str] | None = None):
+        Interpreter = interpreter_class(backend)  # device and providers: not LiteRT options
+        self.backend = backend
         self.path = Path(path)
         self.threads = threads
         try:
@@ -87,24 +77,7 @@ class LiteRTSession(Session):
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
         self.inputs = [_tensor_info(d) for d in self._in]
-        self._scratch: dict[str, np.ndarray] = {}
         self.outputs = [_tensor_info(d) for d in self._out]
-
-    def _quantize_input(self, x: np.ndarray, info: TensorInfo) -> np.ndarray:
-        """float -> int8/uint8 with one reusable float scratch buffer per input (the general
-        `quantize` allocates three full-size temporaries per call, which cost more than a small
-        INT8 model's inference)."""
-        if info.scale is None or x.dtype == np.dtype(info.dtype):
-            return x.astype(info.dtype, copy=False)  # float model, or already quantized
-        scratch = self._scratch.get(info.name)
-        if scratch is None or scratch.shape != x.shape:
-            scratch = self._scratch[info.name] = np.empty(x.shape, np.float32)
-        lim = np.iinfo(np.dtype(info.dtype))
-        np.multiply(x, np.float32(1.0 / info.scale), out=scratch)
-        np.rint(scratch, out=scratch)
-        scratch += np.float32(info.zero_point or 0)
-        np.clip(scratch, lim.min, lim.max, out=scratch)
-        return scratch.astype(info.dtype)
 
     def run(self, feeds):
         feeds = self._as_feeds(feeds)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecell.backends import import_backend
 from edgecell.backends.base import Session, TensorInfo
 from edgecell.errors import BackendNotInstalled, ModelError
 
@@ -14,21 +15,12 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
-def _import():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendNotInstalled(
-            "backend 'onnxruntime' is not installed; install it with: pip install 'edgecell[onnx]'"
-        ) from None
-    return onnxruntime
-
-
 class OnnxRuntimeSession(Session):
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None):
-        ort = _import()
+    def __init__(self, path: Path, *, backend: str = "onnxruntime", threads: int | None = None,
+                 device: str = "CPU", providers: list[str] | None = None):
+        ort = import_backend(backend)
         self.path = Path(path)
         self.threads = threads
         opts = ort.SessionOptions()
@@ -51,6 +43,7 @@ class OnnxRuntimeSession(Session):
         self.inputs = [self._info(a) for a in self._sess.get_inputs()]
         self.outputs = [self._info(a) for a in self._sess.get_outputs()]
         self._out_names = [o.name for o in self.outputs]
+        self._refuse_unknown_quantization()
 
     @staticmethod
     def _info(arg) -> TensorInfo:

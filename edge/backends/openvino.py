@@ -8,26 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecell.backends.base import Session, TensorInfo
-from edgecell.errors import BackendNotInstalled, ModelError
-
-
-def _import():
-    try:
-        import openvino
-    except ImportError:
-        raise BackendNotInstalled(
-            "backend 'openvino' is not installed; install it with: pip install 'edgecell[openvino]'"
-        ) from None
-    return openvino
+from edgecell.backends import import_backend
+from edgecell.backends.base import Session, TensorInfo, dequantize
+from edgecell.errors import ModelError
 
 
 class OpenVINOSession(Session):
     backend = "openvino"
 
-    def __init__(self, path: Path, *, threads: int | None = None, device: str = "CPU",
-                 hint: str = "LATENCY", precision: str | None = None):
-        ov = _import()
+    def __init__(self, path: Path, *, backend: str = "openvino", threads: int | None = None, device: str = "CPU",
+                 providers: list[str] | None = None, hint: str = "LATENCY", precision: str | None = None):
+        ov = import_backend(backend)
         self.path = Path(path)
         self.threads = threads
         self.device = device
@@ -65,6 +56,24 @@ class OpenVINOSession(Session):
         self._request = self._compiled.create_infer_request()
         self.inputs = [self._info(p) for p in self._compiled.inputs]
         self.outputs = [self._info(p) for p in self._compiled.outputs]
+        if self.path.suffix.lower() == ".tflite":
+            self._take_tflite_quantization()
+        self._refuse_unknown_quantization()
+
+    def _take_tflite_quantization(self) -> None:
+        """OpenVINO's TFLite frontend keeps a full-integer model's int8 ports but drops their
+        scale and zero point; take them from the file, by tensor name, so this session quantizes
+        and dequantizes exactly as LiteRT does."""
+        from dataclasses import replace
+
+        from edgecell.backends.tflite_file import read_io
+
+        file_inputs, file_outputs = read_io(self.path)
+        by_name = {t.name: t for t in file_inputs + file_outputs}
+        self.inputs, self.outputs = (
+            [replace(t, scale=by_name[t.name].scale, zero_point=by_name[t.name].zero_point)
+             if t.name in by_name and by_name[t.name].dtype == t.dtype else t for t in ports]
+            for ports in (self.inputs, self.outputs))
 
     @staticmethod
     def _info(port) -> TensorInfo:
@@ -76,11 +85,12 @@ class OpenVINOSession(Session):
 
     def run(self, feeds):
         feeds = self._as_feeds(feeds)
-        self._request.infer({name: np.ascontiguousarray(v, dtype=np.float32) for name, v in feeds.items()},
+        self._request.infer({info.name: self._quantize_input(np.asarray(feeds[info.name]), info)
+                             for info in self.inputs},
                             share_inputs=True)  # no input copy: inputs are not touched during inference
         # read the output tensors directly (cheaper than building OpenVINO's result dict); copy,
         # because the request reuses their memory on the next call
-        return {info.name: np.array(self._request.get_output_tensor(i).data, dtype=np.float32)
+        return {info.name: np.array(dequantize(self._request.get_output_tensor(i).data, info), dtype=np.float32)
                 for i, info in enumerate(self.outputs)}
 
     def run_raw(self, feeds):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edgecell import __version__
+from edgecell.backends import BACKENDS, BY_SUFFIX, REGISTRY
 from edgecell.bundle.common import (BUNDLE_FORMAT, CRYPTOGRAPHY_REQ, GATE_POLICIES, INSTALL_SCRIPT, MANIFEST,
                                     RUN_CONFIG, SIGNATURE, BundleError, _fsync_dir, _last_error_line, _now,
                                     _safe_name, sha256_file)
@@ -262,8 +263,10 @@ def download_wheels(requirements: list[str], dest: Path, profile: BundleProfile,
 
 #: base requirements a bundle leaves out when none of its models needs them (requirement ->
 #: the model format that needs it): an x86 bundle that ships OpenVINO IR does not carry LiteRT.
-OPTIONAL_BASE = {"ai-edge-litert": ".tflite"}
-_BACKEND_MODULES = {".tflite": "ai_edge_litert", ".xml": "openvino", ".onnx": "onnxruntime"}
+#: (from the backend registry: a base-dependency backend and the file type it is made for)
+OPTIONAL_BASE = {b.distributions[0]: b.reads[0] for b in REGISTRY if b.base_dependency}
+#: model file type -> the module a bundle's install check imports for it (its default backend)
+_BACKEND_MODULES = {suffix: BACKENDS[names[0]].package for suffix, names in BY_SUFFIX.items()}
 
 
 def _req_name(req: str) -> str:
