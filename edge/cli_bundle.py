@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from edgecell.bundle import (PROFILES, BundleVerificationError, build_bundle, install_bundle,
-                             is_bundle, rollback, run_bundle_args, systemd_unit, verify_bundle)
+from edgecell.bundle import (PROFILES, BundleError, BundleVerificationError, RunSettings, build_bundle,
+                             install_bundle, is_bundle, rollback, run_bundle_args, systemd_unit, verify_bundle)
 from edgecell.sinks import write_text_atomic
 
 __all__ = ["register", "run_bundle_args", "is_bundle"]
@@ -47,11 +47,37 @@ def _download_progress(console):
     return progress, update
 
 
+def parse_run_settings(run_command, run_args: list[str]) -> RunSettings:
+    """`--run '...'` checked against the real `run` command (a click command, taken from the app
+    being run, so this module never imports the CLI that registers it). Only the options given
+    are kept; unknown options and bad values are refused now, at build time, not on the device."""
+    from typer import _click as click
+
+    args = [str(a) for a in run_args]
+    if any(a in ("--help", "-h") for a in args):
+        raise BundleError("run arguments: --help is not a run configuration")
+    try:  # the model is the bundle's: a placeholder takes its place, so a positional is the source
+        ctx = run_command.make_context("run", ["MODEL", *args])
+    except click.ClickException as exc:
+        raise BundleError(f"run arguments {shlex.join(args)!r}: {exc.format_message()}") from None
+    source = ctx.params.get("source")
+    options: dict = {}
+    for name, value in ctx.params.items():
+        if name in ("model", "source") or ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        if name == "camera":
+            source = str(value)
+            continue
+        options[name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    return RunSettings(source=source, options=options, args=args)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `bundle`, `verify`, `install` and `rollback` commands to `app`."""
 
     @app.command("bundle")
     def bundle_cmd(
+        ctx: typer.Context,
         models: List[str] = typer.Argument(..., metavar="MODEL...", help="Model files or shipped model names; the "
                                            "format the profile's backend runs is taken from beside each file. A "
                                            "model whose task is 'gate' becomes the gate in front of the others."),
@@ -69,8 +95,9 @@ def register(app: typer.Typer) -> None:
                                             "one with: openssl genpkey -algorithm ed25519 -out bundle.key && "
                                             "openssl pkey -in bundle.key -pubout -out bundle.pub"),
         folder: bool = typer.Option(False, "--folder", help="Write a folder instead of a .tar.gz archive."),
-        shipped_models: bool = typer.Option(False, "--with-shipped-models", help="Keep edgecell's own shipped models "
-                                            "and sample images in the bundled edgecell wheel (off: smaller bundle)."),
+        shipped_models: bool = typer.Option(False, "--with-shipped-models", help="Keep all of edgecell's shipped "
+                                            "models in the bundled edgecell wheel (always kept: the sample images "
+                                            "and the shipped models bundled by name, so `edgecell run cells` works)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Build a deploy bundle: models, manifest (SHA-256 of every file), run configuration,
@@ -82,11 +109,14 @@ def register(app: typer.Typer) -> None:
         from edgecell.resources import resolve_model_path
 
         paths = [resolve_model_path(m) for m in models]
-        run_args = shlex.split(run) if run else []
+        run_command = ctx.find_root().command.get_command(ctx, "run")
+        if run and run_command is None:
+            raise BundleError("--run: this command line has no `run` command to check the options against")
+        run_settings = parse_run_settings(run_command, shlex.split(run)) if run else RunSettings()
         console = _err()
         progress, update = _download_progress(console)
         with progress:
-            path = build_bundle(paths, profile=profile, out=out, run_args=run_args, gate_policy=gate_policy,
+            path = build_bundle(paths, profile=profile, out=out, run=run_settings, gate_policy=gate_policy,
                                 wheelhouse=wheels, python_version=python, sign_key=sign, archive=not folder,
                                 name=name, version=version, progress=update if wheels else None,
                                 shipped_models=shipped_models)
@@ -128,14 +158,15 @@ def register(app: typer.Typer) -> None:
     def install_cmd(
         bundle: Path = typer.Argument(..., help="Bundle .tar.gz or folder."),
         prefix: Path = typer.Option(DEFAULT_PREFIX, "--prefix", help="Install root: versions/, current -> the "
-                                    "active version, trusted_key.pub, logs/, edgecell.service."),
+                                    "active version, trusted_key.pub, history.jsonl, edgecell.service."),
         trust: Optional[Path] = typer.Option(None, "--trust", help="Pin this ed25519 public key (first install): from "
                                              "then on unsigned or wrongly signed bundles are refused."),
         env: bool = typer.Option(True, "--env/--no-env", help="Build the version's venv from the bundle's wheelhouse "
                                  "(offline). --no-env: use the edgecell already installed."),
         python: Optional[str] = typer.Option(None, "--python", help="Python interpreter for the venv (default: this "
                                              "one if it is the bundle's version, else pythonX.Y on PATH)."),
-        user: str = typer.Option("edgecell", "--user", help="User the systemd service runs as."),
+        user: Optional[str] = typer.Option(None, "--user", help="Existing user the systemd service runs as "
+                                           "(default: a dynamic user systemd makes, writing /var/lib/edgecell)."),
         keep: int = typer.Option(3, "--keep", help="Installed versions to keep for rollback (at least 2)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -157,8 +188,9 @@ def register(app: typer.Typer) -> None:
             return
         print(f"installed {version_dir.name} in {seconds:.1f} s; current -> {version_dir}")
         print(f"systemd unit: {unit_path}\n  first time: sudo cp {unit_path} /etc/systemd/system/edgecell.service && "
-              f"sudo chown -R {user} {prefix.absolute() / 'logs'} && sudo systemctl daemon-reload && "
-              "sudo systemctl enable --now edgecell\n  after an update or rollback: sudo systemctl restart edgecell")
+              "sudo systemctl daemon-reload && sudo systemctl enable --now edgecell\n"
+              "  results: /var/lib/edgecell (the run's relative --out); log: journalctl -u edgecell\n"
+              "  after an update or rollback: sudo systemctl restart edgecell")
 
     @app.command("rollback")
     def rollback_cmd(

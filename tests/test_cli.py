@@ -128,13 +128,13 @@ def test_model_whose_input_cannot_take_the_image_is_refused_at_load(classifier, 
 
 
 def test_run_bundle_uses_its_configured_pipeline_and_refuses_a_changed_byte(classifier, real_jpeg, tmp_path):
-    from edgecell.bundle import build_bundle
-
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(real_jpeg.read_bytes())
-    folder = build_bundle([classifier], profile="x86-legacy", out=tmp_path / "b", wheelhouse=False, archive=False,
-                          run_args=[str(images), "--out", str(tmp_path / "results"), "--top-k", "2"])
+    made = edgecell("bundle", classifier, "--profile", "x86-legacy", "--out", tmp_path / "b", "--no-wheels",
+                    "--folder", "--json", "--run", f"{images} --out {tmp_path / 'results'} --top-k 2")
+    assert made.returncode == 0, made.stderr
+    folder = Path(json.loads(made.stdout)["bundle"])
     out = edgecell("run", folder)
     assert out.returncode == 0, out.stderr
     (record,) = [json.loads(l) for l in (tmp_path / "results" / "results.jsonl").read_text().splitlines()]
@@ -171,3 +171,12 @@ def test_eval_xray_rebuilds_the_held_out_split_and_reports_the_cards_accuracy(tm
     assert out.returncode == 0, out.stderr
     entry = json.loads((tmp_path / "classification.json").read_text())["models"]["litert-int8"]
     assert entry["n"] == 601 and 0.77 <= entry["top1"] <= 0.82  # model card: 79.5 % INT8 LiteRT
+
+
+def test_output_folder_it_cannot_write_is_one_line(classifier, real_jpeg, tmp_path):
+    """A service's state folder it may not write (here: a path under a file) is one line, no traceback."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file, not a folder")
+    out = edgecell("run", classifier, real_jpeg, "--out", str(blocker / "results"))
+    assert out.returncode == 2 and out.stderr.startswith("edgecell: error: ") and str(blocker) in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 from edgecell.bundle.common import (BUNDLE_FORMAT, BundleError, BundleVerificationError, CRYPTOGRAPHY_REQ,
                                     GATE_POLICIES, HISTORY, INSTALL_SCRIPT, LOCAL_DIRS, MANIFEST, RUN_CONFIG,
-                                    SIGNATURE, TRUSTED_KEY, UnsafeArchiveError, sha256_file)  # noqa: F401
+                                    SIGNATURE, TRUSTED_KEY, RunSettings, UnsafeArchiveError, companion_files,
+                                    sha256_file)  # noqa: F401
 from edgecell.bundle.profiles import (BundleProfile, PROFILES, get_profile)  # noqa: F401
 from edgecell.bundle.signing import (generate_keypair, key_fingerprint, load_public_key,
                                      public_key_bytes)  # noqa: F401
 from edgecell.bundle.verify import (VerifyResult, check_archive_members, is_archive, is_bundle, open_bundle,
                                     read_manifest, run_bundle_args, safe_extract, verify_bundle)  # noqa: F401
-from edgecell.bundle.build import (OPTIONAL_BASE, ProgressFn, build_bundle, build_edgecell_wheel,
-                                   companion_files, download_wheels, parse_run_args, source_revision,
+from edgecell.bundle.build import (OPTIONAL_BASE, ProgressFn, build_bundle, download_wheels, source_revision,
                                    wheel_requirements, wheels_min_glibc)  # noqa: F401
+from edgecell.bundle.wheel import build_edgecell_wheel  # noqa: F401
 from edgecell.bundle.install import (current_version, install_bundle, installed_versions, rollback,
                                      systemd_unit)  # noqa: F401

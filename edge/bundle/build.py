@@ -19,11 +19,13 @@ from typing import Any, Callable, Iterable
 from edgecell import __version__
 from edgecell.backends import BACKENDS, BY_SUFFIX, REGISTRY
 from edgecell.bundle.common import (BUNDLE_FORMAT, CRYPTOGRAPHY_REQ, GATE_POLICIES, INSTALL_SCRIPT, MANIFEST,
-                                    RUN_CONFIG, SIGNATURE, BundleError, _fsync_dir, _last_error_line, _now,
-                                    _safe_name, sha256_file)
+                                    RUN_CONFIG, SIGNATURE, BundleError, RunSettings, _fsync_dir, _last_error_line,
+                                    _now, _safe_name, companion_files, sha256_file)
 from edgecell.bundle.profiles import BundleProfile, get_profile
 from edgecell.bundle.signing import _load_private_key, key_fingerprint
 from edgecell.bundle.verify import _walk_files, verify_bundle
+from edgecell.bundle.wheel import build_edgecell_wheel, model_family
+from edgecell.resources import MODELS, shipped_path, source_checkout
 
 
 # building
@@ -48,7 +50,7 @@ def _select_model_files(model: Path, profile: BundleProfile) -> tuple[Path, list
     if chosen is None:
         have = ", ".join(sorted({p.suffix for p in stem.parent.glob(stem.name + ".*")})) or model.suffix
         raise BundleError(f"{model}: profile {profile.name} runs {', '.join(profile.formats)} models; only {have} "
-                          f"found beside it: convert it first (edgecell-convert)")
+                          f"found beside it: convert it first (python -m edgecell.convert.quantize --help)")
     files = [chosen]
     if chosen.suffix == ".xml":
         weights = chosen.with_suffix(".bin")
@@ -64,132 +66,21 @@ def _select_model_files(model: Path, profile: BundleProfile) -> tuple[Path, list
     return chosen, files
 
 
-def companion_files(sidecar: Path) -> list[Path]:
-    """Files a model's task needs beside it, named in its sidecar settings (for example the X-ray
-    model's Grad-CAM head, `settings.gradcam_head`): a bundle without them runs, but not fully."""
-    try:
-        settings = json.loads(sidecar.read_text()).get("settings") or {}
-    except (OSError, json.JSONDecodeError):
-        return []
-    out = []
-    for value in settings.values():
-        if isinstance(value, str) and value and "/" not in value and "\\" not in value:
-            candidate = sidecar.parent / value
-            if candidate.is_file() and candidate != sidecar:
-                out.append(candidate)
-    return out
-
-
-def parse_run_args(run_args: list[str] | None, model_rel: str) -> dict[str, Any]:
-    """Check `edgecell run` options against the real `run` command and keep the ones given:
-    {"source": ..., "options": {param: value}, "args": [...]}. Unknown options are refused now,
-    at build time, not on the device."""
-    try:
-        from typer import _click as click  # typer >= 0.2x vendors click
-    except ImportError:  # pragma: no cover - older typer on top of click
-        import click
-    from typer.main import get_command
-
-    ParameterSource = click.core.ParameterSource
-
-    from edgecell import cli
-
-    args = [str(a) for a in (run_args or [])]
-    if any(a in ("--help", "-h") for a in args):
-        raise BundleError("run arguments: --help is not a run configuration")
-    group = get_command(cli.app)
-    cmd = group.commands["run"] if hasattr(group, "commands") else group
-    try:
-        ctx = cmd.make_context("run", [model_rel] + args)
-    except click.ClickException as exc:
-        raise BundleError(f"run arguments {shlex.join(args)!r}: {exc.format_message()}") from None
-    source = ctx.params.get("source")
-    options: dict[str, Any] = {}
-    for name, value in ctx.params.items():
-        if name in ("model", "source") or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
-            continue
-        if name == "camera":
-            source = str(value)
-            continue
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        options[name] = value
-    if "gate" in options:
-        raise BundleError("run arguments: give the gate model as one of the bundle's models (its task is "
-                          "'gate'), not with --gate: a path on this machine does not exist on the device")
-    return {"source": source, "options": options, "args": args}
-
-
-def _repo_root() -> Path:
-    package = Path(__file__).resolve().parents[1]  # edge/ (edgecell)
-    root = package.parent
-    if not (root / "pyproject.toml").is_file():
-        raise BundleError("building a wheelhouse needs an edgecell source checkout (pyproject.toml not found "
-                          f"beside {package}); use wheelhouse=False / --no-wheels")
-    return root
-
-
 def source_revision() -> dict[str, Any] | None:
-    """The checkout the edgecell wheel is built from: git commit and whether the tree had
-    uncommitted changes (they are in the wheel too)."""
+    """The checkout edgecell is imported from (an editable install): git commit and whether the
+    tree had uncommitted changes (they are in the wheel too). None for an installed wheel."""
+    root = source_checkout()
+    if root is None:
+        return None
     try:
-        root = _repo_root()
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=20)
-    except (BundleError, OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired):
         return None
     if head.returncode != 0:
         return None
     return {"git_commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-
-
-def build_edgecell_wheel(dest: Path, *, shipped_models: bool = False) -> Path:
-    """edgecell itself as a wheel, built from this checkout (copied first, so the build leaves
-    nothing behind in the working tree). Without `shipped_models` the package's own models and
-    sample images are left out: a bundle carries the models it runs, and the wheelhouse is what
-    dominates the size of a bundle."""
-    import tomllib  # Python 3.11+
-
-    root = _repo_root()
-    config = tomllib.loads((root / "pyproject.toml").read_text())
-    package_dirs = set(config.get("tool", {}).get("setuptools", {}).get("package-dir", {}).values()) or {"edge"}
-    dest.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build")
-    with tempfile.TemporaryDirectory(prefix="edgecell-wheel-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "setup.py", "MANIFEST.in"):
-            if (root / name).is_file():
-                shutil.copy2(root / name, src / name)
-        for d in sorted(package_dirs):
-            if (root / d).is_dir():
-                shutil.copytree(root / d, src / d, ignore=ignore, symlinks=False)
-        if not shipped_models:
-            for sub in ("models", "samples"):
-                folder = src / "edge" / sub
-                if folder.is_dir():
-                    shutil.rmtree(folder)
-                    folder.mkdir()
-        before = set(dest.glob("edgecell-*.whl"))
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q", "-w", str(dest), str(src)]
-        if _has_setuptools():
-            cmd.insert(5, "--no-build-isolation")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BundleError("building the edgecell wheel failed: " + _last_error_line(proc.stderr + proc.stdout))
-    wheels = sorted(set(dest.glob("edgecell-*.whl")) - before) or sorted(dest.glob("edgecell-*.whl"))
-    if not wheels:
-        raise BundleError("building the edgecell wheel produced no wheel")
-    return wheels[-1]
-
-
-def _has_setuptools() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("setuptools") is not None
 
 
 def _target_environment(profile: BundleProfile, python_version: str) -> dict[str, str]:
@@ -309,7 +200,7 @@ echo "installed: $VENV/bin/edgecell"
 """
 
 
-def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[str] | None = None,
+def build_bundle(models: list[Path], *, profile: str, out: Path, run: RunSettings | None = None,
                  gate_policy=None, wheelhouse: bool = True, python_version: str | None = None,
                  sign_key: Path | None = None, archive: bool = True, name: str | None = None,
                  version: str | None = None, progress: ProgressFn | None = None,
@@ -319,8 +210,10 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
 
     `python_version=None` uses the profile's Python (3.11; Jetson: 3.10). The first non-gate model
     is the one `run` uses; a model whose task is "gate" is the gate in front of it (`gate_policy`:
-    reject, flag, pass, or a dict of settings). `shipped_models` keeps edgecell's own shipped models and sample
-    images in the bundle's edgecell wheel (off by default: the bundle carries its own models)."""
+    reject, flag, pass, or a dict of settings). `run` is the device's `edgecell run` configuration, as
+    data (the CLI parses `--run` into it). The bundle's edgecell wheel keeps the sample images and
+    the shipped models among `models`, so `edgecell run` and `edgecell run cells` work on the device
+    as here; `shipped_models` keeps all of edgecell's shipped models."""
     prof = get_profile(profile)
     python_version = python_version or prof.python
     if not re.fullmatch(r"3\.\d+", python_version):
@@ -379,12 +272,16 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
                 "source_file": str(Path(main_file).resolve()),
             })
         main_rel = f"models/{mains[0][0].name}"
-        run = parse_run_args(run_args, main_rel)
-        if gate_policy is None and "gate_policy" in run["options"]:
-            gate_policy = run["options"].pop("gate_policy")
+        run = run or RunSettings()
+        options = dict(run.options)
+        if "gate" in options:
+            raise BundleError("run arguments: give the gate model as one of the bundle's models (its task is "
+                              "'gate'), not with --gate: a path on this machine does not exist on the device")
+        if gate_policy is None and "gate_policy" in options:
+            gate_policy = options.pop("gate_policy")
         run_config = {"model": main_rel, "gate": f"models/{gates[0][0].name}" if gates else None,
-                      "gate_policy": gate_policy, "source": run["source"], "options": run["options"],
-                      "output": run["options"].get("out"), "args": run["args"]}
+                      "gate_policy": gate_policy, "source": run.source, "options": options,
+                      "output": options.get("out"), "args": list(run.args)}
         (root / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n")
 
         extras = [prof.extra] if prof.extra else []
@@ -394,7 +291,7 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
             wheels = root / "wheels"
             if progress:
                 progress("building", "edgecell wheel", 0)
-            own = build_edgecell_wheel(wheels, shipped_models=shipped_models)
+            own = build_edgecell_wheel(wheels, keep_models=shipped_models or _shipped_names(c[0] for c in chosen))
             reqs = wheel_requirements(own, extras, prof, python_version) + extra_reqs
             formats = {c[0].suffix for c in chosen}
             left_out = [r for r in reqs if _req_name(r) in OPTIONAL_BASE and OPTIONAL_BASE[_req_name(r)] not in formats]
@@ -407,7 +304,8 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
                           "left_out": left_out, "no_deps": bool(left_out),
                           "install": [edgecell_req, *extra_reqs], "check_imports": modules,
                           "min_glibc": wheels_min_glibc(p.name for p in files),
-                          "edgecell_wheel": {"file": own.name, "shipped_models": shipped_models,
+                          "edgecell_wheel": {"file": own.name, "shipped_models": True if shipped_models
+                                             else sorted(_shipped_names(c[0] for c in chosen)),
                                              "source": source_revision()},
                           "count": len(files), "bytes": sum(p.stat().st_size for p in files),
                           "wheels": [p.name for p in files]}
@@ -446,6 +344,12 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run_args: list[
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _shipped_names(files: Iterable[Path]) -> set[str]:
+    """Names of the shipped models among `files` ('cells' for .../edgecell/models/cells_int8.tflite)."""
+    folder = shipped_path(MODELS).resolve()
+    return {model_family(f.name) for f in files if Path(f).resolve().parent == folder}
 
 
 _LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}

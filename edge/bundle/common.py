@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgecell.errors import EdgecellError
 
@@ -23,6 +26,17 @@ LOCAL_DIRS = ("venv",)
 GATE_POLICIES = ("reject", "flag", "pass")
 #: extra requirement added to the wheelhouse when a bundle is signed, so the device can check it
 CRYPTOGRAPHY_REQ = "cryptography>=42"
+
+
+@dataclass
+class RunSettings:
+    """A bundle's configured `edgecell run`, as data: the source (None: the shipped samples), the
+    options by the `run` command's parameter names (out, threshold, top_k, ...), and the argument
+    words they came from. The CLI parses `--run '...'` into this; the bundle code never imports the
+    CLI to do it."""
+    source: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
 
 
 class BundleError(EdgecellError):
@@ -105,3 +119,19 @@ def _last_error_line(text: str) -> str:
 
 def _pinned_key_path(prefix: Path) -> Path:
     return Path(prefix) / TRUSTED_KEY
+
+
+def companion_files(sidecar: Path) -> list[Path]:
+    """Files a model's task needs beside it, named in its sidecar settings (for example the X-ray
+    model's Grad-CAM head, `settings.gradcam_head`): a bundle without them runs, but not fully."""
+    try:
+        settings = json.loads(sidecar.read_text()).get("settings") or {}
+    except (OSError, json.JSONDecodeError):
+        return []
+    out = []
+    for value in settings.values():
+        if isinstance(value, str) and value and "/" not in value and "\\" not in value:
+            candidate = sidecar.parent / value
+            if candidate.is_file() and candidate != sidecar:
+                out.append(candidate)
+    return out
