@@ -508,6 +508,11 @@ def main() -> None:
             raise
         print(f"edgecell: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # a folder it may not write (a service's state folder), a full disk: one line
+        if os.environ.get("EDGECELL_DEBUG") or not exc.filename:
+            raise
+        print(f"edgecell: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,15 @@ import platform
 import subprocess
 from pathlib import Path
 
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd", "asimddp", "sve")
+#: instruction sets that decide INT8 speed, per architecture (cpuinfo flag names)
+X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+ARM_FLAGS = ("neon", "asimd", "asimddp", "sve")
+ISA_FLAGS = X86_FLAGS + ARM_FLAGS
+#: aarch64 AT_HWCAP bits (linux/arch/arm64/include/uapi/asm/hwcap.h)
+_AARCH64_HWCAP = {"asimd": 1 << 1, "asimddp": 1 << 20, "sve": 1 << 22}
+#: ARM CPU part numbers of the boards edgecell targets
+_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72",
+              "0xd0b": "Cortex-A76", "0xd42": "Cortex-A78AE", "0xd4f": "Neoverse-V2"}
 
 
 def _read(path: str) -> str:
@@ -18,18 +26,54 @@ def _read(path: str) -> str:
         return ""
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = "", set()
-    for line in _read("/proc/cpuinfo").splitlines():
+def _is_arm(machine: str) -> bool:
+    return machine.lower().startswith(("aarch64", "arm"))
+
+
+def _hwcap_flags(machine: str) -> set[str]:
+    """ISA from the kernel's (or the emulator's) AT_HWCAP for the architecture this Python runs on:
+    under qemu-user that is the emulated CPU, whatever the host's /proc/cpuinfo says."""
+    if machine.lower() not in ("aarch64", "arm64") or machine != platform.machine():
+        return set()
+    try:
+        import ctypes
+
+        hwcap = ctypes.CDLL(None).getauxval(16)  # AT_HWCAP
+    except (OSError, AttributeError):
+        return set()
+    found = {name for name, bit in _AARCH64_HWCAP.items() if hwcap & bit}
+    return found | ({"neon"} if "asimd" in found else set())
+
+
+def _cpuinfo(text: str | None = None, machine: str | None = None) -> tuple[str, list[str]]:
+    """(CPU name, ISA flags) of the architecture this Python runs on. /proc/cpuinfo is used only
+    when it describes that architecture: under plain qemu-user emulation it is the host's
+    (an x86 "AMD EPYC, AVX-512" on an aarch64 guest), and then it is not believed."""
+    machine = machine or platform.machine()
+    text = _read("/proc/cpuinfo") if text is None else text
+    model, flags, keys, part = "", set(), set(), ""
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and not model:
+        keys.add(key)
+        if key in ("model name", "hardware", "cpu model", "model") and not model and not value.strip().isdigit():
             model = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
+        elif key == "cpu part" and not part:
+            part = value.strip()
+    arm = _is_arm(machine)
+    describes_arm = "cpu implementer" in keys or "features" in keys
+    describes_x86 = "vendor_id" in keys or "flags" in keys
+    if (arm and describes_x86 and not describes_arm) or (not arm and describes_arm and not describes_x86):
+        model, flags = f"{machine} CPU (/proc/cpuinfo describes another architecture: emulated)", set()
+    elif arm and part in _ARM_PARTS and (not model or model.lower().startswith("raspberry")):
+        model = f"ARM {_ARM_PARTS[part]}" + (f" ({model})" if model else "")
+    flags |= _hwcap_flags(machine)
     if not model:
-        model = platform.processor() or platform.machine()
-    return model, [f for f in ISA_FLAGS if f in flags]
+        model = platform.processor() or machine
+    allowed = ARM_FLAGS if arm else X86_FLAGS
+    return model, [f for f in allowed if f in flags]
 
 
 def board_model() -> str | None:

@@ -34,9 +34,19 @@ def model() -> Path:
     return TFLITE
 
 
+def _run_settings(*args: str) -> B.RunSettings:
+    """`edgecell bundle --run '...'` parsed as the CLI does, against the real `run` command."""
+    from typer.main import get_command
+
+    from edgecell.cli import app
+    from edgecell.cli_bundle import parse_run_settings
+
+    return parse_run_settings(get_command(app).commands["run"], list(args))
+
+
 def _build(model: Path, out: Path, version: str = "1", profile: str = "raspberry-pi", **kw) -> Path:
     kw.setdefault("archive", False)
-    kw.setdefault("run_args", ["--camera", "0", "--out", "results", "--top-k", "2"])
+    kw.setdefault("run", _run_settings("--camera", "0", "--out", "results", "--top-k", "2"))
     return build_bundle([model], profile=profile, out=out, wheelhouse=False, version=version, **kw)
 
 
@@ -94,7 +104,7 @@ def test_profile_picks_the_format_its_backend_runs(model, tmp_path):
 
 def test_bad_run_arguments_are_refused_at_build_time(model, tmp_path):
     with pytest.raises(BundleError, match="No such option: --bogus"):
-        _build(model, tmp_path, run_args=["--bogus"])
+        _build(model, tmp_path, run=_run_settings("--bogus"))
     with pytest.raises(BundleError, match="gate"):
         _build(model, tmp_path, gate_policy="reject")  # no gate model among the models
     assert not any(tmp_path.iterdir())  # nothing half-built left behind
@@ -221,6 +231,48 @@ def test_install_then_interrupted_install_keeps_previous(model, tmp_path, monkey
     assert _runs(path)["label"] == "red"
 
 
+def test_killed_installs_leave_nothing_that_counts_toward_keep(model, tmp_path):
+    """kill -9 mid-install leaves a version folder (never recorded as installed) and .staging-*
+    folders: they must not push good versions out of --keep, and the next install removes them."""
+    prefix = tmp_path / "opt"
+    v1 = install_bundle(_build(model, tmp_path / "b", "1", archive=True), prefix=prefix, create_env=False, keep=3)
+    v2 = install_bundle(_build(model, tmp_path / "b", "2", archive=True), prefix=prefix, create_env=False, keep=3)
+    for name in ("tiny_classifier-3-20300101T000000", "tiny_classifier-4-20300101T000001", ".staging-x1y2"):
+        (prefix / "versions" / name / "venv").mkdir(parents=True)
+    assert [v.name for v in B.installed_versions(prefix)] == [v1.name, v2.name]
+    v5 = install_bundle(_build(model, tmp_path / "b", "5", archive=True), prefix=prefix, create_env=False, keep=3)
+    assert sorted(p.name for p in (prefix / "versions").iterdir()) == sorted([v1.name, v2.name, v5.name])
+    assert rollback(prefix) == v2 and rollback(prefix) == v1
+
+
+def test_a_helper_process_dies_with_the_install(tmp_path):
+    """The install's pip/venv children get SIGKILL when the install itself is killed."""
+    import signal
+
+    pidfile = tmp_path / "child.pid"
+    code = ("import sys; from edgecell.bundle.install import _run_child; "
+            "_run_child(['sh', '-c', 'echo $$ > ' + sys.argv[1] + '; exec sleep 120'])")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(pidfile)])
+    for _ in range(200):
+        if pidfile.is_file() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(200):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{child}/stat").is_file() and Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break  # a zombie: dead, waiting for init to reap it
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the helper process outlived the killed install")
+
+
 def test_install_refuses_a_tampered_bundle_and_keeps_current(model, tmp_path):
     prefix = tmp_path / "opt"
     v1 = install_bundle(_build(model, tmp_path / "b", "1"), prefix=prefix, create_env=False)
@@ -249,11 +301,12 @@ def test_rollback_switches_back(model, tmp_path):
 def test_systemd_unit(model, tmp_path):
     prefix = tmp_path / "opt"
     install_bundle(_build(model, tmp_path / "b", "1"), prefix=prefix, create_env=False)
-    unit = systemd_unit(prefix, user="cart")
-    assert "User=cart" in unit and "Restart=on-failure" in unit
-    assert f"run {prefix.absolute() / 'current'}" in unit
-    assert f"StandardOutput=append:{prefix.absolute() / 'logs' / 'edgecell.log'}" in unit
-    assert "WantedBy=multi-user.target" in unit and (prefix / "logs").is_dir()
+    unit = systemd_unit(prefix)
+    assert "DynamicUser=yes" in unit and "User=" not in unit.replace("DynamicUser=", "")
+    assert "StateDirectory=edgecell" in unit and "WorkingDirectory=%S/edgecell" in unit
+    assert "Restart=on-failure" in unit and f"run {prefix.absolute() / 'current'}" in unit
+    assert "WantedBy=multi-user.target" in unit
+    assert "User=cart" in systemd_unit(prefix, user="cart")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +396,7 @@ def test_SLOW_real_wheelhouse_installs_offline_into_fresh_venv(model, tmp_path):
     if not _pypi_reachable():
         pytest.skip("PyPI is not reachable: cannot download the wheelhouse")
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    archive = build_bundle([model], profile=profile, out=tmp_path / "b", run_args=["--camera", "0"],
+    archive = build_bundle([model], profile=profile, out=tmp_path / "b", run=_run_settings("--camera", "0"),
                            wheelhouse=True, python_version=python, version="1")
     started = time.perf_counter()
     version_dir = install_bundle(archive, prefix=tmp_path / "opt")
@@ -366,18 +419,14 @@ def test_SLOW_real_wheelhouse_installs_offline_into_fresh_venv(model, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# command line (through register(app) on a fresh Typer app; edgecell.cli wires the same function)
+# command line (edgecell's app: `--run` is checked against its real `run` command)
 
 
 def test_cli_bundle_verify_install_rollback(model, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from edgecell.cli_bundle import register
+    from edgecell.cli import app
 
-    app = typer.Typer()
-    app.command("noop")(lambda: None)  # a Typer app with one command would hide subcommand names
-    register(app)
     runner = CliRunner()
     res = runner.invoke(app, ["bundle", str(model), "--profile", "raspberry-pi", "--out", str(tmp_path / "b"),
                               "--no-wheels", "--version", "1", "--run", "--camera 0 --top-k 2", "--json"])
@@ -416,7 +465,7 @@ def test_gate_model_and_policy_go_into_the_run_config(model, tmp_path):
     meta = json.loads(model.with_suffix(".json").read_text())
     (gate_dir / "tiny_gate_int8.json").write_text(json.dumps({**meta, "task": "gate", "name": "tiny_gate"}))
     folder = build_bundle([model, gate], profile="raspberry-pi", out=tmp_path / "b", wheelhouse=False,
-                          version="1", archive=False, gate_policy="reject", run_args=["--camera", "2"])
+                          version="1", archive=False, gate_policy="reject", run=_run_settings("--camera", "2"))
     run = json.loads((folder / "run.json").read_text())
     assert run["model"] == "models/tiny_classifier_int8.tflite" and run["gate"] == "models/tiny_gate_int8.tflite"
     path, source, options = run_bundle_args(folder)
@@ -437,12 +486,14 @@ def test_wheelhouse_glibc_floor_from_wheel_tags():
 
 def test_gate_path_in_run_arguments_is_refused(model, tmp_path):
     with pytest.raises(BundleError, match="give the gate model as one of the bundle's models"):
-        _build(model, tmp_path, run_args=["--gate", str(model)])
+        _build(model, tmp_path, run=_run_settings("--gate", str(model)))
 
 
 def test_files_named_in_the_sidecar_travel_with_the_model(tmp_path):
     """The X-ray model's Grad-CAM head (settings.gradcam_head) must be in the bundle beside it."""
-    src = Path(__file__).resolve().parent.parent / "edge" / "models"
+    from edgecell.resources import shipped_path
+
+    src = shipped_path("models")
     for name in ("xray_int8.tflite", "xray_int8.json", "xray_gradcam_head.npz"):
         if not (src / name).is_file():
             pytest.fail(f"shipped {name} missing")

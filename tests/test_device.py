@@ -7,3 +7,42 @@ def test_device_description_has_what_benchmarks_report():
     assert isinstance(d["isa"], list) and "litert" in d["backends"]
     if d["arch"] in ("x86_64", "AMD64"):
         assert "avx2" in d["isa"] or not d["isa"]  # every x86 machine this runs on since 2013
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9454P 48-Core Processor
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni
+"""
+PI4_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU part\t: 0xd08
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+
+
+def test_x86_cpuinfo_on_x86():
+    from edgecell.device import _cpuinfo
+
+    assert _cpuinfo(X86_CPUINFO, "x86_64") == ("AMD EPYC 9454P 48-Core Processor",
+                                                ["avx2", "fma", "avx512f", "avx512_vnni"])
+
+
+def test_host_cpuinfo_under_emulation_is_not_believed():
+    """qemu-user on an x86 host: the aarch64 guest reads the host's /proc/cpuinfo."""
+    from edgecell.device import _cpuinfo
+
+    model, isa = _cpuinfo(X86_CPUINFO, "aarch64")
+    assert "EPYC" not in model and "emulated" in model and not [f for f in isa if f.startswith("avx")]
+
+
+def test_raspberry_pi_cpuinfo_names_the_core_and_neon():
+    from edgecell.device import _cpuinfo
+
+    model, isa = _cpuinfo(PI4_CPUINFO, "aarch64")
+    assert model == "ARM Cortex-A72 (Raspberry Pi 4 Model B Rev 1.4)" and "asimd" in isa and "asimddp" not in isa

@@ -63,6 +63,24 @@ def _activate(prefix: Path, target: Path) -> None:
     _fsync_dir(prefix)
 
 
+def _die_with_parent() -> None:
+    """In a child process (preexec_fn): ask Linux to SIGKILL it when the installing process dies,
+    so a killed `edgecell install` leaves no pip still writing into the prefix."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to ask for
+        pass
+
+
+def _run_child(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for the install's helpers (venv, pip): output captured, dies with us."""
+    return subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent, **kwargs)
+
+
 def _target_python(version: str, python: str | None) -> str:
     candidates = [python] if python else []
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
@@ -84,10 +102,10 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
     env["PIP_CONFIG_FILE"] = os.devnull
     # fast path: a venv without pip, filled by the installing Python's pip (--python, pip >= 22.3);
     # ensurepip alone takes 5-20 s on a busy or slow device
-    proc = subprocess.run([py, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True)
+    proc = _run_child([py, "-m", "venv", "--without-pip", str(venv)])
     pip = [py, "-m", "pip", "--python", str(venv / "bin" / "python")]
-    if proc.returncode != 0 or subprocess.run([*pip, "--version"], capture_output=True, env=env).returncode != 0:
-        proc = subprocess.run([py, "-m", "venv", str(venv)], capture_output=True, text=True)
+    if proc.returncode != 0 or _run_child([*pip, "--version"], env=env).returncode != 0:
+        proc = _run_child([py, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
     if proc.returncode != 0:
         raise BundleError(f"creating the virtual environment failed: {_last_error_line(proc.stderr + proc.stdout)}"
@@ -95,13 +113,12 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
     wheels = version_dir / "wheels"
     what = (["--no-deps", *map(str, sorted(wheels.glob("*.whl")))] if info.get("no_deps")
             else list(info.get("install", [])))
-    proc = subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), "--disable-pip-version-check",
-                           "-q", *what], capture_output=True, text=True, env=env)
+    proc = _run_child([*pip, "install", "--no-index", "--find-links", str(wheels), "--disable-pip-version-check",
+                       "-q", *what], env=env)
     if proc.returncode != 0:
         raise BundleError(f"offline install from the wheelhouse failed: {_last_error_line(proc.stderr + proc.stdout)}")
     modules = info.get("check_imports") or ["edgecell"]
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import " + ", ".join(modules)],
-                          capture_output=True, text=True, env=env)
+    proc = _run_child([str(venv / "bin" / "python"), "-c", "import " + ", ".join(modules)], env=env)
     if proc.returncode != 0:
         raise BundleError(f"the installed environment does not import: {_last_error_line(proc.stderr)}")
     return venv
@@ -155,7 +172,6 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
     prefix = Path(prefix).absolute()
     versions = prefix / "versions"
     versions.mkdir(parents=True, exist_ok=True)
-    (prefix / "logs").mkdir(exist_ok=True)
     pinned = _pinned_key_path(prefix)
     key = None
     if trust is not None:
@@ -167,6 +183,7 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
         key = load_public_key(pinned)
     if not bundle.exists():
         raise BundleError(f"{bundle}: no such bundle")
+    _remove_leftovers(prefix)
     stamp = _now().strftime("%Y%m%dT%H%M%S")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
     target: Path | None = None
@@ -191,14 +208,16 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
         if create_env and (target / "wheels").is_dir() and manifest.get("wheelhouse"):
             _create_env(target, manifest, python)
         previous = current_version(prefix)
+        # recorded complete (verified, venv built) before `current` moves: a version counts for
+        # --keep and rollback only once this line exists
+        _append_history(prefix, {"action": "install", "version": target.name, "from": str(bundle),
+                                 "previous": previous.name if previous else None})
         _activate(prefix, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if target is not None and target != current_version(prefix):
             shutil.rmtree(target, ignore_errors=True)
         raise
-    _append_history(prefix, {"action": "install", "version": target.name, "from": str(bundle),
-                             "previous": previous.name if previous else None})
     if trust is not None and not pinned.is_file():
         _write_bytes_atomic(pinned, public_key_bytes(key))
     _prune(prefix, keep)
@@ -206,7 +225,9 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
 
 
 def installed_versions(prefix: Path) -> list[Path]:
-    """Installed version folders, oldest install first (from the history, then by name)."""
+    """Complete installed versions, oldest install first: the folders the history records as
+    installed (verified, venv built), and the active one. A folder an interrupted install left
+    behind is not a version: it never counts toward --keep and is never a rollback target."""
     versions = Path(prefix) / "versions"
     present = {p.name: p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")} \
         if versions.is_dir() else {}
@@ -214,8 +235,22 @@ def installed_versions(prefix: Path) -> list[Path]:
     for entry in _read_history(prefix):
         if entry.get("action") == "install" and entry.get("version") in present and entry["version"] not in order:
             order.append(entry["version"])
-    order += sorted(n for n in present if n not in order)
+    current = current_version(prefix)
+    if current is not None and current.name in present and current.name not in order:
+        order.append(current.name)
     return [present[n] for n in order]
+
+
+def _remove_leftovers(prefix: Path) -> None:
+    """Folders an interrupted install left under versions/ (`.staging-*`, a version folder never
+    recorded as installed). Called under the prefix lock, so no install is still writing them."""
+    versions = Path(prefix) / "versions"
+    if not versions.is_dir():
+        return
+    complete = {v.name for v in installed_versions(prefix)}
+    for path in versions.iterdir():
+        if path.is_dir() and not path.is_symlink() and path.name not in complete:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(prefix: Path, keep: int) -> None:
@@ -255,11 +290,20 @@ def _rollback(prefix: Path) -> Path:
     return target
 
 
-def systemd_unit(prefix: Path, user: str = "edgecell", *, executable: str | None = None,
+#: the service's writable folder: systemd makes /var/lib/edgecell for it (StateDirectory=)
+STATE_DIRECTORY = "edgecell"
+
+
+def systemd_unit(prefix: Path, user: str | None = None, *, executable: str | None = None,
                  description: str | None = None) -> str:
-    """A systemd service that runs the installed bundle's configured `edgecell run` at boot,
-    restarts it on failure and appends its output to `prefix/logs/edgecell.log`.
-    `edgecell run PREFIX/current` re-verifies the bundle before it starts."""
+    """A systemd service that runs the installed bundle's configured `edgecell run` at boot and
+    restarts it on failure. It starts on a fresh device as written: with no `user`, systemd makes
+    a throw-away user (DynamicUser=) and its writable state folder /var/lib/edgecell
+    (StateDirectory=), which is also the working directory, so a run's relative `--out results`
+    lands in /var/lib/edgecell/results; everything else is read-only to it. With `user`, that
+    existing account runs it (systemd still makes and hands it the state folder). Output goes to
+    the journal: `journalctl -u edgecell`. `edgecell run PREFIX/current` re-verifies the bundle
+    before it starts."""
     prefix = Path(prefix).absolute()
     current = prefix / "current"
     if executable is None:
@@ -274,7 +318,7 @@ def systemd_unit(prefix: Path, user: str = "edgecell", *, executable: str | None
             description = f"edgecell {m.get('name')} ({m.get('profile', {}).get('name', '')})"
         except BundleError:
             description = "edgecell deploy bundle"
-    log = prefix / "logs" / "edgecell.log"
+    who = f"User={user}" if user else "DynamicUser=yes"
     return f"""[Unit]
 Description={description}
 After=local-fs.target network-online.target
@@ -284,16 +328,15 @@ StartLimitBurst=10
 
 [Service]
 Type=simple
-User={user}
-WorkingDirectory={prefix}
-Environment=PYTHONUNBUFFERED=1
+{who}
+# cameras (/dev/video*) belong to the video group
+SupplementaryGroups=video
+StateDirectory={STATE_DIRECTORY}
+WorkingDirectory=%S/{STATE_DIRECTORY}
+Environment=PYTHONUNBUFFERED=1 HOME=%S/{STATE_DIRECTORY}
 ExecStart={executable} run {current}
 Restart=on-failure
 RestartSec=5
-# results go to the run's --out folder (relative to WorkingDirectory); console output and errors
-# to this log. The user needs write access to both: sudo chown -R {user} {prefix / "logs"}
-StandardOutput=append:{log}
-StandardError=append:{log}
 
 [Install]
 WantedBy=multi-user.target
