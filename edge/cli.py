@@ -79,7 +79,10 @@ def run(
     top_k: int = typer.Option(3, "--top-k", help="Classifiers: how many classes to report."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Classifiers: below this the "
                                                    "image is marked uncertain, for a person to check."),
-    show: bool = typer.Option(False, "--show", help="Show the overlay in a window (needs a display)."),
+    show: bool = typer.Option(False, "--show", help="Show the overlay in a window (needs a desktop and GUI OpenCV; "
+                              "else use --serve)."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="Show the run on a web page at [HOST:]PORT, e.g. "
+                                        "8080 (this machine) or 0.0.0.0:8080 (other devices, with a printed token)."),
     gate: Optional[str] = typer.Option(None, "--gate", help="A utility-gate model run first: is the image still "
                                        "useful to the task model?"),
     gate_policy: str = typer.Option("reject", "--gate-policy", help="reject (skip the task model, list the image "
@@ -115,7 +118,7 @@ def run(
 def _run(model: str, source: Optional[str], camera: Optional[int], backend: str, threads: Optional[int],
          device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
          fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
-         min_confidence: Optional[float], show: bool, gate: Optional[str], gate_policy: str,
+         min_confidence: Optional[float], show: bool, serve: Optional[str], gate: Optional[str], gate_policy: str,
          gate_threshold: Optional[float]) -> None:
     """The run loop behind `edgecell run` (see its options)."""
     from edgecell.model import load_model
@@ -129,6 +132,10 @@ def _run(model: str, source: Optional[str], camera: Optional[int], backend: str,
     if source is None:
         source = str(DEFAULT_SAMPLES)
     kind = describe_source(source)
+    if show or serve:
+        from edgecell.live import check_display_options
+
+        check_display_options(show=show, serve=serve)
     loaded = load_model(resolve_model_path(model), backend, threads=threads, device=device,
                         providers=providers.split(",") if providers else None)
     options = {"top_k": top_k}
@@ -168,6 +175,14 @@ def _run(model: str, source: Optional[str], camera: Optional[int], backend: str,
         total = min(total, max_frames)
     err.print(f"[bold]{loaded.info.name or loaded.path.name}[/] ({loaded.info.task}, {loaded.info.precision}) "
               f"on {loaded.session.backend} <- {kind} {source}", highlight=False)
+    live = None
+    if serve:
+        from functools import partial
+
+        from edgecell.live import start_live_view
+
+        live = start_live_view(serve, out=out, model=loaded, gate=gate_model, source=f"{kind} {source}",
+                               print_line=lambda line: err.print(line, highlight=False, soft_wrap=True))
     progress = _progress(err, total, disable=(kind == "image"))
     started = time.perf_counter()
     window = None
@@ -175,6 +190,7 @@ def _run(model: str, source: Optional[str], camera: Optional[int], backend: str,
         with progress:
             task_id = progress.add_task("images", total=total)
             for frame in iter_frames(source, max_frames=max_frames, fps=fps):
+                result = overlay = None
                 if frame.image is None:
                     record = Record(frame.name, ok=False, task=loaded.info.task, error=frame.error)
                 else:
@@ -201,11 +217,16 @@ def _run(model: str, source: Optional[str], camera: Optional[int], backend: str,
                 row = record.to_dict()
                 writer.write(row)
                 records.append(row)
+                if live is not None:  # the overlay drawn here, else only if a viewer gets this frame
+                    live.publish(row, frame.image, overlay if overlay is not None or result is None
+                                 else partial(annotate, loaded, frame.image, result))
                 progress.advance(task_id)
     except KeyboardInterrupt:
         err.print("interrupted; results so far are written")
     finally:
         writer.close()
+        if live is not None:
+            live.close()
         if out and records:
             write_text_atomic(out / "results.csv", _records_csv(records))
     elapsed = time.perf_counter() - started

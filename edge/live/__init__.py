@@ -1,0 +1,150 @@
+"""The live view: `edgecell run MODEL SOURCE --serve [HOST:]PORT` shows the newest annotated frame,
+the result in plain words, a short history and the run's state on a local web page.
+
+It is a sink of the run loop: `LiveView.publish(record, image, overlay)` per frame, which only swaps
+references (see `state`); the server (`server`, standard library only) runs on its own threads.
+A display-less Raspberry Pi beside a microscope or an X-ray cart's screen needs no GUI OpenCV,
+no desktop and no internet: the page's files ship in this package."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecell.errors import EdgecellError
+from edgecell.live.server import LiveServer, is_loopback
+from edgecell.live.state import LiveState
+
+DEFAULT_HOST = "127.0.0.1"
+TOKEN_ENV = "EDGECELL_SERVE_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeAddress:
+    host: str
+    port: int
+
+    @property
+    def needs_token(self) -> bool:
+        return not is_loopback(self.host)
+
+
+def parse_serve_address(value: str) -> ServeAddress:
+    """'8080' -> 127.0.0.1:8080; '0.0.0.0:8080'; '[::]:8080'; 'pi.local:8080'."""
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_HOST, text
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port.isdigit() or int(port) > 65535:
+        raise EdgecellError(f"--serve {value!r}: expected [HOST:]PORT, e.g. --serve 8080 (this machine only) "
+                            "or --serve 0.0.0.0:8080 (other devices, with a token)")
+    return ServeAddress(host, int(port))
+
+
+class LiveView:
+    """The live web page as a sink of a run. Use as a context manager around the run loop."""
+
+    def __init__(self, address: str | ServeAddress, *, out: Path | None = None, run_info: dict | None = None,
+                 token: str | None = None):
+        self.address = address if isinstance(address, ServeAddress) else parse_serve_address(address)
+        if token is None and self.address.needs_token:
+            token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(16)
+        self.token = token  # a token given here is asked for even on localhost
+        self.state = LiveState(run_info, out)
+        try:
+            self.server = LiveServer((self.address.host, self.address.port), self.state, self.token)
+        except OSError as exc:
+            raise EdgecellError(f"--serve {self.address.host}:{self.address.port}: cannot listen there "
+                                f"({exc.strerror or exc}); pick another port or host") from None
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="edgecell-live", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = self.address.host
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+
+    def banner(self) -> str:
+        """The line printed at start: where to look, and who can."""
+        if self.token is None:
+            return (f"live view: {self.url} (this machine only; --serve 0.0.0.0:{self.port} shows it to "
+                    "other devices, with a token)")
+        source = f"from {TOKEN_ENV}" if os.environ.get(TOKEN_ENV) == self.token else "new for this run"
+        return (f"live view: {self.url} (open to the network on {self.address.host}:{self.port}: every "
+                f"request needs this token, {source})")
+
+    def start(self) -> "LiveView":
+        self._thread.start()
+        return self
+
+    def publish(self, record: dict, image: np.ndarray | None = None,
+                overlay: np.ndarray | Callable[[], np.ndarray] | None = None, **source_state) -> None:
+        self.state.publish(record, image, overlay, **source_state)
+
+    def close(self) -> None:
+        self.state.finish()
+        self.server.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=2)
+
+    def __enter__(self) -> "LiveView":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def opencv_has_gui() -> bool:
+    """False for the headless OpenCV builds (the default install): their build says 'GUI: NONE'."""
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "GUI":
+            return value.strip().upper() not in ("NONE", "NO", "")
+    return True
+
+
+def check_display_options(*, show: bool, serve: str | None) -> None:
+    """`--show` and `--serve` checked before the model loads: one line for what cannot work."""
+    if serve:
+        parse_serve_address(serve)
+    if show:
+        check_show()
+
+
+def check_show() -> None:
+    """One clear line at start when `--show` cannot open a window, instead of a failure per image."""
+    if not opencv_has_gui():
+        raise EdgecellError("--show needs an OpenCV with windows, and this one is the headless build; "
+                            "use --serve 8080 and open http://127.0.0.1:8080/ in a browser (works "
+                            "without a desktop), or pip install opencv-python for windows")
+    if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
+            and not os.uname().sysname == "Darwin":
+        raise EdgecellError("--show needs a desktop (no DISPLAY here); use --serve 0.0.0.0:8080 and open "
+                            "the printed address in a browser on another device")
+
+
+def start_live_view(serve: str, *, out: Path | None, model, gate=None, source: str = "",
+                    print_line: Callable[[str], None] = print) -> LiveView:
+    """`--serve`: the live view of a run of `model` (a loaded Model), started and announced."""
+    info = model.info
+    run_info = {"model": info.name or Path(model.path).name, "task": info.task, "precision": info.precision,
+                "backend": model.session.backend, "source": source,
+                "gate": (gate.info.name or Path(gate.path).name) if gate is not None else None}
+    view = LiveView(serve, out=out, run_info=run_info).start()
+    print_line(view.banner())
+    return view
