@@ -1,20 +1,23 @@
 """Decode and validate images once, at the edge of the program.
 
-Everything after `decode_image` sees an H x W x 3 uint8 RGB array. Problems a user can meet
-(empty file, truncated JPEG/PNG, a PDF renamed .jpg, a 20000 x 20000 "decompression bomb")
-become one `ImageError` line instead of a crash deep inside a backend.
+Everything after `decode_image` sees an H x W x 3 uint8 RGB array, turned as a viewer shows it
+(EXIF orientation 2-8 applied, for JPEG, PNG, WebP and TIFF). Problems a user can meet (empty or
+unreadable file, truncated JPEG/PNG/WebP/BMP, a PDF renamed .jpg, a header claiming 20000 x 20000
+in any format OpenCV reads) become one `ImageError` line instead of a crash deep inside a backend;
+bytes after an image's end marker (motion photos) are not an error. `image_headers` reads what the
+file says about itself before anything is decoded.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecell.errors import ImageError
+from edgecell.image_headers import ImageHeader, orient, read_header
 
 #: Largest image we decode, in pixels (width x height). A 3246 x 2448 microscope frame is 8 MP;
 #: a 20000 x 20000 PNG would need 1.2 GB as RGB. Override with EDGECELL_MAX_PIXELS.
@@ -27,35 +30,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".d
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG or JPEG header without decoding, or None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return int(w), int(h)
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            seg_len = struct.unpack(">H", data[i + 2 : i + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-                return int(w), int(h)
-            i += 2 + seg_len
-    return None
-
-
-def _looks_truncated(data: bytes) -> bool:
-    """JPEG must end with EOI (FF D9), PNG with an IEND chunk; OpenCV silently decodes the rest."""
-    if data[:2] == b"\xff\xd8":
-        return b"\xff\xd9" not in data[-64:]
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in data[-32:]
-    return False
+    """(width, height) as stored, read from the header of any format OpenCV reads, without
+    decoding; None if the format or its size is unknown."""
+    header = read_header(data)
+    return (int(header.width), int(header.height)) if header.pixels is not None else None
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
@@ -78,25 +56,58 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+#: Formats whose OpenCV decoder turns the image by its orientation tag itself (libtiff's RGBA
+#: reader); for every other format the tag is read by `image_headers` and applied here.
+_DECODER_ORIENTS = frozenset({"tiff"})
+#: Decode with the stored bit depth and colour/grey, alpha dropped, the orientation left to us.
+_IMREAD_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def decode_bytes(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8, or raise one clear `ImageError`."""
+    """Decode encoded image bytes to RGB uint8 as a viewer shows it (EXIF orientation applied),
+    or raise one clear `ImageError`: empty, over the pixel limit (checked in the header, before
+    any decoder allocates), cut short, or not decodable. Bytes after the image's own end (a motion
+    photo's video after the JPEG EOI, data after PNG's IEND) are not part of it and are ignored."""
     if len(data) == 0:
         raise ImageError(f"{name}: file is empty (0 bytes); expected a JPEG, PNG, BMP or TIFF image")
-    size = header_size(data)
-    if size and size[0] * size[1] > MAX_PIXELS:
+    header = read_header(data)
+    kind = (header.format or "image").upper()
+    if header.pixels is not None and header.pixels > MAX_PIXELS:
         raise ImageError(
-            f"{name}: image is {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} MP, over the "
+            f"{name}: image is {header.width}x{header.height} = {header.pixels / 1e6:.0f} MP, over the "
             f"{MAX_PIXELS / 1e6:.0f} MP limit; downscale it or raise EDGECELL_MAX_PIXELS"
         )
-    if _looks_truncated(data):
-        raise ImageError(f"{name}: image file is truncated (no end marker); re-copy or re-export it")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if header.truncated:
+        raise ImageError(f"{name}: image file is truncated ({kind} data stops before its end); "
+                         "re-copy or re-export it")
+    buf = np.frombuffer(memoryview(data)[: header.end], dtype=np.uint8)
+    try:
+        image = cv2.imdecode(buf, _IMREAD_FLAGS)
+    except cv2.error as exc:  # e.g. OpenCV's own pixel limit, a header it refuses
+        reason = "over the pixel limit" if "MAX_IMAGE_PIXELS" in str(exc) else _cv2_reason(exc)
+        raise ImageError(f"{name}: OpenCV cannot decode this {kind} file ({reason})") from None
+    except MemoryError:
+        raise ImageError(f"{name}: {kind} image too large to decode in this machine's memory") from None
     if image is None or image.size == 0:
         raise ImageError(f"{name}: not a readable image; expected a JPEG, PNG, BMP or TIFF file")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
         raise ImageError(f"{name}: image is {image.shape[1]}x{image.shape[0]}, over the pixel limit")
+    if header.format not in _DECODER_ORIENTS or _not_turned(image, header):
+        image = np.ascontiguousarray(orient(image, header.orientation))
     return to_rgb8(image)
+
+
+def _not_turned(image: np.ndarray, header: ImageHeader) -> bool:
+    """A decoder that should have applied a quarter-turn orientation but returned the stored shape
+    (an OpenCV build whose TIFF reader does not orient): apply it here."""
+    h, w = image.shape[:2]
+    return header.orientation >= 5 and h != w and (w, h) == (header.width, header.height)
+
+
+def _cv2_reason(exc: cv2.error) -> str:
+    """The one-line reason inside an OpenCV error message (which spans lines and names its source)."""
+    text = getattr(exc, "err", None) or str(exc)
+    return " ".join(text.split())[:160]
 
 
 def is_dicom(head: bytes) -> bool:
@@ -107,9 +118,16 @@ def is_dicom(head: bytes) -> bool:
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB. DICOM (by suffix or content) needs the `dicom` extra."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: cannot be read (permission denied); check its permissions") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     if path.suffix.lower() == ".dcm" or is_dicom(data[:132]):
         return _decode_dicom(path)
     return decode_bytes(data, str(path))

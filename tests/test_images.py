@@ -1,5 +1,7 @@
+import struct
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -117,3 +119,134 @@ def test_linear_letterbox_into_a_reused_canvas_places_like_the_reference():
         np.testing.assert_array_equal(fast, ref)  # flat image: interpolation makes no difference
     a, _ = letterbox(np.zeros((480, 640, 3), np.uint8), (416, 320), interpolation=cv2.INTER_LINEAR, canvas=canvas)
     assert a[0, 0, 0] == 114 and a[10, 10, 0] == 0  # the reused canvas gets its bands refilled
+
+
+# --------------------------------------------------------------------------- orientation (issue 12 item 2)
+def _asymmetric() -> np.ndarray:
+    """RGB image whose every flip and turn is different: coloured blocks in three corners."""
+    image = np.full((40, 60, 3), 30, np.uint8)
+    image[:12, :20] = (250, 20, 20)
+    image[28:, 45:] = (20, 20, 250)
+    image[:6, 52:] = (20, 250, 20)
+    return image
+
+
+def _with_orientation(path, image: np.ndarray, orientation: int, fmt: str):
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    if fmt == "TIFF":
+        pil.save(path, fmt, tiffinfo={274: orientation})
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        pil.save(path, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {"quality": 95}))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_image_is_read_as_a_viewer_shows_it(tmp_path, fmt, orientation):
+    from PIL import Image, ImageOps
+
+    path = _with_orientation(tmp_path / f"o{orientation}.{fmt.lower()}", _asymmetric(), orientation, fmt)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).astype(int)
+    image = decode_image(path)
+    assert image.shape == shown.shape
+    assert np.abs(image.astype(int) - shown).mean() < (2.0 if fmt == "JPEG" else 1e-9)
+
+
+def test_16bit_png_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    grey = np.zeros((40, 60), np.uint16)
+    grey[:10, :20] = 65535
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: a viewer rotates it 90 degrees clockwise
+    Image.fromarray(grey).save(tmp_path / "film.png", exif=exif.tobytes())
+    image = decode_image(tmp_path / "film.png")
+    assert image.shape == (60, 40, 3)
+    assert image[:20, -10:].min() == 255 and image[20:, :].max() == 0  # the bright block is now top right
+
+
+# --------------------------------------------------------------------------- trailing data (item 3)
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_bytes_after_the_end_marker_are_accepted(tmp_path, real_jpeg, ext):
+    ok, buf = cv2.imencode(ext, cv2.imread(str(real_jpeg)))
+    plain = tmp_path / f"plain{ext}"
+    plain.write_bytes(buf.tobytes())
+    motion = tmp_path / f"motion{ext}"  # a motion photo: the video follows the still image
+    motion.write_bytes(buf.tobytes() + b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00" + bytes(range(256)) * 16)
+    np.testing.assert_array_equal(decode_image(motion), decode_image(plain))
+
+
+@pytest.mark.parametrize("ext", [".bmp", ".webp"])
+def test_other_formats_cut_short_are_refused(tmp_path, real_jpeg, ext):
+    ok, buf = cv2.imencode(ext, cv2.imread(str(real_jpeg)))
+    path = tmp_path / f"cut{ext}"
+    path.write_bytes(buf.tobytes()[: len(buf) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(path)
+
+
+# --------------------------------------------------------------------------- input errors (item 10)
+def _bomb(kind: str, side: int = 20000) -> bytes:
+    """A small file whose header claims side x side pixels."""
+    if kind == "bmp":
+        return b"BM" + struct.pack("<IHHI", 54 + 64, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24,
+                                                                             0, 0, 2835, 2835, 0, 0) + bytes(64)
+    if kind == "tiff":
+        entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+                   (273, 4, 1, 200), (277, 3, 1, 1), (278, 4, 1, side), (279, 4, 1, side * side)]
+        ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + bytes(4)
+        return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(300)
+    if kind == "webp":
+        body = struct.pack("<I", 0) + (side - 1).to_bytes(3, "little") + (side - 1).to_bytes(3, "little")
+        chunk = b"VP8X" + struct.pack("<I", len(body)) + body
+        return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+    if kind == "gif":
+        return b"GIF89a" + struct.pack("<HH", side, side) + b"\x00\x00\x00" + b",\x00\x00\x00\x00" + bytes(40) + b";"
+    if kind == "pnm":
+        return f"P5\n{side} {side}\n255\n".encode() + bytes(100)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["bmp", "tiff", "webp", "gif", "pnm"])
+def test_header_claiming_20000x20000_is_one_line_error_in_every_format(tmp_path, kind):
+    path = tmp_path / f"bomb.{kind}"
+    path.write_bytes(_bomb(kind))
+    with pytest.raises(ImageError) as err:
+        decode_image(path)
+    assert "20000x20000" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_opencv_refusal_becomes_one_line_image_error(tmp_path, monkeypatch, real_jpeg):
+    from edgecell import images
+
+    def refuse(buf, flags):  # what OpenCV raises past its own pixel limit
+        raise cv2.error("OpenCV(5.0.0) loadsave.cpp:77: error: (-215:Assertion failed) "
+                        "pixels <= CV_IO_MAX_IMAGE_PIXELS in function 'validateInputImageSize'\n")
+
+    monkeypatch.setattr(images.cv2, "imdecode", refuse)
+    with pytest.raises(ImageError) as err:
+        decode_image(real_jpeg)
+    assert "over the pixel limit" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreadable_file_is_one_line_image_error(tmp_path, monkeypatch, real_jpeg):
+    from pathlib import Path
+
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(real_jpeg.read_bytes())
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ImageError, match="permission denied"):
+        decode_image(path)
+
+
+def test_folder_given_as_image_is_one_line_image_error(tmp_path):
+    with pytest.raises(ImageError, match="is a folder"):
+        decode_image(tmp_path)

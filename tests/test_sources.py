@@ -1,3 +1,4 @@
+import struct
 from pathlib import Path
 
 import cv2
@@ -90,3 +91,13 @@ def test_existing_file_named_with_digits_is_an_image(tmp_path, real_jpeg, monkey
     monkeypatch.chdir(tmp_path)
     assert describe_source("7") == "image"
     assert describe_source("8") == "camera"  # nothing called 8 here: a camera index
+
+
+def test_folder_run_reports_a_20000x20000_bmp_and_goes_on(tmp_path, real_jpeg):
+    header = b"BM" + struct.pack("<IHHI", 118, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 24,
+                                                                          0, 0, 2835, 2835, 0, 0)
+    (tmp_path / "a_bomb.bmp").write_bytes(header + bytes(64))
+    (tmp_path / "b_smear.jpg").write_bytes(real_jpeg.read_bytes())
+    frames = list(iter_frames(str(tmp_path)))
+    assert frames[0].image is None and "20000x20000" in frames[0].error and "\n" not in frames[0].error
+    assert frames[1].image is not None
