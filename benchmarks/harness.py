@@ -7,7 +7,8 @@ allocator or JIT caches cannot slow another row; call `measure_row` directly onl
 What a row measures, in this order:
 
 1. ``import_ms``: importing the backend module (reported, not part of load).
-2. ``load_ms``: `load_session(...)` (read + compile/allocate). RSS before and after.
+2. ``load_ms``: `load_model(...)` (read + compile/allocate + metadata and input checks), the path
+   `edgecell run` takes. RSS before and after.
 3. ``first_ms``: the first inference (includes lazy initialisation in some backends).
 4. warm-up: ``warmup`` untimed runs.
 5. timed runs: ``iterations`` runs, or as many as fit in ``seconds``. Two loops are interleaved in
@@ -20,8 +21,10 @@ What a row measures, in this order:
 6. ``throughput``: sync throughput = 1000 / mean(ours); with OpenVINO also a second compilation
    with ``PERFORMANCE_HINT=THROUGHPUT`` and an `AsyncInferQueue` of the plugin's optimal number of
    requests (``async_fps``), on the same input and thread count.
-7. ``pipeline`` (models whose metadata names a task): pre-processing, inference and
-   post-processing timed separately on a sample image, with the task's own functions.
+7. ``pipeline`` (models whose metadata names a task): `pipeline.predict` on a sample image, its
+   pre-processing, inference and post-processing timings; then the answer is compared with the
+   reference backend's (LiteRT on the .tflite of the same name, `edgecell.backends.agreement`):
+   a row that disagrees gets status ``wrong``, never ``ok``.
 8. ``peak_rss_mb`` (ru_maxrss of this process, measured before the throughput compilation),
    ``size_bytes`` of the model file (+ the .bin of an OpenVINO IR).
 
@@ -264,8 +267,9 @@ def _backend_version(backend: str) -> str | None:
 def measure_row(spec: RowSpec) -> dict[str, Any]:
     """Measure one row in this process; never raises for a bad model or missing backend:
     returns status "skipped" (with `reason` and, for a backend, `install`) or "failed"."""
-    from edgecell.backends import BACKENDS, load_session
+    from edgecell.backends import BACKENDS
     from edgecell.errors import BackendNotInstalled, EdgecellError
+    from edgecell.model import load_model
 
     path = Path(spec.model)
     row: dict[str, Any] = {
@@ -293,11 +297,11 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         return row
     row["backend_version"] = _backend_version(spec.backend)
 
-    # 2. load
+    # 2. load: the real path, `load_model` (session + metadata + input checks + INT8 input path)
     row["rss_before_load_mb"] = rss_mb()
     try:
         t0 = time.perf_counter()
-        session = load_session(path, spec.backend, threads=spec.threads, device=spec.device)
+        model = load_model(path, spec.backend, threads=spec.threads, device=spec.device)
         row["load_ms"] = (time.perf_counter() - t0) * 1e3
     except BackendNotInstalled as exc:
         row.update(status="skipped", reason=str(exc), install=_install_hint(spec.backend))
@@ -308,6 +312,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     except Exception as exc:  # a backend raising something unexpected on a bad file
         row.update(status="skipped", reason=f"{path}: could not load ({type(exc).__name__}: {str(exc)[:200]})")
         return row
+    session = model.session
     row["rss_after_load_mb"] = rss_mb()
     compiled = getattr(session, "_compiled", None)
     if compiled is not None:  # OpenVINO runs "FP32" models in bf16/fp16 where the CPU has it: say so
@@ -321,61 +326,81 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     row["outputs"] = [t.to_dict() for t in session.outputs]
 
     try:
-        _measure_loaded(spec, session, row)
+        _measure_loaded(spec, model, row)
     except Exception as exc:
         row.update(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}",
                    traceback=traceback.format_exc(limit=6))
     return row
 
 
-def _task_input(spec: RowSpec, session, row: dict) -> tuple[dict[str, np.ndarray], Any, Any, Any] | None:
-    """(feeds, info, task module, image) for a model whose metadata names a task, else None."""
-    from edgecell.modelinfo import read_model_info
+def _sample_image(spec: RowSpec, model, row: dict) -> np.ndarray | None:
+    """The row's sample image for a model whose metadata names a task, else None."""
+    row["task"] = model.info.task
+    if model.info.task == "raw" or not spec.pipeline or len(model.session.inputs) != 1:
+        return None
+    image_path = None if spec.image == "synthetic" else (Path(spec.image) if spec.image else find_sample_image(model.info.task))
+    if image_path is None:
+        row["sample_image"] = "synthetic 640x480 (no shipped sample)"
+        return synthetic_image(spec.seed)
+    from edgecell.images import decode_image
+
+    row["sample_image"] = str(image_path)
+    return decode_image(image_path)
+
+
+def _task_feeds(model, image: np.ndarray, row: dict) -> dict[str, np.ndarray]:
+    """The sample through the task's pre-processing, as `pipeline.predict` prepares it (a
+    full-integer model gets its quantized twin); `input_sha1` hashes the float tensor, the same
+    for every backend and precision."""
+    from dataclasses import replace
+
     from edgecell.tasks import get_task
 
-    try:
-        info = read_model_info(session.path, session.embedded_metadata)
-    except Exception as exc:
-        row["pipeline_note"] = f"metadata unreadable: {exc}"
-        return None
-    row["task"] = info.task
-    if info.task == "raw" or not spec.pipeline:
-        return None
-    try:
-        task = get_task(info.task)
-    except Exception as exc:
-        row["pipeline_note"] = f"task {info.task!r} not available: {exc}"
-        return None
-    if spec.image == "synthetic":
-        image_path = None
-    else:
-        image_path = Path(spec.image) if spec.image else find_sample_image(info.task)
-    if image_path is not None:
-        from edgecell.images import decode_image
-
-        image = decode_image(image_path)
-        row["sample_image"] = str(image_path)
-    else:
-        image = synthetic_image(spec.seed)
-        row["sample_image"] = "synthetic 640x480 (no shipped sample)"
-    if len(session.inputs) != 1:
-        return None
-    from edgecell.model import attach_input_quantization
-
-    # the float tensor identifies the input (the same for every backend and precision); the
-    # pipeline then feeds a full-integer model its quantized twin, as load_model sets it up
-    row["input_sha1"] = tensor_sha1({session.inputs[0].name: task.preprocess(image, info)[0]})
-    attach_input_quantization(info, session)
-    tensor, _ = task.preprocess(image, info)
-    return {session.inputs[0].name: tensor}, info, task, image
+    task = get_task(model.info.task)
+    row["input_sha1"] = tensor_sha1({model.session.inputs[0].name:
+                                     task.preprocess(image, replace(model.info, input_quantization=None))[0]})
+    return {model.session.inputs[0].name: task.preprocess(image, model.info)[0]}
 
 
-def _measure_loaded(spec: RowSpec, session, row: dict) -> None:
+def reference_of(path: Path) -> Path | None:
+    """The file whose LiteRT answers a row must give: the .tflite of the same name (None when
+    there is none)."""
+    ref = Path(path).with_suffix(".tflite")
+    return ref if ref.is_file() else None
+
+
+def check_agreement(spec: RowSpec, model, image: np.ndarray, result: Any, row: dict) -> None:
+    """Compare the row's answer on its sample with the reference backend's on the same file
+    family; a row that disagrees gets status "wrong" (never "ok") and says how."""
+    from edgecell.backends import is_installed
+    from edgecell.backends.agreement import REFERENCE_BACKEND, disagreement
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+
+    path, ref = Path(spec.model), reference_of(Path(spec.model))
+    if ref is not None and ref.resolve() == path.resolve() and spec.backend == REFERENCE_BACKEND:
+        row["agreement"] = "reference"
+        return
+    if ref is None or not is_installed(REFERENCE_BACKEND):
+        row["agreement"] = f"not checked (no {path.stem}.tflite on {REFERENCE_BACKEND} to compare with)"
+        return
+    expected, _ = predict(load_model(ref, REFERENCE_BACKEND, threads=spec.threads), image)
+    why = disagreement(expected, result)
+    if why is None:
+        row["agreement"] = f"agrees with {REFERENCE_BACKEND} on {ref.name}"
+        return
+    row["agreement"] = "wrong"
+    row.update(status="wrong", reason=f"answer on {row.get('sample_image')} differs from {REFERENCE_BACKEND} on "
+                                      f"{ref.name}: {why}")
+
+
+def _measure_loaded(spec: RowSpec, model, row: dict) -> None:
     from edgecell.backends.base import quantize
 
-    task_input = _task_input(spec, session, row)
-    if task_input is not None:
-        feeds = task_input[0]
+    session = model.session
+    image = _sample_image(spec, model, row)
+    if image is not None:
+        feeds = _task_feeds(model, image, row)
         row["input_source"] = "sample image through the task pre-processing"
     else:
         feeds = random_feeds(session.inputs, spec.seed)
@@ -407,12 +432,15 @@ def _measure_loaded(spec: RowSpec, session, row: dict) -> None:
         row["timings_ms"] = [round(t, 4) for t in ours]
         row["raw_timings_ms"] = [round(t, 4) for t in raw]
 
-    # 7. pipeline
-    if task_input is not None:
+    # 7. pipeline (the real path, `pipeline.predict`), and the answer checked against the reference
+    if image is not None:
         try:
-            row["pipeline_ms"] = measure_pipeline(session, *task_input[1:], iterations=min(max(5, spec.iterations // 2), 50))
+            row["pipeline_ms"], result = measure_pipeline(model, image,
+                                                          iterations=min(max(5, spec.iterations // 2), 50))
         except Exception as exc:
             row["pipeline_note"] = f"pipeline failed: {type(exc).__name__}: {str(exc)[:200]}"
+        else:
+            check_agreement(spec, model, image, result, row)
 
     # 8. memory (before the extra throughput compilation)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -425,32 +453,27 @@ def _measure_loaded(spec: RowSpec, session, row: dict) -> None:
             row["async"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
-def measure_pipeline(session, info, task, image, *, iterations: int = 20) -> dict[str, Any]:
-    """Pre-processing, inference, post-processing of one image, each timed (ms), `iterations` times."""
+def measure_pipeline(model, image: np.ndarray, *, iterations: int = 20) -> tuple[dict[str, Any], Any]:
+    """`pipeline.predict` on one image `iterations` times (after one warm-up): its own
+    pre-processing / inference / post-processing timings (ms). Returns (summary, last result)."""
+    from edgecell.pipeline import predict
+
     pre, inf, post, total = [], [], [], []
-    infer = getattr(task, "infer", None)
-    pc = time.perf_counter_ns
     result = None
     for i in range(iterations + 1):  # the first one is a warm-up
-        t0 = pc()
-        tensor, ctx = task.preprocess(image, info)
-        t1 = pc()
-        outputs = infer(session, tensor, info, context=ctx) if infer else session.run(tensor)
-        t2 = pc()
-        result = task.postprocess(outputs, ctx, info)
-        t3 = pc()
+        result, timings = predict(model, image)
         if i:
-            pre.append((t1 - t0) / 1e6)
-            inf.append((t2 - t1) / 1e6)
-            post.append((t3 - t2) / 1e6)
-            total.append((t3 - t0) / 1e6)
+            pre.append(timings.pre)
+            inf.append(timings.infer)
+            post.append(timings.post)
+            total.append(timings.pre + timings.infer + timings.post)
     out = {"iterations": iterations, "image_shape": list(image.shape),
            "pre": stats.summarize(pre), "inference": stats.summarize(inf),
            "post": stats.summarize(post), "total": stats.summarize(total)}
     summary = getattr(result, "summary", None)
     if callable(summary):
         out["result"] = str(summary())[:200]
-    return out
+    return out, result
 
 
 def openvino_async_throughput(spec: RowSpec, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -460,6 +483,7 @@ def openvino_async_throughput(spec: RowSpec, feeds: dict[str, np.ndarray]) -> di
     from edgecell.backends.openvino import OpenVINOSession
 
     session = OpenVINOSession(Path(spec.model), threads=spec.threads, device=spec.device, hint="THROUGHPUT")
+    data = {t.name: session._quantize_input(np.asarray(feeds[t.name]), t) for t in session.inputs}
     compiled = session._compiled  # the compiled model inside the session (same reshape rules)
     nreq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     try:
@@ -467,7 +491,6 @@ def openvino_async_throughput(spec: RowSpec, feeds: dict[str, np.ndarray]) -> di
     except Exception:
         streams = None
     queue = ov.AsyncInferQueue(compiled, nreq)
-    data = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
     for _ in range(nreq * 2):
         queue.start_async(data)
     queue.wait_all()

@@ -299,7 +299,8 @@ def run_bench(models: list[Path] | None = None, *, backends: list[str] | None = 
         row_timeout: seconds after which a row's process is killed and the row marked failed.
 
     Returns: {"rows": [...], "aggregate": [...], "int8_vs_fp32": [...], "device": {...},
-    "claims": [...], "vendor": [...] or None, "counts": {"ok", "skipped", "failed"},
+    "claims": [...], "vendor": [...] or None, "counts": {"ok", "wrong", "skipped", "failed"}
+    ("wrong": rows whose answer on the sample differs from the reference backend's),
     "files": {format: path}}.
 
     Raises: edgecell.errors.ModelError (one line) when there is no model file to benchmark.

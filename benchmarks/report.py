@@ -235,7 +235,7 @@ def build(rows: list[dict[str, Any]], *, vendor: list[dict[str, Any]] | None = N
         "claims_error": claims_error,
         "vendor": vendor,
         "same_input": {fam: len(h) == 1 for fam, h in hashes.items()},
-        "counts": {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "skipped", "failed")},
+        "counts": {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "wrong", "skipped", "failed")},
     }
 
 
@@ -456,9 +456,11 @@ def print_table(result: dict[str, Any], console=None) -> None:
     problems: list[str] = []
     for r in result["rows"]:
         f = flat_row(r)
-        status = {"ok": "ok", "skipped": "[yellow]skipped[/]", "failed": "[red]failed[/]"}.get(f["status"], str(f["status"]))
+        status = {"ok": "ok", "skipped": "[yellow]skipped[/]", "failed": "[red]failed[/]",
+                  "wrong": "[bold red]WRONG[/]"}.get(f["status"], str(f["status"]))
         if compact:
-            status = {"ok": "ok", "skipped": "[yellow]skip[/]", "failed": "[red]FAIL[/]"}.get(f["status"], status)
+            status = {"ok": "ok", "skipped": "[yellow]skip[/]", "failed": "[red]FAIL[/]",
+                      "wrong": "[bold red]WRONG[/]"}.get(f["status"], status)
         if f["status"] != "ok":
             problems.append(f"{f['name']}.{f['format'] or ''} {f['backend']} t{_f(f['threads'])}: {f['status']}: "
                             f"{f.get('reason') or ''}" + (f" -> {f['install']}" if f.get("install") else ""))

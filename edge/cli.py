@@ -509,6 +509,10 @@ def bench(
                        repeats=repeats, compare_vendor=vendor, accuracy_data=accuracy, quiet=as_json)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
+    if result["counts"].get("wrong"):  # a backend that answers differently from LiteRT is a failure
+        print(f"edgecell: error: {result['counts']['wrong']} row(s) answer differently from LiteRT (status wrong); "
+              f"see {out}/results.md", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def _register_extra_commands() -> None:
