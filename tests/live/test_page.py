@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chromium_cdp import Chromium, chromium_path
+from edgecell.benchmarks.chromium import Chromium, chromium_path
 
 if chromium_path() is None:
     if os.environ.get("CI"):

@@ -3,15 +3,13 @@ rules, viewers that come and go, and a viewer that reads slowly. Servers bind 12
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import os
 import socket
-import struct
 
 import pytest
 
+from edgecell.benchmarks.live_view import ws_connect, ws_frame
 from edgecell.live import parse_serve_address
 
 
@@ -31,50 +29,6 @@ def _post_keep(view, body: bytes, headers: dict):
     out = json.loads(res.read())
     conn.close()
     return res.status, out
-
-
-def _ws_connect(view, headers: str = "") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", view.port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{view.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
-
-def _ws_message(sock: socket.socket) -> tuple[int, bytes]:
-    b0, b1 = _recv_exact(sock, 2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack(">H", _recv_exact(sock, 2))[0]
-    elif n == 127:
-        n = struct.unpack(">Q", _recv_exact(sock, 8))[0]
-    return b0 & 0x0F, _recv_exact(sock, n)
-
-
-def _ws_frame(sock: socket.socket) -> dict:
-    """The next frame message (skipping status heartbeats): its JSON head, with the JPEG's size."""
-    while True:
-        opcode, payload = _ws_message(sock)
-        if opcode == 0x2:
-            n = struct.unpack(">I", payload[:4])[0]
-            head = json.loads(payload[4:4 + n])
-            head["jpeg"] = payload[4 + n:]
-            return head
-        assert opcode == 0x1, f"unexpected opcode {opcode}"
 
 
 def test_serve_address_defaults_to_localhost():
@@ -136,31 +90,31 @@ def test_keep_saves_into_the_output_folder_only_from_this_page(live, cells_frame
 
 
 def test_websocket_sends_frames_with_their_record(live, cells_frames):
-    sock = _ws_connect(live)
+    sock = ws_connect(live.port)
     record, image, overlay = cells_frames[0]
     live.publish(record, image, overlay)
-    message = _ws_frame(sock)
+    message = ws_frame(sock)
     sock.close()
     assert message["seq"] == 1 and message["record"] == record
     assert message["jpeg"][:2] == b"\xff\xd8" and message["status"]["viewers"] == 1
 
 
 def test_websocket_from_another_site_is_refused(live):
-    with pytest.raises(AssertionError, match="403"):
-        _ws_connect(live, "Origin: http://evil.example\r\n")
+    with pytest.raises(ConnectionRefusedError, match="403"):
+        ws_connect(live.port, "Origin: http://evil.example\r\n")
 
 
 def test_viewers_that_come_and_go_leave_nothing_behind(live, cells_frames):
     record, image, overlay = cells_frames[0]
     for i in range(40):
-        sock = _ws_connect(live)
+        sock = ws_connect(live.port)
         live.publish(record, image, overlay)
         if i % 2:
-            _ws_frame(sock)
+            ws_frame(sock)
         sock.close()
     live.publish(record, image, overlay)
-    sock = _ws_connect(live)
-    assert _ws_frame(sock)["seq"] == 41
+    sock = ws_connect(live.port)
+    assert ws_frame(sock)["seq"] == 41
     sock.close()
     for _ in range(100):  # bounded: each dropped viewer's thread notices within a heartbeat
         if json.loads(_get(live, "/api/status")[1])["viewers"] == 0:
@@ -170,7 +124,7 @@ def test_viewers_that_come_and_go_leave_nothing_behind(live, cells_frames):
 
 
 def test_a_slow_viewer_skips_to_the_newest_frame_and_never_holds_the_run(live, cells_frames):
-    sock = _ws_connect(live)
+    sock = ws_connect(live.port)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     published = 300
     for i in range(published):  # the run goes on while the viewer reads nothing
@@ -178,7 +132,7 @@ def test_a_slow_viewer_skips_to_the_newest_frame_and_never_holds_the_run(live, c
         live.publish(record, image, overlay)
     seqs = []
     while not seqs or seqs[-1] < published:
-        seqs.append(_ws_frame(sock)["seq"])
+        seqs.append(ws_frame(sock)["seq"])
     sock.close()
     assert len(seqs) < published / 10  # it got a few frames, each the newest when it was ready
     assert seqs == sorted(set(seqs)) and seqs[-1] == published

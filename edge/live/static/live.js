@@ -10,6 +10,7 @@ let lastUrl = null;
 let retryMs = 500;
 let lastFrameAt = 0;
 let lastStatus = null;
+const delays = (window.edgecellDelays = []);
 
 function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
@@ -44,7 +45,12 @@ function showFrame(msg, jpeg) {
   if (jpeg.length) {
     const url = URL.createObjectURL(new Blob([jpeg], { type: "image/jpeg" }));
     const img = $("frame");
-    img.onload = () => { if (lastUrl && lastUrl !== url) URL.revokeObjectURL(lastUrl); lastUrl = url; };
+    img.onload = () => {
+      if (lastUrl && lastUrl !== url) URL.revokeObjectURL(lastUrl);
+      lastUrl = url;
+      // frame-to-screen delay (publish -> painted), kept for `benchmarks/live_view.py`, last 1000 only
+      requestAnimationFrame(() => { delays.push(Date.now() / 1000 - msg.captured); if (delays.length > 1000) delays.shift(); });
+    };
     img.src = url;
     $("waiting").hidden = true;
   }
