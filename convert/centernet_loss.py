@@ -19,13 +19,23 @@ SIGMA_FACTOR = 0.54 / 6
 
 
 def build_heat_targets(boxes_list: list[np.ndarray], labels_list: list[np.ndarray], num_classes: int,
-                       input_size: tuple[int, int], stride: int = STRIDE) -> np.ndarray:
+                       input_size: tuple[int, int], stride: int = STRIDE,
+                       weights_list: list[np.ndarray] | None = None) -> np.ndarray:
     """boxes in model-input pixels (x1, y1, x2, y2). Returns y (B, H/s, W/s, C + 5): heatmap C,
-    offset x/y and log size w/h (scaled like the model output), centre mask."""
+    offset x/y and log size w/h (scaled like the model output), centre mask.
+
+    `weights_list` (one per image, 2C + 1 values: positive weight per class, negative weight per
+    class, size weight) appends those 2C + 1 channels, constant over the image: a class whose
+    labels an image lacks gets weight 0 (its cells are neither taught as cells nor as background),
+    a class labelled only in part keeps its positives and drops its negatives, and point-only
+    labels (no true box size) drop the size loss."""
     in_w, in_h = input_size
     gw, gh = in_w // stride, in_h // stride
     c = num_classes
-    y = np.zeros((len(boxes_list), gh, gw, c + 5), np.float32)
+    extra = 0 if weights_list is None else 2 * c + 1
+    y = np.zeros((len(boxes_list), gh, gw, c + 5 + extra), np.float32)
+    if weights_list is not None:
+        y[..., c + 5 :] = np.asarray(weights_list, np.float32)[:, None, None, :]
     ys, xs = np.arange(gh, dtype=np.float32)[:, None], np.arange(gw, dtype=np.float32)[None, :]
     for b, (boxes, labels) in enumerate(zip(boxes_list, labels_list)):
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -56,14 +66,18 @@ def make_centernet_loss(num_classes: int):
         logits = tf.cast(pred[..., :c], tf.float32)
         heat = y[..., :c]
         pos = tf.cast(tf.equal(heat, 1.0), tf.float32)
+        if y.shape[-1] > c + 5:  # per-image weights (build_heat_targets' weights_list)
+            pos_w, neg_w, size_w = y[..., c + 5 : 2 * c + 5], y[..., 2 * c + 5 : 3 * c + 5], y[..., 3 * c + 5 :]
+        else:
+            pos_w = neg_w = size_w = 1.0
         p = tf.sigmoid(logits)
         log_p, log_1mp = tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)
-        pos_loss = -tf.reduce_sum(pos * tf.square(1 - p) * log_p)
-        neg_loss = -tf.reduce_sum((1 - pos) * tf.pow(1 - heat, 4) * tf.square(p) * log_1mp)
+        pos_loss = -tf.reduce_sum(pos_w * pos * tf.square(1 - p) * log_p)
+        neg_loss = -tf.reduce_sum(neg_w * (1 - pos) * tf.pow(1 - heat, 4) * tf.square(p) * log_1mp)
         mask = y[..., c + 4 : c + 5]
         n = tf.maximum(tf.reduce_sum(mask), 1.0)
         off = tf.reduce_sum(mask * tf.abs(pred[..., c : c + 2] - y[..., c : c + 2])) / OFFSET_SCALE
-        size = tf.reduce_sum(mask * tf.abs(pred[..., c + 2 : c + 4] - y[..., c + 2 : c + 4])) / SIZE_SCALE
+        size = tf.reduce_sum(size_w * mask * tf.abs(pred[..., c + 2 : c + 4] - y[..., c + 2 : c + 4])) / SIZE_SCALE
         parts = {"heat": (pos_loss + neg_loss) / n, "offset": off / n, "size": size / n}
         return parts["heat"] + parts["offset"] + parts["size"], parts
 

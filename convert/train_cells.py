@@ -62,6 +62,15 @@ def get_args(argv=None):
     p.add_argument("--calibration", type=int, default=100, help="training images for INT8 calibration (--export)")
     p.add_argument("--stem", default="cells", help="file stem of exported models (--export)")
     p.add_argument("--weights", help="with --export: load these weights into the model first")
+    p.add_argument("--labels", choices=("cbc", "txl"), default="cbc",
+                   help="cbc: the CBC/BCCD boxes of 286 Training smears (the reproduction); txl: TXL-PBC's "
+                   "complete boxes of the 157 Training smears that have them, plus Chula RBC-12 (--chula), "
+                   "with lab-shift augmentation")
+    p.add_argument("--chula", type=float, default=1.0, help="with --labels txl: share of the Chula training "
+                   "images to use (0 = TXL only); Chula's held-out split is never used")
+    p.add_argument("--txl-repeat", type=int, default=2, help="with --labels txl: TXL images per epoch, in copies")
+    p.add_argument("--crop", type=parse_size, default=None, help="train on random W x H crops of the model input "
+                   "(multiples of 32; fully convolutional, so fewer pixels per step at the same cell size)")
     return p.parse_args(argv)
 
 
@@ -108,18 +117,42 @@ def mosaic(samples, rng):
     return canvas, np.concatenate(boxes).reshape(-1, 4), np.concatenate(labels)
 
 
-def augment(img, boxes, labels, rng, grey: float = 0.0):
+def stain_and_optics(img, rng):
+    """Another lab's microscope: per-channel gain and gamma (stain, illumination, white balance),
+    Gaussian blur (focus), sensor noise and JPEG recompression, each with its own probability."""
+    import cv2
+
+    if rng.random() < 0.7:
+        gain = rng.uniform(0.8, 1.2, 3)
+        gamma = rng.uniform(0.75, 1.35, 3)
+        lut = np.stack([np.clip(255 * gain[c] * (np.arange(256) / 255) ** gamma[c], 0, 255) for c in range(3)], 1)
+        img = np.take_along_axis(lut.astype(np.uint8), img.reshape(-1, 3).astype(np.intp), 0).reshape(img.shape)
+    if rng.random() < 0.3:
+        sigma = rng.uniform(0.5, 2.0)
+        img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    if rng.random() < 0.3:
+        img = np.clip(img + rng.normal(0, rng.uniform(2, 12), img.shape), 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 96))])
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(img)
+
+
+def augment(img, boxes, labels, rng, grey: float = 0.0, strong: bool = False):
+    """strong (lab shift): scale 0.5-2x (log-uniform), stronger colour jitter, `stain_and_optics`,
+    and edge-cut cells kept while >= 20 % of their box is visible (the complete labels box edge-cut
+    cells down to ~1/4 of a cell); else the reproduction's settings."""
     import cv2
 
     h, w = img.shape[:2]
     # scale + translate
-    s = rng.uniform(0.75, 1.25)
+    s = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if strong else rng.uniform(0.75, 1.25)
     tx = rng.uniform(-0.15, 0.15) * w + (1 - s) * w / 2
     ty = rng.uniform(-0.15, 0.15) * h + (1 - s) * h / 2
     m = np.array([[s, 0, tx], [0, s, ty]], np.float32)
     img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
     boxes = boxes * s + np.array([tx, ty, tx, ty], np.float32)
-    boxes, labels = _clip_boxes(boxes, labels, w, h)
+    boxes, labels = _clip_boxes(boxes, labels, w, h, min_visible=0.2 if strong else 0.4)
     if rng.random() < 0.5:
         img = img[:, ::-1]
         boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1) if len(boxes) else boxes
@@ -127,12 +160,14 @@ def augment(img, boxes, labels, rng, grey: float = 0.0):
         img = img[::-1]
         boxes = np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], 1) if len(boxes) else boxes
     # HSV jitter
-    gains = rng.uniform(-1, 1, 3) * np.array([0.02, 0.4, 0.3]) + 1
+    gains = rng.uniform(-1, 1, 3) * (np.array([0.05, 0.5, 0.35]) if strong else np.array([0.02, 0.4, 0.3])) + 1
     hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)
     hsv[..., 0] = (hsv[..., 0] * gains[0]) % 180
     hsv[..., 1] = np.clip(hsv[..., 1] * gains[1], 0, 255)
     hsv[..., 2] = np.clip(hsv[..., 2] * gains[2], 0, 255)
     img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    if strong:
+        img = stain_and_optics(img, rng)
     if grey and rng.random() < grey:
         img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     return img, boxes.astype(np.float32).reshape(-1, 4), labels
@@ -148,13 +183,29 @@ def to_input(img, boxes, info):
     return x[0], b
 
 
+def random_crop(x, boxes, labels, crop, rng, min_visible=0.2):
+    """A crop (W x H) of a model input and its boxes (training on crops of a fully convolutional
+    net: fewer pixels per step, same cell sizes)."""
+    cw, ch = crop
+    h, w = x.shape[:2]
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    b = np.asarray(boxes, np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0], np.float32)
+    b, labels = _clip_boxes(b, labels, cw, ch, min_visible)
+    return x[y0 : y0 + ch, x0 : x0 + cw], b, labels
+
+
 class Batches:
     """Background thread producing augmented batches (OpenCV releases the GIL)."""
 
-    def __init__(self, data, info, targets, batch, seed, mosaic_p, grey=0.0):
-        """targets(boxes_list, labels_list) -> tuple of target arrays for the loss."""
+    def __init__(self, data, info, targets, batch, seed, mosaic_p, grey=0.0, strong=False, crop=None):
+        """targets(boxes_list, labels_list[, weights_list]) -> tuple of target arrays for the loss.
+        data items: (image, boxes, labels) or (image, boxes, labels, loss weights, group); mosaic
+        only mixes images of one group (their labels mean the same)."""
         self.data, self.info, self.targets = data, info, targets
-        self.batch, self.mosaic_p, self.grey = batch, mosaic_p, grey
+        self.batch, self.mosaic_p, self.grey, self.strong, self.crop = batch, mosaic_p, grey, strong, crop
+        self.groups: dict = {}
+        for i, d in enumerate(data):
+            self.groups.setdefault(d[4] if len(d) > 4 else 0, []).append(i)
         self.rng = np.random.default_rng(seed)
         self.q: queue.Queue = queue.Queue(maxsize=6)
         self.steps_per_epoch = max(1, len(data) // batch)
@@ -164,19 +215,67 @@ class Batches:
         while True:
             order = self.rng.permutation(len(self.data))
             for s in range(self.steps_per_epoch):
-                xs, bs, ls = [], [], []
+                xs, bs, ls, ws = [], [], [], []
                 for k in order[s * self.batch : (s + 1) * self.batch]:
-                    img, b, l = self.data[k]
+                    img, b, l = self.data[k][:3]
+                    weights = self.data[k][3] if len(self.data[k]) > 3 else None
                     if self.rng.random() < self.mosaic_p:
-                        others = [self.data[j] for j in self.rng.integers(0, len(self.data), 3)]
+                        group = self.groups[self.data[k][4] if len(self.data[k]) > 4 else 0]
+                        others = [self.data[group[j]][:3] for j in self.rng.integers(0, len(group), 3)]
                         img, b, l = mosaic([(img, b, l)] + others, self.rng)
-                    img, b, l = augment(img, b, l, self.rng, self.grey)
+                    img, b, l = augment(img, b, l, self.rng, self.grey, self.strong)
                     x, b = to_input(img, b, self.info)
-                    xs.append(x), bs.append(b), ls.append(l)
-                self.q.put((np.stack(xs), *self.targets(bs, ls)))
+                    if self.crop:
+                        x, b, l = random_crop(x, b, l, self.crop, self.rng)
+                    xs.append(x), bs.append(b), ls.append(l), ws.append(weights)
+                extra = (ws,) if ws[0] is not None else ()
+                self.q.put((np.stack(xs), *self.targets(bs, ls, *extra)))
 
     def get(self):
         return self.q.get()
+
+
+class Fitter:
+    """Adam (weight decay 5e-4, clip-norm 10), warm-up then cosine decay over the wall-clock
+    budget (args.minutes), one epoch of batches per `epoch()` call; `step` counts all steps."""
+
+    def __init__(self, tf, keras, model, loss_fn, args, batches):
+        self.tf, self.args, self.batches = tf, args, batches
+        self.opt = keras.optimizers.Adam(learning_rate=args.lr, weight_decay=5e-4, clipnorm=10.0)
+        self.steps_per_epoch = batches.steps_per_epoch
+        self.budget = args.minutes * 60
+        self.warmup = min(150, self.steps_per_epoch * 3)
+        self.step, self.t0 = 0, time.time()
+        opt = self.opt
+
+        @tf.function(reduce_retracing=True)
+        def train_step(x, *t):
+            with tf.GradientTape() as tape:
+                pred = model(x, training=True)
+                total, parts = loss_fn(pred, *t)
+            grads = tape.gradient(total, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return total, parts
+
+        self.train_step = train_step
+
+    def epoch(self, epoch: int):
+        """One epoch (or up to --max-steps); returns (losses, last loss parts, last lr)."""
+        tf, args, spe = self.tf, self.args, self.steps_per_epoch
+        run, parts, lr = [], {}, args.lr
+        for s in range(spe):
+            elapsed = time.time() - self.t0
+            frac = min(1.0, elapsed / self.budget)
+            lr = args.lr * (min(1.0, (self.step + 1) / self.warmup)) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+            self.opt.learning_rate.assign(lr)
+            x, *t = self.batches.get()
+            total, parts = self.train_step(tf.constant(x), *map(tf.constant, t))
+            run.append(float(total))
+            self.step += 1
+            progress(epoch, s + 1, spe, float(np.mean(run[-20:])), lr, elapsed, self.budget)
+            if args.max_steps and self.step >= args.max_steps:
+                break
+        return run, parts, lr
 
 
 def progress(epoch, step, total, loss, lr, elapsed, budget, end="\r"):
@@ -189,6 +288,21 @@ def progress(epoch, step, total, loss, lr, elapsed, budget, end="\r"):
         print(line, end=end, flush=True)
     elif end == "\n":
         print(line, flush=True)
+
+
+def check_int8(paths: dict, hold: list, out: Path) -> dict:
+    """INT8 against FP32 per format on hold-out inputs (cosine, max abs error): int8_check.json."""
+    from edgecell.backends import load_session
+    from edgecell.convert.quantize import compare_outputs
+
+    check = {}
+    for fmt in ("tflite", "openvino", "onnx"):
+        if f"{fmt}-int8" in paths:
+            c = compare_outputs(load_session(paths[f"{fmt}-fp32"]), load_session(paths[f"{fmt}-int8"]), hold)
+            check[fmt] = {"cosine": c["cosine"], "max_abs_error": c["max_abs_error"]}
+            print(f"  {fmt}: INT8 vs FP32 cosine on {len(hold)} hold-out images {c['cosine']:.4f}", flush=True)
+    (out / "int8_check.json").write_text(json.dumps(check, indent=1))
+    return check
 
 
 def export(args) -> dict:
@@ -207,6 +321,8 @@ def export(args) -> dict:
     src = Path(args.export)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if "txl_train" in json.loads((src.parent / "split.json").read_text()):
+        return export_complete(args, src, out)
     info = read_model_info(src)
     cells.check_info(info)
     model = keras.models.load_model(src, compile=False)
@@ -222,13 +338,7 @@ def export(args) -> dict:
     t0 = time.time()
     paths = export_model(model, info, cal, out, args.stem, progress=lambda n: print(f"  wrote {n} ({time.time() - t0:.0f} s)", flush=True))
     hold = [cells.preprocess(decode_image(images / f"{s}.jpg"), info)[0] for s in split["holdout"]]
-    check = {}
-    for fmt in ("tflite", "openvino", "onnx"):
-        if f"{fmt}-int8" in paths:
-            c = compare_outputs(load_session(paths[f"{fmt}-fp32"]), load_session(paths[f"{fmt}-int8"]), hold)
-            check[fmt] = {"cosine": c["cosine"], "max_abs_error": c["max_abs_error"]}
-            print(f"  {fmt}: INT8 vs FP32 cosine on {len(hold)} hold-out images {c['cosine']:.4f}", flush=True)
-    (out / "int8_check.json").write_text(json.dumps(check, indent=1))
+    check_int8(paths, hold, out)
     hold_xml = [data_dir / "Training" / "Annotations" / f"{s}.xml" for s in split["holdout"]]
     order = [paths[k] for k in sorted(paths)]
     report = evaluate_cells(order, data_dir, out / "eval", split="Testing", sweep_split=hold_xml)
@@ -256,6 +366,104 @@ def export(args) -> dict:
     print((out / "eval" / "cells_eval.md").read_text(), flush=True)
     print("official Validation sweep (FP32 TFLite):", official["models"][next(iter(official["models"]))]["sweep"]["chosen"])
     return report
+
+
+FEATURES_LAYER = "head2_pw_relu"  # the head's last feature map, pooled: the unfamiliar-smear score
+
+
+def with_features(model, layer: str = FEATURES_LAYER):
+    """The detector plus a second output "features": the global mean of `layer` (1 x K), for the
+    unfamiliar-smear score. The detection output is unchanged."""
+    import keras
+
+    pooled = keras.layers.GlobalAveragePooling2D(name="features")(model.get_layer(layer).output)
+    return keras.Model(model.input, [model.output, pooled], name=model.name)
+
+
+def unfamiliar_stats(features: np.ndarray, quantile: float = 99.5, shrink: float = 0.1) -> dict:
+    """Mean and (shrunk) precision of training smears' pooled features; the threshold is the
+    `quantile` percentile of the training smears' own squared Mahalanobis distances."""
+    from edgecell.tasks.cells import mahalanobis2
+
+    mean = features.mean(0)
+    cov = np.cov(features, rowvar=False)
+    cov = (1 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    precision = np.linalg.inv(cov)
+    stats = {"mean": mean.round(6).tolist(), "precision": precision.astype(np.float32).round(5).tolist()}
+    scores = np.array([mahalanobis2(f, stats) for f in features])
+    stats["threshold"] = round(float(np.percentile(scores, quantile)), 2)
+    stats["calibrated_on"] = f"{len(features)} training smears, {quantile} percentile of their scores"
+    return stats
+
+
+def export_complete(args, src: Path, out: Path) -> dict:
+    """Export the complete-label counter with the shared converter (a features output added),
+    then per precision: thresholds by the Table 1 sweep on the TXL hold-out (WBC, platelets) and
+    the TXL hold-out + Chula validation fields (RBC), unfamiliar-smear statistics from the
+    training smears; stored in each sidecar."""
+    import keras
+
+    from edgecell.backends import load_session
+    from edgecell.calibration.cell_labels import load_chula_points, load_txl, point_boxes
+    from edgecell.convert.quantize import compare_outputs, export_model
+    from edgecell.evaluation.detection import FLOOR, threshold_sweep
+    from edgecell.images import decode_image
+    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.tasks import cells
+
+    info = read_model_info(src)
+    cells.check_info(info)
+    model = keras.models.load_model(src, compile=False)
+    if args.weights:
+        model.load_weights(args.weights)
+    split = json.loads((src.parent / "split.json").read_text())
+    txl = {a.stem: a for a in load_txl("Training", args.data)}
+    chula = {p.stem: p for p in load_chula_points(args.data)}
+    train_paths = [txl[s].image_path for s in split["txl_train"]] + [chula[s].image_path for s in split["chula_train"]]
+    rng = np.random.default_rng(args.seed)
+    n_txl = min(len(split["txl_train"]), round(0.6 * args.calibration))
+    cal_paths = ([txl[s].image_path for s in rng.choice(split["txl_train"], n_txl, replace=False)] +
+                 [chula[s].image_path for s in rng.choice(split["chula_train"], args.calibration - n_txl, replace=False)])
+    cal = [cells.preprocess(decode_image(p), info)[0] for p in cal_paths]
+    info.settings["features_output"] = "features"
+    info.settings["features_layer"] = FEATURES_LAYER
+    print(f"calibration: {len(cal)} training images ({n_txl} TXL, {len(cal) - n_txl} Chula); exporting ...", flush=True)
+    t0 = time.time()
+    paths = export_model(with_features(model), info, cal, out, args.stem,
+                         progress=lambda n: print(f"  wrote {n} ({time.time() - t0:.0f} s)", flush=True))
+    hold_anns = [txl[s] for s in split["txl_holdout"]]
+    val_points = [chula[s] for s in split["chula_val"]]
+    hold_images = [decode_image(a.image_path) for a in hold_anns] + [decode_image(p.image_path) for p in val_points]
+    hold = [cells.preprocess(img, info)[0] for img in hold_images]
+    check_int8(paths, hold, out)
+    labels = cells.labels_of(info)
+    gt_hold = np.array([[int((a.labels == k).sum()) for k in range(len(labels))] for a in hold_anns])
+    for precision in ("fp32", "int8"):
+        path = paths[f"tflite-{precision}"]
+        session = load_session(path, threads=args.threads)
+        meta = read_model_info(path, session.embedded_metadata)
+        preds, feats = [], []
+        for img in hold_images:
+            r = cells.run_image(session, img, meta, thresholds=[FLOOR] * len(labels))
+            preds.append((r.boxes, r.classes, r.scores))
+        sw = threshold_sweep(preds[: len(hold_anns)], gt_hold, labels)
+        gt_all = np.concatenate([gt_hold[:, :1], np.array([[len(p.points)] for p in val_points])]).reshape(-1, 1)
+        rbc = threshold_sweep([(b[c == 0], c[c == 0], s[c == 0]) for b, c, s in preds], gt_all, labels[:1])
+        chosen = dict(sw["chosen"], **{labels[0]: rbc["chosen"][labels[0]]})
+        for p in train_paths:
+            x, _ = cells.preprocess(decode_image(p), meta)
+            feats.append(cells.features_of(session.run(x), meta))
+        stats = unfamiliar_stats(np.array(feats))
+        meta.settings["thresholds"] = chosen
+        meta.settings["threshold_holdout"] = list(split["txl_holdout"])
+        meta.settings["threshold_holdout_chula"] = list(split["chula_val"])
+        meta.settings["thresholds_chosen_on"] = (f"Table 1 sweep (0.20-0.60): WBC and platelets on {len(hold_anns)} held-out "
+                                                 f"TXL training smears; RBC on those and {len(val_points)} fully labelled "
+                                                 f"Chula training fields kept out of training; LiteRT {precision}")
+        meta.settings["unfamiliar"] = stats
+        write_sidecar(path, meta)
+        print(f"  {precision}: thresholds {chosen}; unfamiliar threshold {stats['threshold']}", flush=True)
+    return paths
 
 
 def _tiny_yolo_setup(args, train):
@@ -314,6 +522,147 @@ def _centernet_setup(args, keras):
     return info, model, targets, make_centernet_loss(len(CELL_CLASSES))
 
 
+#: loss weights per training source (positive x3, negative x3, size; classes RBC, WBC, Platelets):
+#: TXL boxes every cell; a fully labelled Chula field labels every red cell by a point (no size,
+#: no WBC/platelet labels); a sparsely labelled one (morphology examples only) teaches positives only
+WEIGHTS = {"txl": np.array([1, 1, 1, 1, 1, 1, 1], np.float32),
+           "chula-complete": np.array([1, 0, 0, 1, 0, 0, 0], np.float32),
+           "chula-sparse": np.array([1, 0, 0, 0, 0, 0, 0], np.float32)}
+
+
+def complete_data(args):
+    """TXL Training (hold-out of args.holdout, fixed seed) and Chula's training split (its held-out
+    split never touched; 20 fully labelled training fields picked by seed for checkpoint choice)."""
+    from edgecell.calibration.cell_labels import (CHULA_CELL_DIAMETER, COMPLETE_COVERAGE, chula_split,
+                                                  label_coverage, load_chula_points, load_txl, point_boxes)
+    from edgecell.images import decode_image
+
+    txl = load_txl("Training", args.data)
+    rng = np.random.default_rng(args.seed)
+    hold = set(sorted(txl[i].stem for i in rng.permutation(len(txl))[: args.holdout]))
+    items = []
+    for a in txl:
+        if a.stem not in hold:
+            items += [(decode_image(a.image_path), a.boxes.copy(), a.labels.copy(), WEIGHTS["txl"], "txl")] * args.txl_repeat
+    chula_train, chula_held = chula_split(load_chula_points(args.data)) if args.chula > 0 else ([], [])
+    chula_train = [chula_train[i] for i in sorted(rng.permutation(len(chula_train))[: round(args.chula * len(chula_train))])]
+    coverage, chula_val, chula_used = {}, [], []
+    for pa in chula_train:
+        img = decode_image(pa.image_path)
+        coverage[pa.stem] = round(label_coverage(pa, img), 3)
+        complete = coverage[pa.stem] >= COMPLETE_COVERAGE
+        if complete and len(chula_val) < 20 and rng.random() < 0.25:
+            chula_val.append((pa, img))
+            continue
+        kind = "chula-complete" if complete else "chula-sparse"
+        items.append((img, point_boxes(pa.points), np.zeros(len(pa.points), np.int64), WEIGHTS[kind], kind))
+        chula_used.append(pa.stem)
+    split = {"txl_train": sorted(a.stem for a in txl if a.stem not in hold), "txl_holdout": sorted(hold),
+             "chula_train": chula_used, "chula_val": [pa.stem for pa, _ in chula_val],
+             "chula_held_out": [pa.stem for pa in chula_held], "chula_coverage": coverage,
+             "chula_cell_diameter": CHULA_CELL_DIAMETER, "complete_coverage": COMPLETE_COVERAGE,
+             "cbc_only_training_smears": "left out (their RBC and platelet labels are incomplete)"}
+    return items, [a for a in txl if a.stem in hold], chula_val, split
+
+
+def train_complete(args, tf, keras, out):
+    """The shipped counter: complete labels (TXL) + a second lab (Chula points), lab-shift
+    augmentation, optional crop training; checkpoint by mean(TXL hold-out mAP@0.5, Chula
+    validation RBC counting accuracy at 0.5)."""
+    from edgecell.calibration.voc import CELL_CLASSES
+    from edgecell.convert.centernet_loss import build_heat_targets
+    from edgecell.convert.models import build_centernet
+    from edgecell.convert.products import find_weights
+    from edgecell.evaluation.detection import counting_accuracy, map50
+    from edgecell.modelinfo import write_sidecar
+    from edgecell.tasks import cells
+
+    items, txl_hold, chula_val, split = complete_data(args)
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+    kinds = {k: sum(1 for it in items if it[4] == k) for k in WEIGHTS}
+    print(f"data: {kinds} training items, {len(txl_hold)} TXL hold-out, {len(chula_val)} Chula validation, "
+          f"{len(split['chula_held_out'])} Chula held out", flush=True)
+    info, model, _, loss_fn = _centernet_setup(args, keras)
+    in_w, in_h = args.input
+    crop = args.crop or (in_w, in_h)
+    train_model = model if crop == (in_w, in_h) else build_centernet(crop, len(CELL_CLASSES), weights=find_weights(args.imagenet))
+    info.settings["training"] = {"labels": "txl+chula" if args.chula > 0 else "txl", "crop": list(crop)}
+
+    def targets(bs, ls, ws=None):
+        return (build_heat_targets(bs, ls, len(CELL_CLASSES), crop, weights_list=ws),)
+
+    hold_x, hold_b, hold_l = [], [], []
+    for a in txl_hold:
+        from edgecell.images import decode_image
+
+        x, ctx = cells.preprocess(decode_image(a.image_path), info)
+        lb = ctx.letterbox
+        hold_x.append(x[0]), hold_b.append(a.boxes * lb.scale + np.array([lb.pad_x, lb.pad_y] * 2, np.float32))
+        hold_l.append(a.labels)
+    chula_x = [cells.preprocess(img, info)[0][0] for _, img in chula_val]
+    chula_gt = np.array([len(pa.points) for pa, _ in chula_val])
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        return model(x, training=False)
+
+    def detections(xs):
+        preds = []
+        for i in range(0, len(xs), 10):
+            for pk in predict(np.stack(xs[i : i + 10])).numpy():
+                b, c, s = cells.decode(pk[None], info, floor=0.01)
+                keep = cells.nms_per_class(b, c, s)
+                preds.append((b[keep], c[keep], s[keep]))
+        return preds
+
+    def validate():
+        if train_model is not model:
+            model.set_weights(train_model.get_weights())
+        m = map50(detections(hold_x), list(zip(hold_b, hold_l)), CELL_CLASSES)
+        est = np.array([int(((c == 0) & (s >= 0.5)).sum()) for _, c, s in detections(chula_x)]) if chula_x else None
+        acc = counting_accuracy(est.sum(), chula_gt.sum()) if chula_x else float("nan")
+        txl_rbc = sum(int(((c == 0) & (s >= 0.5)).sum()) for _, c, s in detections(hold_x))
+        txl_acc = counting_accuracy(txl_rbc, sum(int((lab == 0).sum()) for lab in hold_l))
+        return m, acc, txl_acc
+
+    batches = Batches(items, info, targets, args.batch, args.seed, args.mosaic, 0.1 if args.grey is None else args.grey,
+                      strong=True, crop=None if crop == (in_w, in_h) else crop)
+    fit = Fitter(tf, keras, train_model, loss_fn, args, batches)
+    spe, budget, t0 = fit.steps_per_epoch, fit.budget, fit.t0
+    best, log, epoch_times = -1.0, open(out / "train_log.jsonl", "a"), []
+    for epoch in range(1, args.epochs + 1):
+        te = time.time()
+        run, parts, lr = fit.epoch(epoch)
+        step = fit.step
+        m, chula_acc, txl_acc = validate()
+        score = 0.5 * m["map"] + 0.5 * (chula_acc if chula_x else m["map"])
+        epoch_times.append(time.time() - te)
+        elapsed = time.time() - t0
+        log.write(json.dumps({"epoch": epoch, "step": step, "train_loss": float(np.mean(run)), "val_map50": m["map"],
+                              "val_ap": m["ap"], "txl_rbc_acc": txl_acc, "chula_rbc_acc": chula_acc, "score": score,
+                              "lr": lr, "elapsed_s": round(elapsed, 1),
+                              "parts": {k: float(v) for k, v in parts.items()}}) + "\n")
+        log.flush()
+        improved = score > best
+        if improved:
+            best = score
+            model.save_weights(out / "best.weights.h5")
+        model.save_weights(out / "last.weights.h5")
+        progress(epoch, spe, spe, float(np.mean(run)), lr, elapsed, budget, end="\n")
+        print(f"  TXL hold-out mAP@0.5 {m['map']:.4f} (" + " ".join(f"{k} {v:.3f}" for k, v in m["ap"].items()) +
+              f"), RBC acc@0.5 {txl_acc:.3f}; Chula val RBC acc@0.5 {chula_acc:.3f}; epoch {epoch_times[-1]:.0f} s"
+              f"{'  *best*' if improved else ''}", flush=True)
+        if (args.max_steps and step >= args.max_steps) or elapsed + np.mean(epoch_times[-3:]) > budget:
+            break
+    model.load_weights(out / "best.weights.h5")
+    keras_path = out / "cells_centernet.keras"
+    model.save(keras_path)
+    info.metrics = {"selection_score": round(best, 4), "epochs": epoch, "steps": step,
+                    "train_minutes": round((time.time() - t0) / 60, 1)}
+    write_sidecar(keras_path, info)
+    print(f"done: {epoch} epochs, {step} steps, {(time.time() - t0) / 60:.1f} min, best score {best:.4f}; "
+          f"model {keras_path}", flush=True)
+
+
 def main(argv=None):
     args = get_args(argv)
     if args.export:
@@ -332,6 +681,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.labels == "txl":
+        return train_complete(args, tf, keras, out)
     data_dir = dataset_dir("cbc_bccd_cleaned", args.data)
     anns = load_split(data_dir, "Training")
     empty_rbc = set(missing_class(anns, "RBC"))
@@ -367,17 +718,6 @@ def main(argv=None):
     hold_x = np.stack(hold_x)
     hold_t = targets(hold_b, hold_l)
     print(f"model: {model.count_params():,} parameters, output {tuple(model.output.shape[1:])}", flush=True)
-    opt = keras.optimizers.Adam(learning_rate=args.lr, weight_decay=5e-4, clipnorm=10.0)
-
-    @tf.function(reduce_retracing=True)
-    def train_step(x, *t):
-        with tf.GradientTape() as tape:
-            pred = model(x, training=True)
-            total, parts = loss_fn(pred, *t)
-        grads = tape.gradient(total, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return total, parts
-
     @tf.function(reduce_retracing=True)
     def predict(x):
         return model(x, training=False)
@@ -395,27 +735,13 @@ def main(argv=None):
         return sum(losses) / len(hold_x), m
 
     batches = Batches(train_data, info, targets, args.batch, args.seed, args.mosaic, grey)
-    spe = batches.steps_per_epoch
-    budget = args.minutes * 60
-    warmup = min(150, spe * 3)
-    t0 = time.time()
-    best_map, step, log = -1.0, 0, open(out / "train_log.jsonl", "a")
-    epoch_times = []
+    fit = Fitter(tf, keras, model, loss_fn, args, batches)
+    spe, budget, t0 = fit.steps_per_epoch, fit.budget, fit.t0
+    best_map, log, epoch_times = -1.0, open(out / "train_log.jsonl", "a"), []
     for epoch in range(1, args.epochs + 1):
         te = time.time()
-        run = []
-        for s in range(spe):
-            elapsed = time.time() - t0
-            frac = min(1.0, elapsed / budget)
-            lr = args.lr * (min(1.0, (step + 1) / warmup)) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-            opt.learning_rate.assign(lr)
-            x, *t = batches.get()
-            total, parts = train_step(tf.constant(x), *map(tf.constant, t))
-            run.append(float(total))
-            step += 1
-            progress(epoch, s + 1, spe, float(np.mean(run[-20:])), lr, elapsed, budget)
-            if args.max_steps and step >= args.max_steps:
-                break
+        run, parts, lr = fit.epoch(epoch)
+        step = fit.step
         vloss, m = validate()
         epoch_times.append(time.time() - te)
         elapsed = time.time() - t0

@@ -204,8 +204,14 @@ def decode(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, floor: 
 
 
 def centernet_output(outputs: dict[str, np.ndarray] | np.ndarray, num_classes: int) -> np.ndarray:
-    """The raw CenterNet output as H x W x (C + 4) float32 (accepts NHWC or NCHW, batch 1)."""
-    out = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+    """The raw CenterNet output as H x W x (C + 4) float32 (accepts NHWC or NCHW, batch 1). A model
+    may have a second output (the pooled "features" of the unfamiliar-smear score): the map is
+    the output with a spatial grid."""
+    if isinstance(outputs, dict):
+        maps = [v for v in outputs.values() if np.ndim(v) >= 3]
+        out = maps[0] if maps else next(iter(outputs.values()))
+    else:
+        out = outputs
     out = np.asarray(out, dtype=np.float32)
     depth = num_classes + 4
     if out.ndim == 4:
@@ -216,6 +222,26 @@ def centernet_output(outputs: dict[str, np.ndarray] | np.ndarray, num_classes: i
         raise ModelError(f"cells CenterNet output has shape {out.shape}; expected 1 x H x W x {depth} "
                          f"({num_classes} class heatmaps + offset x, y + size w, h)")
     return np.ascontiguousarray(out)
+
+
+def features_of(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo) -> np.ndarray | None:
+    """The pooled feature vector (K,) of a model with a features output (by the name in
+    `settings["features_output"]`, else the one flat output), or None."""
+    if not isinstance(outputs, dict):
+        return None
+    name = info.settings.get("features_output")
+    vec = outputs.get(name) if name else None
+    if vec is None:
+        flat = [v for k, v in outputs.items() if not k.startswith("__") and np.ndim(v) == 2]
+        vec = flat[0] if len(flat) == 1 else None
+    return None if vec is None else np.asarray(vec, np.float32).reshape(-1)
+
+
+def mahalanobis2(features: np.ndarray, stats: dict) -> float:
+    """Squared Mahalanobis distance of pooled features to the training smears' mean (`stats`:
+    "mean" (K,), "precision" (K x K), from the training side's `unfamiliar_stats`)."""
+    d = np.asarray(features, np.float64) - np.asarray(stats["mean"], np.float64)
+    return float(d @ np.asarray(stats["precision"], np.float64) @ d)
 
 
 def decode_centernet(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, floor: float = 0.005

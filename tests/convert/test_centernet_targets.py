@@ -39,3 +39,25 @@ def test_greyscale_augmentation():
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all() and len(b) == 1
     out, _, _ = augment(img, boxes, labels, rng, grey=0.0)
     assert not (out[..., 0] == out[..., 2]).all()
+
+
+def test_weights_channels_are_appended_per_image():
+    boxes = [np.array([[10, 12, 70, 66]], np.float32)] * 2
+    labels = [np.array([0])] * 2
+    w = [np.array([1, 1, 1, 1, 1, 1, 1], np.float32), np.array([1, 0, 0, 0, 0, 0, 0], np.float32)]
+    y = build_heat_targets(boxes, labels, 3, (416, 320), weights_list=w)
+    assert y.shape == (2, 40, 52, 15)
+    np.testing.assert_array_equal(y[1, 5, 5, 8:], w[1])
+    np.testing.assert_array_equal(y[0, ..., :8], y[1, ..., :8])
+
+
+def test_strong_augmentation_keeps_edge_cut_cells_and_shifts_colour():
+    rng = np.random.default_rng(1)
+    img = np.full((480, 640, 3), 200, np.uint8)
+    boxes, labels = np.array([[300, 200, 400, 300]], np.float32), np.array([0])
+    sizes = []
+    for _ in range(20):
+        out, b, _ = augment(img, boxes, labels, rng, strong=True)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        sizes += list(b[:, 2] - b[:, 0])
+    assert max(sizes) > 150 and min(sizes) < 70  # scale 0.5-2x

@@ -1,0 +1,63 @@
+"""Counting against both ground truths, Chula points and the lab-shift frames (no model: made-up
+detections, so each number can be checked by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecell.calibration.cell_labels import PointAnnotation
+from edgecell.calibration.voc import Annotation
+from edgecell.evaluation.cell_counts import Condition, against_both_truths, chula_counts, degrade, magnify
+
+LABELS = ("RBC", "WBC", "Platelets")
+
+
+def _ann(stem, boxes, labels):
+    from pathlib import Path
+
+    return Annotation(Path(f"{stem}.jpg"), 640, 480, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels))
+
+
+def test_both_truths_side_by_side():
+    boxes = [[0, 0, 100, 100], [200, 0, 300, 100], [400, 0, 500, 100]]
+    complete = [_ann("a", boxes, [0, 0, 0])]
+    cbc = [_ann("a", boxes[:1], [0])]
+    preds = [(np.array(boxes, np.float32), np.array([0, 0, 0]), np.array([0.9, 0.8, 0.7], np.float32))]
+    r = against_both_truths(preds, complete, cbc, np.array([0.5, 0.5, 0.5]), LABELS)
+    assert r["complete"]["counting"]["RBC"]["accuracy"] == 1.0
+    assert r["cbc"]["counting"]["RBC"]["accuracy"] == -1.0  # 3 counted where CBC boxes 1
+    assert r["complete"]["map50"]["per_class"]["RBC"] == 1.0
+
+
+def test_chula_counts_split_by_label_coverage():
+    pts = [PointAnnotation(Path(f"{n}.jpg"), np.zeros((n, 2), np.float32), np.zeros(n, np.int64)) for n in (10, 4)]
+    preds = [(np.zeros((k, 4), np.float32), np.zeros(k, np.int64), np.full(k, 0.9, np.float32)) for k in (9, 40)]
+    r = chula_counts(preds, pts, [0.9, 0.1], 0.5, 0.65)
+    assert r["fully_labelled"]["accuracy"] == 0.9 and r["fully_labelled"]["images"] == 1
+    assert r["all"]["estimated"] == 49 and r["all"]["ground_truth"] == 14
+
+
+def test_zoom_in_keeps_cells_mostly_inside_the_frame():
+    img = np.zeros((480, 640, 3), np.uint8)
+    centre, corner = [300, 220, 340, 260], [0, 0, 40, 40]
+    a = _ann("a", [centre, corner], [0, 2])
+    out, b, lab = magnify([img], [a], 0, 2.0)
+    assert out.shape == img.shape and list(lab) == [0]  # the corner platelet leaves the frame
+    np.testing.assert_allclose(b[0], [280, 200, 360, 280])
+
+
+def test_zoom_out_tiles_neighbouring_smears():
+    imgs = [np.full((480, 640, 3), v, np.uint8) for v in (10, 20, 30, 40)]
+    anns = [_ann(str(k), [[100, 100, 200, 200]], [0]) for k in range(4)]
+    out, b, lab = magnify(imgs, anns, 1, 0.5)
+    assert out[0, 0, 0] == 20 and out[0, 400, 0] == 30 and out[300, 0, 0] == 40 and out[300, 400, 0] == 10
+    assert len(lab) == 4 and b[0].tolist() == [50, 50, 100, 100]
+
+
+def test_degrade_is_deterministic_and_changes_pixels():
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    cond = Condition("x", gains=(1.1, 1.0, 0.9), blur=1.0, noise=5, jpeg=50)
+    a, b = degrade(img, cond, seed=3), degrade(img, cond, seed=3)
+    assert (a == b).all() and not (a == img).all()
