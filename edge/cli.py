@@ -136,7 +136,7 @@ def _run(model: str, source: Optional[str], camera: Optional[int], backend: str,
         from edgecell.live import check_display_options
 
         check_display_options(show=show, serve=serve)
-    loaded = load_model(resolve_model_path(model), backend, threads=threads, device=device,
+    loaded = load_model(resolve_model_path(model, backend), backend, threads=threads, device=device,
                         providers=providers.split(",") if providers else None)
     options = {"top_k": top_k}
     if min_confidence is not None:
@@ -157,7 +157,7 @@ def _run(model: str, source: Optional[str], camera: Optional[int], backend: str,
 
         if gate_policy not in POLICIES:
             raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
-        gate_model = load_model(resolve_model_path(gate), backend, threads=threads, device=device)
+        gate_model = load_model(resolve_model_path(gate, backend), backend, threads=threads, device=device)
         require_task(gate_model.info, "gate")
         if gate_threshold is not None:
             options["gate_threshold"] = gate_threshold
@@ -371,7 +371,7 @@ def info(
 
     from edgecell.model import load_model
 
-    loaded = load_model(resolve_model_path(model), backend)
+    loaded = load_model(resolve_model_path(model, backend), backend)
     data = {"file": str(loaded.path), "size_bytes": loaded.path.stat().st_size, **loaded.session.describe(),
             "metadata": {k: v for k, v in asdict(loaded.info).items() if k != "input_quantization"}}
     if as_json:

@@ -50,14 +50,19 @@ def shipped_samples(subfolder: str | None = None) -> Path:
     return shipped_path(SAMPLES, subfolder) if subfolder else shipped_path(SAMPLES)
 
 
-def resolve_model_path(model: str) -> Path:
-    """A model file path, or the name of a shipped model ('cells', 'products', ...)."""
+def resolve_model_path(model: str, backend: str = "auto") -> Path:
+    """A model file path, or the name of a shipped model ('cells', 'products', ...). A shipped
+    name with a named backend gives the sibling in the file type that backend is made for, where
+    one ships ('cells' with openvino -> models/cells_int8.xml), else the INT8 .tflite."""
     path = Path(model)
     if path.exists():
         return path
     shipped = shipped_models()
     if model in shipped:
-        return shipped[model]
+        from edgecell.backends import BACKENDS
+
+        made_for = BACKENDS[backend].reads if backend in BACKENDS else ()
+        return next((s for s in (shipped[model].with_suffix(x) for x in made_for) if s.is_file()), shipped[model])
     names = ", ".join(shipped) or f"none installed in {shipped_path(MODELS)}"
     raise ModelError(f"{model}: no such model file, and not a shipped model name (shipped: {names})")
 

@@ -40,6 +40,15 @@ def test_a_shipped_name_gives_its_int8_model():
     assert resources.resolve_model_path("products") == resources.shipped_path("models", "products_int8.tflite")
 
 
+def test_a_shipped_name_with_a_backend_gives_the_sibling_made_for_it(tmp_path, monkeypatch):
+    for name in ("m_int8.tflite", "m_int8.xml", "m_int8.bin"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(resources, "shipped_models", lambda: {"m": tmp_path / "m_int8.tflite"})
+    assert resources.resolve_model_path("m", "openvino") == tmp_path / "m_int8.xml"
+    assert resources.resolve_model_path("m", "onnxruntime") == tmp_path / "m_int8.tflite"  # no .onnx: the .tflite
+    assert resources.resolve_model_path("m") == tmp_path / "m_int8.tflite"
+
+
 def test_unknown_name_lists_the_shipped_names():
     with pytest.raises(ModelError, match="shipped: .*cells"):
         resources.resolve_model_path("no-such-model")

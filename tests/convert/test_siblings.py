@@ -1,0 +1,61 @@
+"""OpenVINO IR and ONNX siblings of a full-integer .tflite: float ports, LiteRT's answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecell.backends import load_session
+from edgecell.convert.siblings import main, make_siblings
+from edgecell.errors import ModelError
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny_classifier_int8.tflite"
+
+
+@pytest.fixture(scope="module")
+def siblings(tmp_path_factory, real_jpeg):
+    pytest.importorskip("tf2onnx")
+    out = tmp_path_factory.mktemp("siblings")
+    return out, make_siblings(FIXTURE, out, [real_jpeg])
+
+
+def test_each_format_is_written_checked_and_kept(siblings):
+    out, rows = siblings
+    assert {r["file"] for r in rows} == {"tiny_classifier_int8.xml", "tiny_classifier_int8.onnx"}
+    for r in rows:
+        assert r["kept"] and r["agreement_with_litert"]["agree"] == 1 and len(r["sha256"]) == 64
+        assert (out / r["file"]).is_file()
+    assert (out / "tiny_classifier_int8.bin").is_file() and (out / "tiny_classifier_int8.json").is_file()
+
+
+@pytest.mark.parametrize("suffix,backend", [(".xml", "openvino"), (".onnx", "onnxruntime"), (".onnx", "openvino")])
+def test_siblings_take_and_give_floats(siblings, suffix, backend):
+    """The int8 ports of the .tflite become float ports: quantization happens inside the model."""
+    out, _ = siblings
+    session = load_session(out / f"tiny_classifier_int8{suffix}", backend)
+    assert [t.dtype for t in session.inputs + session.outputs] == ["float32"] * (len(session.inputs) + len(session.outputs))
+
+
+def test_sibling_outputs_match_litert_closely(siblings):
+    import numpy as np
+
+    out, _ = siblings
+    reference = load_session(FIXTURE, "litert")
+    x = np.random.default_rng(0).uniform(-1, 1, reference.inputs[0].shape).astype(np.float32)
+    expected = next(iter(reference.run(x).values()))
+    for suffix in (".xml", ".onnx"):
+        got = next(iter(load_session(out / f"tiny_classifier_int8{suffix}").run(x).values()))
+        step = reference.outputs[0].scale
+        assert np.abs(got - expected).max() <= 2 * step + 1e-6, suffix  # at most a rounding step or two
+
+
+def test_not_a_tflite_is_one_line_error(tmp_path, real_jpeg):
+    with pytest.raises(ModelError, match="expected a .tflite"):
+        make_siblings(tmp_path / "x.onnx", tmp_path, [real_jpeg])
+
+
+def test_min_agreement_outside_0_1_is_refused(tmp_path, real_jpeg, capsys):
+    with pytest.raises(SystemExit):
+        main([str(FIXTURE), "--out", str(tmp_path), "--images", str(real_jpeg), "--min-agreement", "5"])
+    assert "--min-agreement 5.0" in capsys.readouterr().err
