@@ -203,36 +203,78 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 114, *, interpolation: int | None = None,
-              canvas: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio into (width, height), padding with grey; uint8 out.
+#: Every resize of pre-processing is OpenCV's bit-exact bilinear (INTER_LINEAR_EXACT): fixed-point
+#: integer arithmetic on positions computed in IEEE double, so the same bytes on every CPU. INTER_LINEAR
+#: and INTER_AREA are not: on arm64 OpenCV hands them to Carotene or KleidiCV and on x86 to IPP, whose
+#: rounding differs (issue 13: 17 vs 16 RBC on the same smear on a Raspberry Pi and a PC). No platform
+#: HAL of x86 or arm64 takes over INTER_LINEAR_EXACT; `tests/test_images.py` checks it against an
+#: independent numpy implementation, so a build where one did would fail there.
+EXACT_LINEAR = cv2.INTER_LINEAR_EXACT
 
-    `interpolation`: an OpenCV flag (default INTER_AREA when shrinking, else INTER_LINEAR).
+
+def resize(image: np.ndarray, size: tuple[int, int], *, antialias: bool = True,
+           dst: np.ndarray | None = None) -> np.ndarray:
+    """`image` (H x W or H x W x C uint8) resized to (width, height), the same bytes on every CPU.
+
+    Bilinear, bit-exact. With `antialias` (the default), an axis shrunk by 2x or more is first
+    halved (exact 2 x 1 means) until the rest is under 2x: a box pre-filter, so that a large
+    photo or film does not alias as plain bilinear would (what INTER_AREA was used for). `dst`:
+    a height x width (x C) uint8 array (a view is fine) the result is written into."""
+    width, height = int(size[0]), int(size[1])
+    while antialias and (image.shape[1] >= 2 * width or image.shape[0] >= 2 * height):
+        half_w = image.shape[1] // 2 if image.shape[1] >= 2 * width else image.shape[1]
+        half_h = image.shape[0] // 2 if image.shape[0] >= 2 * height else image.shape[0]
+        image = cv2.resize(image, (half_w, half_h), interpolation=EXACT_LINEAR)
+    if image.shape[1] == width and image.shape[0] == height:
+        if dst is None:
+            return image.copy()
+        dst[...] = image.reshape(dst.shape)
+        return dst
+    out = cv2.resize(image, (width, height), dst=dst, interpolation=EXACT_LINEAR)
+    if dst is not None and out is not dst:  # OpenCV allocated (e.g. a single-channel view): copy in
+        dst[...] = out.reshape(dst.shape)
+        return dst
+    return out
+
+
+def _antialias(interpolation: int | str | None) -> bool:
+    """Plain bilinear ('linear', cv2.INTER_LINEAR[_EXACT]: what the cells detector was trained with)
+    or bilinear after the box pre-filter (the default; 'area', cv2.INTER_AREA)."""
+    if interpolation in (None, "area", cv2.INTER_AREA):
+        return True
+    if interpolation in ("linear", cv2.INTER_LINEAR, cv2.INTER_LINEAR_EXACT):
+        return False
+    raise ValueError(f"interpolation {interpolation!r}: expected 'linear' or 'area'")
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], fill: int = 114, *,
+              interpolation: int | str | None = None,
+              canvas: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio into (width, height), padding with grey; uint8 out, the same
+    bytes on every CPU (`resize`).
+
+    `interpolation`: 'linear' (or cv2.INTER_LINEAR) for plain bit-exact bilinear, else (default,
+    'area', cv2.INTER_AREA) bilinear after a box pre-filter when shrinking by 2x or more.
     `canvas`: a height x width x C uint8 buffer to reuse (the resize is written straight into it,
     no copy); it is returned, so it is overwritten by the next call that gets it."""
     width, height = size
     h, w = image.shape[:2]
     scale = min(width / w, height / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = interpolation if interpolation is not None else cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     pad_x, pad_y = (width - nw) // 2, (height - nh) // 2
     if canvas is None:
         canvas = np.full((height, width, image.shape[2]), fill, dtype=np.uint8)
     else:
         canvas[:pad_y], canvas[pad_y + nh :] = fill, fill
         canvas[pad_y : pad_y + nh, :pad_x], canvas[pad_y : pad_y + nh, pad_x + nw :] = fill, fill
-    roi = canvas[pad_y : pad_y + nh, pad_x : pad_x + nw]
-    out = cv2.resize(image, (nw, nh), dst=roi, interpolation=interp)
-    if out is not roi:  # OpenCV allocated (e.g. a single-channel view): copy in
-        roi[...] = out.reshape(roi.shape)
+    resize(image, (nw, nh), antialias=_antialias(interpolation), dst=canvas[pad_y : pad_y + nh, pad_x : pad_x + nw])
     return canvas, Letterbox(scale, pad_x, pad_y)
 
 
 def resize_stretch(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (width, height) ignoring aspect ratio (what most classifiers were trained with)."""
-    h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interp)
+    """Resize to (width, height) ignoring aspect ratio (what most classifiers were trained with),
+    the same bytes on every CPU (`resize`)."""
+    return resize(image, size)
 
 
 def write_image_atomic(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:

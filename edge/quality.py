@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from edgecell.images import resize
+
 ANALYSIS_SIZE = 256  # short side, px, at which blur and contrast are measured
 
 DEFAULTS = {
@@ -61,8 +63,7 @@ def analysis_grey(image: np.ndarray, size: int = ANALYSIS_SIZE) -> np.ndarray:
         return np.zeros((size, size), np.uint8)
     s = size / min(h, w)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.resize(grey, (nw, nh), interpolation=interp)
+    return resize(grey, (nw, nh))  # the same bytes on every CPU, so flags do not depend on it
 
 
 def blur_score(image: np.ndarray, size: int = ANALYSIS_SIZE) -> float:

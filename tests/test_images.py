@@ -7,6 +7,7 @@ import pytest
 
 from edgecell.errors import ImageError
 from edgecell.images import Letterbox, decode_image, header_size, letterbox, write_image_atomic
+from edgecell.images import resize as images_resize
 
 
 def test_real_jpeg_decodes_to_rgb_uint8(real_jpeg):
@@ -250,3 +251,81 @@ def test_unreadable_file_is_one_line_image_error(tmp_path, monkeypatch, real_jpe
 def test_folder_given_as_image_is_one_line_image_error(tmp_path):
     with pytest.raises(ImageError, match="is a folder"):
         decode_image(tmp_path)
+
+
+# --------------------------------------------------------------------------- resize (issue 13 item 6)
+def _reference_taps(n_src: int, n_dst: int):
+    """Bit-exact bilinear along one axis, written from its definition: the source position of
+    output i is (i + 0.5) * n_src / n_dst - 0.5 (IEEE double); its two neighbours get weights in
+    1/256 (the right one rounded half to even); positions before the first or past the last
+    source pixel take that pixel whole."""
+    scale = 1.0 / (n_dst / n_src)
+    x = (np.arange(n_dst, dtype=np.float64) + 0.5) * scale - 0.5
+    left = np.floor(x).astype(np.int64)
+    right_w = np.rint((x - left) * 256).astype(np.int64)
+    edge = (left < 0) | (left >= n_src - 1)
+    left = np.clip(left, 0, n_src - 1)
+    return left, np.minimum(left + 1, n_src - 1), np.where(edge, 256, 256 - right_w), np.where(edge, 0, right_w)
+
+
+def _reference_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Integer-only bilinear: rows first (weights in 1/256), then columns, rounded once (>> 16)."""
+    x0, x1, wx0, wx1 = _reference_taps(image.shape[1], size[0])
+    y0, y1, wy0, wy1 = _reference_taps(image.shape[0], size[1])
+    src = image.astype(np.int64)
+    col = (-1,) + (1,) * (image.ndim - 2)
+    across = src[:, x0] * wx0.reshape(col) + src[:, x1] * wx1.reshape(col)
+    row = (-1, 1) + (1,) * (image.ndim - 2)
+    both = across[y0] * wy0.reshape(row) + across[y1] * wy1.reshape(row)
+    return ((both + (1 << 15)) >> 16).astype(np.uint8)
+
+
+def _reference_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Halve an axis while it shrinks by 2x or more, then bilinear: `images.resize`'s definition."""
+    while image.shape[1] >= 2 * size[0] or image.shape[0] >= 2 * size[1]:
+        image = _reference_bilinear(image, (image.shape[1] // 2 if image.shape[1] >= 2 * size[0] else image.shape[1],
+                                            image.shape[0] // 2 if image.shape[0] >= 2 * size[1] else image.shape[0]))
+    return _reference_bilinear(image, size)
+
+
+def _texture(h: int, w: int, channels: int = 3) -> np.ndarray:
+    """Fixed, sharp-edged test image (integer formula: the same on every machine)."""
+    y, x, c = np.meshgrid(np.arange(h), np.arange(w), np.arange(channels), indexing="ij")
+    return ((x * 37 + y * 101 + c * 59 + (x * y) % 17 * 13) % 256).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape, size", [
+    ((480, 640, 3), (416, 312)),   # a smear into the cells detector (1.5x)
+    ((533, 400, 3), (224, 224)),   # a product photo, stretched (2.4x one way, 1.8x the other)
+    ((640, 640, 3), (224, 224)),   # an X-ray film (2.9x: one halving first)
+    ((2001, 1999, 1), (224, 224)),  # a large grey film (odd sizes, three halvings)
+    ((224, 224, 3), (128, 128)),   # a gate's input from its task model's
+    ((37, 53, 3), (416, 312)),     # a tiny image, enlarged
+    ((480, 640, 3), (320, 240)),   # an exact 2x
+])
+def test_resize_is_bit_exact_against_an_integer_reference(shape, size):
+    image = _texture(*shape)
+    if shape[2] == 1:
+        image = image[:, :, 0]
+    np.testing.assert_array_equal(images_resize(image, size), _reference_resize(image, size))
+
+
+def test_letterbox_pixels_are_the_reference_resize():
+    image = _texture(480, 640)
+    canvas, box = letterbox(image, (416, 416))
+    np.testing.assert_array_equal(canvas[box.pad_y : box.pad_y + 312], _reference_resize(image, (416, 312)))
+    linear, _ = letterbox(image, (416, 416), interpolation="linear", canvas=np.empty((416, 416, 3), np.uint8))
+    np.testing.assert_array_equal(linear, canvas)  # under 2x both are plain bilinear
+
+
+PINNED_STRETCH_SHA256 = "eb217d9e168cbba670144278a095abd2ff9c19417d0b1e26114aeaaa539cfe6b"
+
+
+def test_stretched_resize_has_pinned_bytes():
+    """The bytes every CPU must produce (sha256 recorded on x86-64; an arm64 run must match)."""
+    import hashlib
+
+    from edgecell.images import resize_stretch
+
+    digest = hashlib.sha256(resize_stretch(_texture(533, 400), (224, 224)).tobytes()).hexdigest()
+    assert digest == PINNED_STRETCH_SHA256

@@ -3,11 +3,10 @@ in `predict_gated`, and equal, value for value, to running the two models separa
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from edgecell.images import decode_image
+from edgecell.images import decode_image, resize
 from edgecell.model import load_model
 from edgecell.pipeline import predict, predict_gated
 from edgecell.tasks import common
@@ -27,13 +26,13 @@ def pair():
 def test_gate_pixels_go_through_the_task_models_size(pair):
     gate, task = pair
     image = decode_image(PHOTO)
-    via = cv2.resize(image, tuple(task.info.input_size), interpolation=cv2.INTER_AREA)
-    expected = cv2.resize(via, tuple(gate.info.input_size), interpolation=cv2.INTER_LINEAR)
+    via = resize(image, tuple(task.info.input_size))
+    expected = resize(via, tuple(gate.info.input_size), antialias=False)
     np.testing.assert_array_equal(gate_pixels(image, gate.info), expected)
     settings = dict(gate.info.settings)
     del gate.info.settings["resize_via"]  # a gate without it: one direct resize of the full image
     try:
-        direct = cv2.resize(image, tuple(gate.info.input_size), interpolation=cv2.INTER_AREA)
+        direct = resize(image, tuple(gate.info.input_size))
         np.testing.assert_array_equal(gate_pixels(image, gate.info), direct)
     finally:
         gate.info.settings = settings
