@@ -450,8 +450,13 @@ def evaluate(
         # the held-out split is rebuilt from the data and the seed the model card names (0)
         items, _, _ = xray_data.build(data, seed=0)
         report = evaluate_classifier(paths, heldout_folder(items, out), out, split="test", backend=backend)
+    elif task == "rbc":
+        from edgecell.calibration import dataset_dir
+        from edgecell.evaluation.rbc import evaluate_rbc
+
+        report = evaluate_rbc(paths, dataset_dir("chula_rbc12", data), out, backend=backend, split=split or "test")
     else:
-        raise EdgecellError(f"{paths[0]}: no evaluation for task {task!r}; expected a cells, products, xray or gate model")
+        raise EdgecellError(f"{paths[0]}: no evaluation for task {task!r}; expected a cells, products, xray, rbc or gate model")
     if not as_json:
         _print_eval_summary(report)
     else:
@@ -470,6 +475,9 @@ def _print_eval_summary(report: dict) -> None:
             per = entry["counting"]["model_thresholds"]["per_class"]
             parts.append("counting accuracy " + ", ".join(
                 f"{c} {v['accuracy']:.1%}" if isinstance(v, dict) and "accuracy" in v else f"{c} {v}" for c, v in per.items()))
+        if "exact_match" in entry:
+            parts.append(f"mean AUC {entry['mean_auc']:.3f}, exact match {entry['exact_match']:.3f}, "
+                         f"centre recall {entry['centre_recall']:.3f}, smear flag {entry['smear_accuracy']:.1%}")
         if "top1" in entry:
             parts.append(f"top-1 {entry['top1']:.1%}")
             if isinstance(entry.get("macro"), dict) and "f1" in entry["macro"]:

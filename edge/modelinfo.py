@@ -15,7 +15,7 @@ from typing import Any
 from edgecell.errors import ModelError
 
 METADATA_KEY = "edgecell"
-TASKS = ("cells", "classify", "xray", "products", "gate", "raw")
+TASKS = ("cells", "classify", "xray", "products", "gate", "raw", "rbc")
 
 
 @dataclass

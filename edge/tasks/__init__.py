@@ -25,6 +25,7 @@ TASK_MODULES = {
     "xray": "edgecell.tasks.xray",
     "gate": "edgecell.tasks.gate",
     "raw": "edgecell.tasks.raw",
+    "rbc": "edgecell.tasks.rbc",
 }
 
 

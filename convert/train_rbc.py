@@ -1,0 +1,536 @@
+"""Train the red-cell morphology models on Chula RBC-12 (`edgecell.calibration.chula`, its split by
+image): a cell-centre detector, and the patch classifier with one sigmoid head per cell type.
+
+    python -m edgecell.convert.train_rbc centres --out DIR --minutes 25
+    python -m edgecell.convert.train_rbc patches --out DIR --minutes 20 --cells mixed    # Model A
+    python -m edgecell.convert.train_rbc patches --out DIR --minutes 20 --cells single   # Model B
+
+* centres: the cell counter's CenterNet (ImageNet MobileNet V1 0.25 + FPN to stride 8) with one class,
+  "RBC", trained on Chula's centre points as boxes of one cell radius around each point, through the
+  counter's own augmentation (scale 0.75-1.25, flips, HSV jitter, mosaic, 10 % greyscale) and the
+  runtime's `edgecell.tasks.cells.preprocess`. The result is a `cells` model: `edgecell run` counts
+  with it, and the `rbc` task uses it to find the cells it classifies. The checkpoint with the best
+  centre F1 on the val smears (within one cell radius) is kept.
+* patches: see `edgecell.tasks.rbc` for how a patch is cut (the runtime's function).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+DETECTOR_INPUT = (320, 256)  # a 640x480 Chula field at half scale (cells ~20 px across), letterboxed
+
+
+def train_loop(tf, model, loss_fn: Callable, next_batch: Callable, steps_per_epoch: int, validate: Callable,
+               out: Path, *, minutes: float, lr: float, max_steps: int = 0, name: str = "model") -> dict:
+    """Adam with warm-up then cosine decay over a wall-clock budget; `validate()` -> (score, record)
+    after each epoch, the best score's weights kept in out/best.weights.h5 (loaded at the end)."""
+    import keras
+
+    from edgecell.convert.train_cells import progress
+
+    opt = keras.optimizers.Adam(learning_rate=lr, weight_decay=5e-4, clipnorm=10.0)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, *t):
+        with tf.GradientTape() as tape:
+            total, parts = loss_fn(model(x, training=True), *t)
+        opt.apply_gradients(zip(tape.gradient(total, model.trainable_variables), model.trainable_variables))
+        return total, parts
+
+    budget, warmup = minutes * 60, min(150, steps_per_epoch * 2)
+    t0, step, best, best_epoch, times = time.time(), 0, -np.inf, 0, []
+    log = open(out / "train_log.jsonl", "a")
+    for epoch in range(1, 100_000):
+        te, run = time.time(), []
+        for s in range(steps_per_epoch):
+            frac = min(1.0, (time.time() - t0) / budget)
+            rate = lr * min(1.0, (step + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+            opt.learning_rate.assign(rate)
+            x, *t = next_batch()
+            total, parts = train_step(tf.constant(x), *map(tf.constant, t))
+            run.append(float(total))
+            step += 1
+            progress(epoch, s + 1, steps_per_epoch, float(np.mean(run[-20:])), rate, time.time() - t0, budget)
+            if max_steps and step >= max_steps:
+                break
+        score, rec = validate()
+        times.append(time.time() - te)
+        elapsed = time.time() - t0
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+            model.save_weights(out / ".best.tmp.weights.h5")  # then a rename: a reader never sees half a file
+            os.replace(out / ".best.tmp.weights.h5", out / "best.weights.h5")
+        rec = {"epoch": epoch, "step": step, "train_loss": float(np.mean(run)), "lr": rate,
+               "elapsed_s": round(elapsed, 1), "score": score, **rec}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        print(f"{name} epoch {epoch} ({times[-1]:.0f} s) loss {np.mean(run):.4f} " +
+              " ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float) and k.startswith("val")) +
+              ("  *best*" if improved else ""), flush=True)
+        if (max_steps and step >= max_steps) or elapsed + np.mean(times[-3:]) > budget:
+            break
+    model.load_weights(out / "best.weights.h5")
+    return {"epochs": epoch, "steps": step, "best_epoch": best_epoch, "best_score": float(best),
+            "train_minutes": round((time.time() - t0) / 60, 1)}
+
+
+# ----------------------------------------------------------------------------- centres
+
+def detector_info(weights_name: str, input_size: tuple[int, int] = DETECTOR_INPUT):
+    """The cells-task self-description of the centre detector (one class, "RBC")."""
+    from edgecell.modelinfo import ModelInfo
+    from edgecell.tasks import cells
+
+    return ModelInfo(task="cells", name="rbc-centres-centernet-mobilenetv1", version="1", labels=["RBC"],
+                     input_size=input_size, mean=[127.5], std=[127.5], resize="letterbox", precision="fp32",
+                     settings={"head": "centernet", "stride": cells.CENTERNET_STRIDE,
+                               "offset_scale": cells.CENTERNET_OFFSET_SCALE, "size_scale": cells.CENTERNET_SIZE_SCALE,
+                               "interpolation": "linear", "thresholds": {"RBC": 0.3}, "nms_iou": 0.3,
+                               "architecture": "mobilenet-v1 0.25 (ImageNet) + FPN stride 8 + CenterNet head, 1 class",
+                               "backbone_weights": weights_name, "trained_on": "chula_rbc12 train split (centre points)"})
+
+
+def point_boxes(points: np.ndarray, radius: float) -> np.ndarray:
+    """Centre points -> boxes of one cell radius around each (what the CenterNet head learns)."""
+    p = np.asarray(points, np.float32).reshape(-1, 2)
+    return np.concatenate([p - radius, p + radius], 1)
+
+
+def centre_scores(detections: list[tuple[np.ndarray, np.ndarray]], truth: list[np.ndarray], radius: float,
+                  thresholds=(0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)) -> dict[float, dict]:
+    """Recall / precision / F1 of detected centres (points, scores) per score threshold."""
+    from edgecell.evaluation.rbc import match_points
+
+    out = {}
+    for thr in thresholds:
+        tp = n_det = n_gt = 0
+        for (pts, sc), gt in zip(detections, truth):
+            keep = sc >= thr
+            tp += int((match_points(pts[keep], sc[keep], gt, radius) >= 0).sum())
+            n_det, n_gt = n_det + int(keep.sum()), n_gt + len(gt)
+        r, p = tp / max(n_gt, 1), tp / max(n_det, 1)
+        out[thr] = {"recall": r, "precision": p, "f1": 2 * r * p / max(r + p, 1e-9)}
+    return out
+
+
+def train_centres(args) -> None:
+    from edgecell.convert.training import start_tensorflow
+
+    tf, keras = start_tensorflow(threads=args.threads, seed=args.seed)
+    from edgecell.calibration.chula import CELL_RADIUS_PX, list_smears
+    from edgecell.convert.centernet_loss import build_heat_targets, make_centernet_loss
+    from edgecell.convert.models import build_centernet
+    from edgecell.convert.products import find_weights
+    from edgecell.convert.train_cells import Batches
+    from edgecell.modelinfo import write_sidecar
+    from edgecell.tasks import cells
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = find_weights(args.imagenet)
+    info = detector_info(weights.name)
+    model = build_centernet(info.input_size, 1, weights=weights, name="rbc_centres")
+    train = list_smears(args.data, "train")
+    val = list_smears(args.data, "val")
+    data = [(s.load(), point_boxes(s.points, CELL_RADIUS_PX), np.zeros(len(s.points), np.int64)) for s in train]
+    val_x, val_ctx = zip(*(cells.preprocess(s.load(), info) for s in val))
+    val_x = np.concatenate(val_x)
+    print(f"centres: {len(train)} train smears, {len(val)} val smears; {model.count_params():,} parameters", flush=True)
+
+    def targets(bs, ls):
+        return (build_heat_targets(bs, ls, 1, info.input_size),)
+
+    batches = Batches(data, info, targets, args.batch, args.seed, args.mosaic, 0.1)
+    predict = tf.function(lambda x: model(x, training=False))
+
+    def validate():
+        dets = []
+        for i in range(0, len(val_x), 8):
+            for k, pk in enumerate(predict(val_x[i : i + 8]).numpy()):
+                r = cells.postprocess({"out": pk[None]}, val_ctx[i + k], info, thresholds=0.1)
+                dets.append(((r.boxes[:, :2] + r.boxes[:, 2:]) / 2, r.scores))
+        sc = centre_scores(dets, [s.points for s in val], CELL_RADIUS_PX)
+        thr = max(sc, key=lambda t: sc[t]["f1"])
+        return sc[thr]["f1"], {"val_f1": sc[thr]["f1"], "val_recall": sc[thr]["recall"],
+                               "val_precision": sc[thr]["precision"], "val_threshold": float(thr)}
+
+    loss = make_centernet_loss(1)
+    summary = train_loop(tf, model, lambda p, y: loss(p, y), batches.get, batches.steps_per_epoch, validate, out,
+                         minutes=args.minutes, lr=args.lr, max_steps=args.max_steps, name="centres")
+    score, rec = validate()
+    info.settings["thresholds"] = {"RBC": rec["val_threshold"]}
+    info.settings["threshold_chosen_on"] = f"best centre F1 on the {len(val)} Chula val smears (FP32)"
+    info.metrics = {"val_centre_recall": round(rec["val_recall"], 4), "val_centre_precision": round(rec["val_precision"], 4),
+                    **summary}
+    path = out / "rbc_centres.keras"
+    model.save(path)
+    write_sidecar(path, info)
+    print(f"done: {json.dumps(info.metrics)}; model {path}", flush=True)
+
+
+# ----------------------------------------------------------------------------- patches
+
+PATCH_MARGIN = 4  # px of room around each cached patch: training shifts the centre by up to this much
+CENTRE_LOSS_WEIGHT = 0.5
+
+
+def type_names() -> tuple[str, ...]:
+    """The multi-label heads: every Chula type except "uncategorised" (no type to learn)."""
+    from edgecell.calibration.chula import CLASS_NAMES, UNCATEGORISED
+
+    return tuple(n for i, n in enumerate(CLASS_NAMES) if i != UNCATEGORISED)
+
+
+def smear_patches(smear, crop: int, size: int, margin: int = PATCH_MARGIN) -> dict[str, np.ndarray]:
+    """Patches around every labelled centre of one smear, with their labels: `types` multi-hot over
+    `type_names()` from every labelled centre inside the patch, `centre` the class id of the patch's
+    own cell, `cells` how many labelled centres the patch holds (1 = a single-cell patch)."""
+    from edgecell.calibration.chula import CLASS_NAMES
+    from edgecell.evaluation.rbc import patch_type_truth
+    from edgecell.tasks.rbc import centres_in_patches, cut_patches
+
+    inside = centres_in_patches(smear.points, smear.points, crop)
+    types = patch_type_truth(smear.points, smear.classes, type_names(), CLASS_NAMES, crop)
+    return {"x": cut_patches(smear.load(), smear.points, crop=crop, size=size, margin=margin), "types": types,
+            "centre": smear.classes.astype(np.int64), "cells": inside.sum(1).astype(np.int64),
+            "smear": np.full(len(smear.points), int(smear.stem) if smear.stem.isdigit() else -1, np.int64)}
+
+
+def patch_dataset(data, split: str, crop: int, size: int, cache: Path | None = None) -> dict[str, np.ndarray]:
+    """Every labelled cell's patch of one split (cached as .npz: cutting takes a minute)."""
+    from edgecell.calibration.chula import list_smears
+
+    path = cache / f"patches_{split}_{crop}_{size}.npz" if cache else None
+    if path and path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    parts = [smear_patches(s, crop, size) for s in list_smears(data, split)]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **out)
+    return out
+
+
+def build_patch_classifier(size: int, n_types: int, n_classes: int, weights: str | None, alpha: float = 0.25):
+    """ImageNet MobileNet V1 (alpha 0.25) on a size x size patch -> logits: n_types sigmoid heads
+    (which types the patch holds) then n_classes softmax logits (the class of the patch's own cell)."""
+    import keras
+    from keras import layers
+
+    base = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
+    if weights:
+        base.load_weights(str(weights))
+    x = layers.GlobalAveragePooling2D(name="pool")(base.output)
+    x = layers.Dropout(0.2, name="drop")(x)
+    types = layers.Dense(n_types, name="types")(x)
+    centre = layers.Dense(n_classes, name="centre")(x)
+    return keras.Model(base.input, layers.Concatenate(name="logits")([types, centre]), name="rbc_patches")
+
+
+def batched_model(core, size: int, batch: int):
+    """One model call for `batch` patches, with the fixed batch-1 input every converter wants: the
+    patches stacked vertically, (1, batch * size, size, 3) -> reshape (batch, size, size, 3) inside
+    the graph -> core -> (1, batch, outputs)."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((batch * size, size, 3), batch_size=1, name="patches")
+    x = layers.Reshape((batch, size, size, 3), name="split")(inp)
+    x = layers.Lambda(lambda t: keras.ops.reshape(t, (batch, size, size, 3)), name="to_batch")(x)
+    y = core(x)
+    y = layers.Lambda(lambda t: keras.ops.reshape(t, (1, batch, -1)), name="to_one")(y)
+    return keras.Model(inp, y, name=f"rbc_patches_b{batch}")
+
+
+def augment_patches(x: np.ndarray, rng, size: int, margin: int = PATCH_MARGIN) -> np.ndarray:
+    """A random size x size window (centre shifted by up to `margin` px, as a detector misplaces
+    it), one of the 8 rotations/flips (a cell has no up), per-patch stain jitter (channel gains
+    +-8 %, brightness +-15, contrast +-15 %); uint8 in, uint8 out."""
+    n = len(x)
+    dx, dy = rng.integers(0, 2 * margin + 1, (2, n))
+    out = np.stack([x[i, dy[i] : dy[i] + size, dx[i] : dx[i] + size] for i in range(n)])
+    k = int(rng.integers(0, 4))
+    out = np.rot90(out, k, axes=(1, 2))
+    if rng.random() < 0.5:
+        out = out[:, :, ::-1]
+    f = out.astype(np.float32)
+    mean = f.mean(axis=(1, 2, 3), keepdims=True)
+    f = (f - mean) * rng.uniform(0.85, 1.15, (n, 1, 1, 1)) + mean
+    f = f * rng.uniform(0.92, 1.08, (n, 1, 1, 3)) + rng.uniform(-15, 15, (n, 1, 1, 1))
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+def patch_scores(logits: np.ndarray, n_types: int) -> tuple[np.ndarray, np.ndarray]:
+    """(type probabilities N x n_types, own-cell class probabilities N x classes) from logits."""
+    from edgecell.tasks.common import softmax
+    from edgecell.tasks.rbc import sigmoid
+
+    return sigmoid(logits[:, :n_types]), softmax(logits[:, n_types:])
+
+
+def train_patches(args) -> None:
+    from edgecell.convert.training import start_tensorflow
+
+    tf, keras = start_tensorflow(threads=args.threads, seed=args.seed)
+    from edgecell.calibration.chula import CLASS_NAMES
+    from edgecell.convert.products import find_weights
+    from edgecell.evaluation.rbc import multilabel_report
+    from edgecell.modelinfo import ModelInfo, write_sidecar
+    from edgecell.tasks.rbc import PATCH_CROP, PATCH_SIZE
+    from edgecell.tasks.common import normalise_float
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache) if args.cache else out
+    names = type_names()
+    train = patch_dataset(args.data, "train", PATCH_CROP, PATCH_SIZE, cache)
+    val = patch_dataset(args.data, "val", PATCH_CROP, PATCH_SIZE, cache)
+    if args.cells == "single":
+        keep = train["cells"] == 1
+        train = {k: v[keep] for k, v in train.items()}
+    m = PATCH_MARGIN
+    val_x = normalise_float(val["x"][:, m : m + PATCH_SIZE, m : m + PATCH_SIZE], [127.5], [127.5])
+    weights = find_weights(args.imagenet)
+    model = build_patch_classifier(PATCH_SIZE, len(names), len(CLASS_NAMES), weights)
+    print(f"patches ({args.cells}): {len(train['x'])} train patches ({(train['cells'] > 1).mean():.0%} multi-cell), "
+          f"{len(val_x)} val; {model.count_params():,} parameters", flush=True)
+    rng = np.random.default_rng(args.seed)
+    order, pos = rng.permutation(len(train["x"])), [0]
+
+    def next_batch():
+        if pos[0] + args.batch > len(order):
+            order[:] = rng.permutation(len(order))
+            pos[0] = 0
+        idx = order[pos[0] : pos[0] + args.batch]
+        pos[0] += args.batch
+        x = normalise_float(augment_patches(train["x"][idx], rng, PATCH_SIZE), [127.5], [127.5])
+        return x, train["types"][idx].astype(np.float32), train["centre"][idx]
+
+    def loss_fn(pred, types, centre):
+        bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(types, pred[:, : len(names)]))
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(centre, pred[:, len(names) :]))
+        return bce + CENTRE_LOSS_WEIGHT * ce, {"bce": bce, "ce": ce}
+
+    predict = tf.function(lambda x: model(x, training=False))
+
+    def validate():
+        logits = np.concatenate([predict(val_x[i : i + 256]).numpy() for i in range(0, len(val_x), 256)])
+        probs, own = patch_scores(logits, len(names))
+        rep = multilabel_report(val["types"], probs, names)
+        own_acc = float((own.argmax(1) == val["centre"]).mean())
+        return rep["mean_auc"], {"val_mean_auc": rep["mean_auc"], "val_exact_match": rep["exact_match"],
+                                 "val_own_cell_accuracy": own_acc}
+
+    summary = train_loop(tf, model, loss_fn, next_batch, len(order) // args.batch, validate, out,
+                         minutes=args.minutes, lr=args.lr, max_steps=args.max_steps, name=f"patches-{args.cells}")
+    score, rec = validate()
+    info = ModelInfo(task="rbc", name=f"rbc-patches-{args.cells}-mobilenetv1", version="1",
+                     labels=list(names), input_size=(PATCH_SIZE, PATCH_SIZE), mean=[127.5], std=[127.5],
+                     resize="stretch", precision="fp32",
+                     settings={"cells_trained_on": args.cells, "classes": list(CLASS_NAMES),
+                               "patch_crop": PATCH_CROP, "patch_size": PATCH_SIZE,
+                               "backbone_weights": weights.name},
+                     metrics={**{k: round(v, 4) for k, v in rec.items()}, **summary})
+    path = out / f"rbc_patches_{args.cells}.keras"
+    model.save(path)
+    write_sidecar(path, info)
+    print(f"done: {json.dumps(info.metrics)}; model {path}", flush=True)
+
+
+# ----------------------------------------------------------------------------- abnormal flag + export
+
+# Which types make a patch "abnormal" by default. The paper's abnormal set, mapped onto Chula's
+# types: elongated/sickle -> elliptocyte, echinocyte -> burr, stomatocyte; reticulocyte and granular
+# have no Chula counterpart. Teardrop and schistocyte (fragments) are added as the poikilocytes a
+# haematologist is asked to look at first. Normal and ovalocyte ("oval + disc" was the paper's normal),
+# and the size / colour types (macrocyte, microcyte, hypochromia, spherocyte, target) stay reported per
+# cell but do not raise the flag. The list is a setting in the sidecar (`abnormal_types`).
+DEFAULT_ABNORMAL_TYPES = ("stomatocyte", "teardrop", "burr", "schistocyte", "elliptocyte")
+SMEAR_TRUTH_FRACTION = 0.10  # a labelled smear is abnormal when >= 10 % of its cells are of abnormal types
+PATCH_BATCH = 16  # patches per model call in the exported files
+
+
+def export_trees(gbm) -> dict:
+    """A fitted scikit-learn GradientBoostingClassifier (binary) -> plain arrays for
+    `edgecell.tasks.rbc.trees_decision` (no scikit-learn on the device)."""
+    prior = float(gbm.init_.class_prior_[1])
+    feature, threshold, left, right, value, roots = [], [], [], [], [], []
+    depth = 0
+    for est in gbm.estimators_[:, 0]:
+        t = est.tree_
+        base = len(feature)
+        roots.append(base)
+        leaf = t.children_left < 0
+        feature += np.where(leaf, -1, t.feature).tolist()
+        threshold += np.where(leaf, 0.0, t.threshold).tolist()
+        left += np.where(leaf, -1, t.children_left + base).tolist()
+        right += np.where(leaf, -1, t.children_right + base).tolist()
+        value += t.value[:, 0, 0].tolist()
+        depth = max(depth, int(t.max_depth))
+    return {"init": math.log(prior / (1 - prior)), "learning_rate": float(gbm.learning_rate), "depth": depth,
+            "roots": roots, "feature": feature, "threshold": [float(v) for v in threshold], "left": left,
+            "right": right, "value": [round(float(v), 7) for v in value],
+            "n_features": int(gbm.n_features_in_), "trained_with": "scikit-learn GradientBoostingClassifier"}
+
+
+def abnormal_truth(types: np.ndarray, abnormal_types) -> np.ndarray:
+    """Per patch: holds at least one labelled cell of an abnormal type."""
+    names = type_names()
+    cols = [names.index(t) for t in abnormal_types]
+    return types[:, cols].any(axis=1)
+
+
+def fit_abnormal(probs: np.ndarray, truth: np.ndarray, seed: int = 0):
+    """The paper's second stage: gradient boosting on the per-type probabilities -> abnormal."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    gbm = GradientBoostingClassifier(n_estimators=100, max_depth=3, learning_rate=0.1, subsample=0.8,
+                                     random_state=seed)
+    return gbm.fit(probs, truth.astype(int))
+
+
+def smear_fraction_rule(fractions: np.ndarray, truth: np.ndarray) -> float:
+    """The smallest smear-level cut (fraction of cells in abnormal patches) with the best accuracy."""
+    cuts = np.round(np.arange(0.05, 0.9, 0.025), 3)
+    acc = [float(((fractions >= c) == truth).mean()) for c in cuts]
+    return float(cuts[int(np.argmax(acc))])
+
+
+def keras_logits(model, x_uint8: np.ndarray, size: int) -> np.ndarray:
+    from edgecell.tasks.common import normalise_float
+
+    m = (x_uint8.shape[1] - size) // 2
+    out = []
+    for i in range(0, len(x_uint8), 256):
+        x = normalise_float(x_uint8[i : i + 256, m : m + size, m : m + size], [127.5], [127.5])
+        out.append(np.asarray(model(x, training=False)))
+    return np.concatenate(out)
+
+
+def export_rbc(args) -> None:
+    """Centre detector and patch classifier(s) -> FP32 + INT8 files of every format (the shared
+    converter, real calibration inputs from the train split), the trees fitted on the val split."""
+    import keras
+
+    from edgecell.calibration.chula import CLASS_NAMES, list_smears
+    from edgecell.convert.quantize import export_model
+    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.tasks import cells
+    from edgecell.tasks.rbc import PATCH_CROP, PATCH_SIZE, trees_decision
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    names = type_names()
+    summary = {}
+    if args.centres:
+        det = keras.models.load_model(args.centres, compile=False)
+        det_info = read_model_info(args.centres)
+        train = list_smears(args.data, "train")
+        pick = rng.choice(len(train), min(args.calibration, len(train)), replace=False)
+        cal = [cells.preprocess(train[i].load(), det_info)[0] for i in sorted(pick)]
+        paths = export_model(det, det_info, cal, out, "rbc_centres")
+        print("detector:", ", ".join(sorted(paths)), flush=True)
+    cache = Path(args.cache) if args.cache else out
+    train = patch_dataset(args.data, "train", PATCH_CROP, PATCH_SIZE, cache)
+    val = patch_dataset(args.data, "val", PATCH_CROP, PATCH_SIZE, cache)
+    val_smears = list_smears(args.data, "val")
+    abnormal_types = tuple(args.abnormal_types.split(",")) if args.abnormal_types else DEFAULT_ABNORMAL_TYPES
+    unknown = [t for t in abnormal_types if t not in names]
+    if unknown:
+        raise SystemExit(f"unknown abnormal types {unknown}; choose from {', '.join(names)}")
+    for stem, keras_path in (("rbc", args.mixed), ("rbc_single", args.single)):
+        if not keras_path:
+            continue
+        core = keras.models.load_model(keras_path, compile=False)
+        info = read_model_info(keras_path)
+        probs, _ = patch_scores(keras_logits(core, val["x"], PATCH_SIZE), len(names))
+        truth = abnormal_truth(val["types"], abnormal_types)
+        gbm = fit_abnormal(probs, truth, args.seed)
+        trees = export_trees(gbm)
+        gap = float(np.abs(trees_decision(probs, trees) - gbm.decision_function(probs)).max())
+        if gap > 1e-5:
+            raise SystemExit(f"exported trees differ from scikit-learn by {gap}")
+        patch_abnormal = gbm.predict_proba(probs)[:, 1] >= 0.5
+        fractions, smear_truth = [], []
+        ab_ids = [CLASS_NAMES.index(t) for t in abnormal_types]
+        for s in val_smears:
+            sel = val["smear"] == int(s.stem)
+            fractions.append(patch_abnormal[sel].mean())
+            smear_truth.append(np.isin(s.classes, ab_ids).mean() >= SMEAR_TRUTH_FRACTION)
+        min_fraction = smear_fraction_rule(np.array(fractions), np.array(smear_truth))
+        info.input_size = (PATCH_SIZE, PATCH_SIZE * args.batch)
+        info.settings.update({
+            "detector": "rbc_centres", "patch_batch": args.batch, "patch_crop": PATCH_CROP,
+            "abnormal_types": list(abnormal_types), "abnormal_threshold": 0.5, "abnormal_trees": trees,
+            "smear_min_fraction": min_fraction, "smear_truth_fraction": SMEAR_TRUTH_FRACTION,
+            "abnormal_fitted_on": f"{len(probs)} val patches (FP32 outputs), {len(val_smears)} val smears",
+            "classes": list(CLASS_NAMES)})
+        summary[stem] = {"val_abnormal_accuracy": float((patch_abnormal == truth).mean()),
+                         "val_abnormal_base_rate": float(truth.mean()), "smear_min_fraction": min_fraction}
+        print(stem, json.dumps(summary[stem]), flush=True)
+        pick = rng.choice(len(train["x"]), args.batch * args.calibration, replace=False)
+        m = PATCH_MARGIN
+        from edgecell.tasks.common import normalise_float
+
+        x = normalise_float(train["x"][pick, m : m + PATCH_SIZE, m : m + PATCH_SIZE], [127.5], [127.5])
+        cal = list(x.reshape(args.calibration, args.batch * PATCH_SIZE, PATCH_SIZE, 3))
+        paths = export_model(batched_model(core, PATCH_SIZE, args.batch), info, cal, out, stem)
+        print(stem, ", ".join(sorted(paths)), flush=True)
+    (out / "export_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, minutes, lr, batch in (("centres", 25.0, 1e-3, 8), ("patches", 20.0, 1e-3, 64)):
+        q = sub.add_parser(name)
+        q.add_argument("--data", default=None, help="folder holding chula_rbc12/ (default EDGECELL_DATA, ../shared/data)")
+        q.add_argument("--out", required=True, help="output folder: checkpoints, log, the Keras model + sidecar")
+        q.add_argument("--minutes", type=float, default=minutes, help="wall-clock training budget")
+        q.add_argument("--lr", type=float, default=lr)
+        q.add_argument("--batch", type=int, default=batch)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--threads", type=int, default=2)
+        q.add_argument("--imagenet", help="MobileNet V1 0.25 ImageNet no-top .h5 (else $EDGECELL_WEIGHTS, ../shared/weights)")
+        q.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke test)")
+    sub.choices["centres"].add_argument("--mosaic", type=float, default=0.3)
+    sub.choices["patches"].add_argument("--cells", choices=("mixed", "single"), default="mixed",
+                                        help="mixed: every cell's patch as it comes (Model A); single: only patches "
+                                        "holding one labelled cell (Model B)")
+    sub.choices["patches"].add_argument("--cache", help="folder for the cut patches (.npz), shared by both runs")
+    q = sub.add_parser("export", help="FP32 + INT8 files of every format, the abnormal trees, sidecars")
+    q.add_argument("--data", default=None)
+    q.add_argument("--out", required=True)
+    q.add_argument("--centres", help="the trained detector (.keras, sidecar beside it)")
+    q.add_argument("--mixed", help="Model A (.keras): shipped as rbc_*")
+    q.add_argument("--single", help="Model B (.keras): exported as rbc_single_* for the comparison")
+    q.add_argument("--cache", help="folder with the cut patches (.npz)")
+    q.add_argument("--batch", type=int, default=PATCH_BATCH, help="patches per model call")
+    q.add_argument("--calibration", type=int, default=60, help="calibration inputs (smears / patch batches)")
+    q.add_argument("--abnormal-types", help=f"comma-separated (default {','.join(DEFAULT_ABNORMAL_TYPES)})")
+    q.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = get_args(argv)
+    {"centres": train_centres, "patches": train_patches, "export": export_rbc}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Red-cell morphology metrics (`edgecell eval rbc`), through the device pipeline.
+
+- `roc_auc` / `roc_curve`: per-type ROC (ties counted half, as the Mann-Whitney U);
+- `multilabel_report`: per-type AUC, the mean over types with positives, exact-match accuracy (a
+  patch is right only when every head is right at 0.5, the paper's Table 1 "accuracy");
+- `match_points`: detected cell centres against labelled centres, each labelled centre matched at
+  most once, to the nearest unused detection within one cell radius, detections taken in
+  descending score (the VOC rule with distance instead of IoU).
+
+No TensorFlow, no scikit-learn: this runs where the device code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+
+def match_points(points: np.ndarray, scores: np.ndarray, gt_points: np.ndarray, radius: float) -> np.ndarray:
+    """Index of the matched labelled centre per detection (-1: none), detections taken in
+    descending score, each labelled centre matched at most once, within `radius` pixels."""
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    gt_points = np.asarray(gt_points, np.float32).reshape(-1, 2)
+    match = np.full(len(points), -1, np.int64)
+    if len(points) == 0 or len(gt_points) == 0:
+        return match
+    dist = np.sqrt(((points[:, None, :] - gt_points[None, :, :]) ** 2).sum(-1))
+    used = np.zeros(len(gt_points), bool)
+    for k in np.argsort(-np.asarray(scores), kind="stable"):
+        d = np.where(used, np.inf, dist[k])
+        j = int(np.argmin(d))
+        if d[j] <= radius:
+            used[j] = True
+            match[k] = j
+    return match
+
+
+def roc_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) over every distinct score threshold."""
+    truth = np.asarray(truth).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each distinct score
+    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN when only one class is present."""
+    truth = np.asarray(truth).astype(bool)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    # average rank of tied scores
+    starts = np.r_[0, np.nonzero(np.diff(sorted_scores))[0] + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    avg = (starts + ends - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: float = 0.5) -> dict:
+    """Per-type AUC and positives, mean AUC over the types that have positives and negatives,
+    exact-match accuracy at `threshold` (every head right), over N patches x T types."""
+    truth = np.asarray(truth).astype(bool)
+    probs = np.asarray(probs, np.float32)
+    per_type = {}
+    for k, name in enumerate(names):
+        per_type[name] = {"auc": roc_auc(truth[:, k], probs[:, k]), "positives": int(truth[:, k].sum())}
+    aucs = [v["auc"] for v in per_type.values() if not np.isnan(v["auc"])]
+    exact = ((probs >= threshold) == truth).all(axis=1)
+    return {"per_type": per_type, "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "exact_match": float(exact.mean()) if len(exact) else float("nan"), "patches": int(len(truth))}
+
+
+# ----------------------------------------------------------------------------- labels of a patch
+
+def patch_type_truth(points: np.ndarray, classes: np.ndarray, type_names, class_names, crop: int) -> np.ndarray:
+    """N x T multi-hot: for each labelled centre's patch, the types of every labelled centre inside it
+    (classes without a head, e.g. "uncategorised", are left out). Training uses the same function."""
+    from edgecell.tasks.rbc import centres_in_patches
+
+    inside = centres_in_patches(points, points, crop)
+    head = np.array([list(type_names).index(n) if n in type_names else -1 for n in class_names], np.int64)
+    truth = np.zeros((len(points), len(type_names)), np.uint8)
+    for i in range(len(points)):
+        h = head[np.asarray(classes)[inside[i]]]
+        truth[i, h[h >= 0]] = 1
+    return truth
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split: str = "test",
+                 threads: int | None = None, overlay_stem: str | None = None) -> dict:
+    """Every model file on the held-out Chula smears through the device pipeline:
+    - patches around the LABELLED centres (the paper's manually identified patches): per-type ROC-AUC,
+      exact-match accuracy, own-cell class accuracy and confusion, patch-level abnormal accuracy;
+    - the whole pipeline (`edgecell.pipeline.predict`, as `edgecell run`): centre recall/precision
+      within one cell radius, smear-level flag accuracy, time per smear.
+    Writes rbc_eval.json, rbc_eval.md, roc_<key>.png, confusion_<key>.png, overlay_<key>.png."""
+    import time
+    from pathlib import Path
+
+    from edgecell.calibration.chula import CELL_RADIUS_PX, CLASS_NAMES, list_smears
+    from edgecell.errors import EdgecellError
+    from edgecell.evaluation.classification import _key, confusion_matrix, model_bytes, sha256
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+    from edgecell.tasks import rbc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    smears = list_smears(data_dir, split)
+    if not smears:
+        raise EdgecellError(f"no labelled Chula smears in split {split!r}")
+    images = {s.stem: s.load() for s in smears}
+    overlay_stem = overlay_stem or smears[0].stem
+    report: dict = {"split": split, "smears": len(smears), "cells": int(sum(len(s.points) for s in smears)),
+                    "radius_px": CELL_RADIUS_PX, "models": {}}
+    for raw in model_paths:
+        path = Path(raw)
+        model = load_model(path, backend, threads=threads)
+        info = model.info
+        rbc.check_info(info)
+        names, classes = list(info.labels), list(info.settings["classes"])
+        abnormal_types = list(info.settings.get("abnormal_types", []))
+        ab_cols = [names.index(t) for t in abnormal_types]
+        ab_ids = [CLASS_NAMES.index(t) for t in abnormal_types]
+        threshold = float(info.settings.get("abnormal_threshold", 0.5))
+        crop = int(info.settings.get("patch_crop", rbc.PATCH_CROP))
+        truth, probs, own, own_truth, ab_p, multi = [], [], [], [], [], []
+        tp = n_det = n_gt = 0
+        smear_ok, times, overlay = [], [], None
+        for s in smears:
+            image = images[s.stem]
+            t = patch_type_truth(s.points, s.classes, names, CLASS_NAMES, crop)
+            logits = rbc.classify_patches(model.session, rbc.cut_patches(image, s.points, crop=crop,
+                                                                          size=int(info.input_size[0])), info)
+            p = rbc.sigmoid(logits[:, : len(names)])
+            multi.append(rbc.centres_in_patches(s.points, s.points, crop).sum(1) > 1)
+            truth.append(t), probs.append(p), own.append(logits[:, len(names):].argmax(1)), own_truth.append(s.classes)
+            ab_p.append(rbc.trees_probability(p, info.settings["abnormal_trees"]))
+            result, timings = predict(model, image)
+            times.append(timings.total)
+            found = np.array([[c.x, c.y] for c in result.cells], np.float32).reshape(-1, 2)
+            score = np.array([c.score for c in result.cells], np.float32)
+            tp += int((match_points(found, score, s.points, CELL_RADIUS_PX) >= 0).sum())
+            n_det, n_gt = n_det + len(found), n_gt + len(s.points)
+            truth_flag = bool(np.isin(s.classes, ab_ids).mean() >= float(info.settings.get("smear_truth_fraction", 0.1)))
+            smear_ok.append(result.abnormal == truth_flag)
+            if s.stem == overlay_stem:
+                overlay = (image, result, s)
+        truth, probs = np.concatenate(truth), np.concatenate(probs)
+        own, own_truth, ab_p = np.concatenate(own), np.concatenate(own_truth), np.concatenate(ab_p)
+        ml = multilabel_report(truth, probs, names)
+        ab_truth = truth[:, ab_cols].any(1)
+        multi = np.concatenate(multi)
+        exact = ((probs >= 0.5) == truth.astype(bool)).all(1)
+        key = _key(model.session.backend, info.precision, path, set(report["models"]))
+        cm = confusion_matrix(own_truth, own, len(classes))
+        report["models"][key] = {
+            "path": str(path), "file": path.name, "backend": model.session.backend, "precision": info.precision,
+            "bytes": model_bytes(path), "sha256": sha256(path), "trained_on": info.settings.get("cells_trained_on", ""),
+            "per_type": ml["per_type"], "mean_auc": ml["mean_auc"], "exact_match": ml["exact_match"],
+            "patches": ml["patches"], "multi_cell_patches": int(multi.sum()),
+            "exact_match_single": float(exact[~multi].mean()), "exact_match_multi": float(exact[multi].mean()),
+            "own_cell_accuracy": float((own == own_truth).mean()), "confusion": cm.tolist(),
+            "abnormal_patch_accuracy": float(((ab_p >= threshold) == ab_truth).mean()),
+            "abnormal_patch_auc": roc_auc(ab_truth, ab_p), "abnormal_base_rate": float(ab_truth.mean()),
+            "centre_recall": tp / max(n_gt, 1), "centre_precision": tp / max(n_det, 1),
+            "smear_accuracy": float(np.mean(smear_ok)), "ms_per_smear_median": float(np.median(times)),
+            "ms_per_smear_p90": float(np.percentile(times, 90)),
+        }
+        _write_plots(out_dir, key, truth, probs, names, cm, classes, overlay, crop)
+    report = _clean(report)
+    (out_dir / "rbc_eval.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "rbc_eval.md").write_text(markdown_report(report))
+    return report
+
+
+def _clean(obj):
+    """NaN -> None, numpy scalars -> Python, for JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def markdown_report(report: dict) -> str:
+    """Table 1 style: per-type AUC and exact-match per model file, then detection and flags."""
+    models = report["models"]
+    if not models:
+        return "no models\n"
+    names = list(next(iter(models.values()))["per_type"])
+    lines = [f"# Red-cell morphology, Chula RBC-12 `{report['split']}` split: {report['smears']} smears, "
+             f"{report['cells']} labelled cells", "",
+             "Patches around the labelled centres (held-out smears); per-type ROC-AUC (positives in brackets), "
+             "exact-match accuracy (every head right at 0.5) on all patches, single-cell and multi-cell patches.", "",
+             "| model | " + " | ".join(names) + " | mean AUC | exact match (all / single / multi) |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for key, r in models.items():
+        lines.append(f"| {key} {r['trained_on']} | " + " | ".join(
+            f"{_f(r['per_type'][n]['auc'])} ({r['per_type'][n]['positives']})" for n in names) +
+            f" | {_f(r['mean_auc'])} | {_f(r['exact_match'])} / {_f(r['exact_match_single'])} / "
+            f"{_f(r['exact_match_multi'])} |")
+    lines += ["", "| model | own-cell accuracy (13 classes) | abnormal patch accuracy (base rate) | abnormal AUC | "
+              "centre recall / precision | smear flag accuracy | ms per smear (median / p90) |",
+              "|---|---|---|---|---|---|---|"]
+    for key, r in models.items():
+        lines.append(f"| {key} | {_f(r['own_cell_accuracy'])} | {_f(r['abnormal_patch_accuracy'])} "
+                     f"({_f(r['abnormal_base_rate'])}) | {_f(r['abnormal_patch_auc'])} | {_f(r['centre_recall'])} / "
+                     f"{_f(r['centre_precision'])} | {_f(r['smear_accuracy'])} | {r['ms_per_smear_median']:.1f} / "
+                     f"{r['ms_per_smear_p90']:.1f} |")
+    lines += ["", "Files: " + ", ".join(f"`{r['file']}` {r['sha256'][:12]}" for r in models.values()), ""]
+    return "\n".join(lines)
+
+
+def _write_plots(out_dir, key: str, truth, probs, names, cm, classes, overlay, crop: int) -> None:
+    """roc_<key>.png (one curve per type), confusion_<key>.png, overlay_<key>.png (prediction beside
+    the labels); nothing when matplotlib is missing (the figures are in the JSON)."""
+    import cv2
+
+    from edgecell.images import write_image_atomic
+    from edgecell.tasks import rbc
+
+    if overlay is not None:
+        image, result, smear = overlay
+        truth_view = image.copy()
+        from edgecell.calibration.chula import CLASS_NAMES
+
+        for (x, y), c in zip(smear.points, smear.classes):
+            colour = rbc.NORMAL_COLOUR if CLASS_NAMES[int(c)] not in result.abnormal_types else rbc.ABNORMAL_COLOUR
+            cv2.circle(truth_view, (int(x), int(y)), int(crop / 4 * 0.9), colour, 1, cv2.LINE_AA)
+            if colour == rbc.ABNORMAL_COLOUR:
+                cv2.putText(truth_view, CLASS_NAMES[int(c)], (int(x) - 18, int(y) - 20), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.4, colour, 1, cv2.LINE_AA)
+        cv2.putText(truth_view, f"labels (smear {smear.stem})", (6, 470), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        write_image_atomic(out_dir / f"overlay_{key}.png", np.hstack([rbc.annotate(image, result), truth_view]))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from edgecell.evaluation.classification import plot_confusion
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for k, n in enumerate(names):
+        if truth[:, k].any() and not truth[:, k].all():
+            fpr, tpr = roc_curve(truth[:, k], probs[:, k])
+            ax.plot(fpr, tpr, label=f"{n} {roc_auc(truth[:, k], probs[:, k]):.3f}", lw=1.2)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC per type, {key}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"roc_{key}.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    plot_confusion(ax, np.asarray(cm), classes, f"own-cell class, {key}")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"confusion_{key}.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,314 @@
+"""Red-cell morphology on a smear (Qiu et al., "Multi-label detection and classification of red
+blood cells"): find the red cells, cut a patch around each, say which cell types each patch holds
+(one sigmoid head per type, multi-label: a patch of touching cells can hold an ovalocyte and a
+stomatocyte), and flag the smear for a haematologist when abnormal cells are present.
+
+Patches: every detected centre gets a square of `PATCH_CROP` image pixels (4 cell radii at Chula's
+1000x, ~40 px cells) around it, cut from the field resized once by PATCH_SIZE / PATCH_CROP and padded
+with grey; a patch holds its own cell and the touching neighbours whose centres fall inside it
+("patches as they come", the paper's Model A). Training cuts its patches with this very function.
+
+One run (`edgecell run rbc SMEAR`):
+1. cell centres: a `cells`-task CenterNet beside the model (`settings["detector"]`, same format and
+   backend as the morphology model), run through `edgecell.tasks.cells` as `edgecell run` would;
+2. patches: `cut_patches`, normalised once, `patch_batch` patches per model call (the model's input
+   is the patches stacked vertically, reshaped into a batch inside the graph: fixed shapes for
+   every converter, one call per `patch_batch` cells);
+3. per patch: a sigmoid probability per type (`labels`, multi-label: which types the patch holds)
+   and a softmax over Chula's 13 classes for the patch's own cell (`settings["classes"]`: the per-type
+   counts come from it, so a burr cell's neighbours are not counted as burr cells);
+4. "abnormal present in this patch": gradient-boosted trees (trained with scikit-learn, exported as
+   arrays, evaluated here in numpy) on the type probabilities; which types count as abnormal is
+   `settings["abnormal_types"]`, stated in the sidecar;
+5. the smear is flagged when at least `settings["smear_min_fraction"]` of its cells' patches are
+   abnormal, with the reason (how many cells, which types).
+A field with no red cells gives an empty list and no flag; a field that does not look like a
+stained smear at this magnification is marked `uncertain` with the reason, and its cells are not
+reported as findings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgecell.errors import ModelError
+from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.common import normalise, require_task, softmax
+
+TASK = "rbc"
+PATCH_CROP = 80  # image pixels around a centre (4 cell radii of a Chula field)
+PATCH_SIZE = 64  # model input pixels
+PAD_VALUE = 114  # the letterbox grey, outside the field
+
+
+def cut_patches(image: np.ndarray, centres: np.ndarray, *, crop: int = PATCH_CROP, size: int = PATCH_SIZE,
+                margin: int = 0) -> np.ndarray:
+    """N x (size + 2 margin) x (size + 2 margin) x 3 uint8 patches centred on `centres` (N x 2, x y in
+    image pixels): the image is resized once by size / crop (INTER_AREA) and padded with grey, so a
+    cell at the border gets a patch of the same size. `margin` > 0 leaves room for training jitter."""
+    centres = np.asarray(centres, np.float32).reshape(-1, 2)
+    side = size + 2 * margin
+    if len(centres) == 0:
+        return np.zeros((0, side, side, 3), np.uint8)
+    scale = size / crop
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    pad = side // 2 + 1
+    padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    x0 = np.rint(centres[:, 0] * scale).astype(np.int64) + pad - side // 2
+    y0 = np.rint(centres[:, 1] * scale).astype(np.int64) + pad - side // 2
+    x0 = np.clip(x0, 0, padded.shape[1] - side)
+    y0 = np.clip(y0, 0, padded.shape[0] - side)
+    offsets = np.arange(side)
+    rows = (y0[:, None] + offsets[None, :])[:, :, None]
+    cols = (x0[:, None] + offsets[None, :])[:, None, :]
+    return padded[rows, cols]
+
+
+def centres_in_patches(centres: np.ndarray, others: np.ndarray, crop: int = PATCH_CROP) -> np.ndarray:
+    """N x M bool: which of `others` (M x 2) lie inside the patch of each centre (N x 2)."""
+    a = np.asarray(centres, np.float32).reshape(-1, 1, 2)
+    b = np.asarray(others, np.float32).reshape(1, -1, 2)
+    return (np.abs(a - b) < crop / 2).all(-1)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, np.float32), -60, 60)))
+
+
+# ----------------------------------------------------------------------------- gradient-boosted trees
+
+def trees_decision(features: np.ndarray, trees: dict) -> np.ndarray:
+    """The raw score of exported gradient-boosted trees (binary log-loss): init + rate * sum of the
+    leaf values, for N x F features. `trees`: {"init", "learning_rate", "feature", "threshold",
+    "left", "right", "value"}, the node arrays of all trees concatenated (child indices global,
+    -1 at leaves), "roots" the first node of each tree, "depth" the deepest path."""
+    # float32 first, as scikit-learn compares its float32 copy of X with float64 thresholds
+    x = np.asarray(features, np.float32).astype(np.float64).reshape(len(features), -1)
+    feature = np.asarray(trees["feature"], np.int64)
+    threshold = np.asarray(trees["threshold"], np.float64)
+    left, right = np.asarray(trees["left"], np.int64), np.asarray(trees["right"], np.int64)
+    value = np.asarray(trees["value"], np.float64)
+    node = np.broadcast_to(np.asarray(trees["roots"], np.int64), (len(x), len(trees["roots"]))).copy()
+    rows = np.arange(len(x))[:, None]
+    for _ in range(int(trees["depth"])):
+        leaf = left[node] < 0
+        go_left = x[rows, np.maximum(feature[node], 0)] <= threshold[node]
+        node = np.where(leaf, node, np.where(go_left, left[node], right[node]))
+    return float(trees["init"]) + float(trees["learning_rate"]) * value[node].sum(axis=1)
+
+
+def trees_probability(features: np.ndarray, trees: dict) -> np.ndarray:
+    return sigmoid(trees_decision(features, trees)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class RbcCell:
+    """One detected red cell: centre in input-image pixels, what its patch holds."""
+
+    x: float
+    y: float
+    score: float  # detector confidence
+    types: dict[str, float]  # type -> probability that the patch holds a cell of that type
+    cell_type: str  # the most likely class of the cell itself
+    cell_type_probability: float
+    abnormal: float  # probability that the patch holds an abnormal cell (the trees)
+
+    def to_dict(self) -> dict:
+        return {"x": round(self.x, 1), "y": round(self.y, 1), "score": round(self.score, 4),
+                "type": self.cell_type, "type_probability": round(self.cell_type_probability, 4),
+                "abnormal": round(self.abnormal, 4), "types": {k: round(v, 4) for k, v in self.types.items()}}
+
+
+@dataclass
+class RbcResult:
+    """Cells, per-type counts, and the smear-level flag for a haematologist."""
+
+    cells: list[RbcCell]
+    counts: dict[str, int]  # cells per class of the cell itself
+    abnormal: bool
+    abnormal_score: float  # fraction of cells whose patch is abnormal
+    reason: str
+    abnormal_types: list[str]
+    image_size: tuple[int, int] = (0, 0)
+    uncertain: bool = False
+    uncertain_reason: str = ""
+    abnormal_threshold: float = 0.5
+
+    @property
+    def total(self) -> int:
+        return len(self.cells)
+
+    def to_dict(self) -> dict:
+        return {"task": TASK, "total": self.total, "counts": self.counts, "abnormal": self.abnormal,
+                "abnormal_score": round(self.abnormal_score, 4), "reason": self.reason,
+                "abnormal_types": list(self.abnormal_types), "uncertain": self.uncertain,
+                "uncertain_reason": self.uncertain_reason, "image_size": list(self.image_size),
+                "cells": [c.to_dict() for c in self.cells]}
+
+    def summary(self) -> str:
+        if self.uncertain:
+            return f"uncertain: {self.uncertain_reason}"
+        return f"{self.total} cells; {'ABNORMAL' if self.abnormal else 'no flag'}: {self.reason}"
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+@dataclass
+class RbcContext:
+    image: np.ndarray
+    image_size: tuple[int, int]
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+def check_info(info: ModelInfo) -> None:
+    require_task(info, TASK)
+    missing = [k for k in ("detector", "classes", "abnormal_trees") if k not in info.settings]
+    if missing:
+        raise ModelError(f"rbc model {info.name or '?'}: sidecar settings lack {', '.join(missing)}; "
+                         "re-export it with edgecell.convert.train_rbc")
+
+
+def patch_batch(info: ModelInfo) -> int:
+    return int(info.settings.get("patch_batch", 1))
+
+
+def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, RbcContext]:
+    """The field itself (the work happens in `infer`: detection, then patches)."""
+    from edgecell.tasks.cells import as_rgb
+
+    check_info(info)
+    image = as_rgb(image)
+    return image, RbcContext(image, (image.shape[1], image.shape[0]))
+
+
+_DETECTORS: dict[tuple, Any] = {}
+
+
+def detector_for(session, info: ModelInfo):
+    """The centre detector named by the sidecar (`<detector>_<precision>`), beside the model file, in
+    the same format (its suffix) and on the same backend, else its .tflite; cached per path and backend."""
+    from edgecell.model import load_model
+
+    base = Path(session.path).parent / f"{info.settings['detector']}_{info.precision}"
+    path = base.with_suffix(Path(session.path).suffix)
+    if not path.is_file():
+        path = base.with_suffix(".tflite")
+    key = (str(path), session.backend, session.threads)
+    if key not in _DETECTORS:
+        if not path.is_file():
+            raise ModelError(f"{path}: the rbc model's cell detector is missing; it ships beside "
+                             f"{Path(session.path).name}")
+        backend = "litert" if path.suffix == ".tflite" and not str(session.path).endswith(".tflite") else session.backend
+        _DETECTORS[key] = load_model(path, backend, threads=session.threads)
+    return _DETECTORS[key]
+
+
+def classify_patches(session, patches: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """N x (types + classes) logits: `patch_batch` patches per model call, the last call padded."""
+    n, size = len(patches), int(info.input_size[0])
+    batch = patch_batch(info)
+    out = []
+    for i in range(0, n, batch):
+        chunk = patches[i : i + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.full((batch - len(chunk), *chunk.shape[1:]), PAD_VALUE, np.uint8)])
+        x = normalise(chunk.reshape(batch * size, size, 3), info)[None]
+        y = next(iter(session.run(x).values()))
+        out.append(np.asarray(y, np.float32).reshape(batch, -1))
+    if not out:
+        return np.zeros((0, len(info.labels) + len(info.settings["classes"])), np.float32)
+    return np.concatenate(out)[:n]
+
+
+def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext | None = None, **_: Any) -> dict:
+    """Detect centres, cut a patch around each, classify the patches (batched)."""
+    from edgecell.tasks import cells
+
+    check_info(info)
+    image = tensor if context is None else context.image
+    t0 = time.perf_counter()
+    detector = detector_for(session, info)
+    found = cells.run_image(detector.session, image, detector.info)
+    rbc = found.classes == found.labels.index("RBC") if "RBC" in found.labels else np.ones(len(found.classes), bool)
+    boxes, scores = found.boxes[rbc], found.scores[rbc]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    t1 = time.perf_counter()
+    crop = int(info.settings.get("patch_crop", PATCH_CROP))
+    patches = cut_patches(image, centres, crop=crop, size=int(info.input_size[0]))
+    logits = classify_patches(session, patches, info)
+    t2 = time.perf_counter()
+    if context is not None:
+        context.stage_ms = {"detect_ms": (t1 - t0) * 1e3, "patches_ms": (t2 - t1) * 1e3}
+    return {"centres": centres.astype(np.float32), "scores": scores.astype(np.float32), "logits": logits}
+
+
+def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info: ModelInfo,
+                **_: Any) -> RbcResult:
+    """Per-cell types, counts, the trees' abnormal probability per patch and the smear flag."""
+    check_info(info)
+    names, classes = list(info.labels), list(info.settings["classes"])
+    abnormal_types = list(info.settings.get("abnormal_types", []))
+    logits = np.asarray(outputs["logits"], np.float32).reshape(len(outputs["centres"]), len(names) + len(classes))
+    probs = sigmoid(logits[:, : len(names)])
+    own = softmax(logits[:, len(names) :]) if len(logits) else np.zeros((0, len(classes)), np.float32)
+    abnormal = trees_probability(probs, info.settings["abnormal_trees"]) if len(probs) else np.zeros(0, np.float32)
+    threshold = float(info.settings.get("abnormal_threshold", 0.5))
+    image_size = context.image_size if context is not None else (0, 0)
+    cells = [RbcCell(float(c[0]), float(c[1]), float(s), dict(zip(names, map(float, p))), classes[int(o.argmax())],
+                     float(o.max()), float(a))
+             for c, s, p, o, a in zip(outputs["centres"], outputs["scores"], probs, own, abnormal)]
+    counts = {name: 0 for name in classes}
+    for c in cells:
+        counts[c.cell_type] += 1
+    flagged = abnormal >= threshold
+    fraction = float(flagged.mean()) if len(cells) else 0.0
+    min_fraction = float(info.settings.get("smear_min_fraction", 0.1))
+    is_abnormal = bool(len(cells) and fraction >= min_fraction)
+    seen = {t: counts[t] for t in abnormal_types if counts.get(t)}
+    if not cells:
+        reason = "no red cells found"
+    else:
+        listed = ", ".join(f"{t} {n}" for t, n in sorted(seen.items(), key=lambda kv: -kv[1])) or "none by type"
+        reason = (f"{int(flagged.sum())} of {len(cells)} cells ({fraction:.0%}) in abnormal patches "
+                  f"({'>=' if is_abnormal else '<'} {min_fraction:.0%}); abnormal types: {listed}")
+    return RbcResult(cells, counts, is_abnormal, fraction, reason, abnormal_types, tuple(image_size),
+                     abnormal_threshold=threshold)
+
+
+# ----------------------------------------------------------------------------- overlay
+
+NORMAL_COLOUR = (60, 170, 60)
+ABNORMAL_COLOUR = (220, 30, 30)
+
+
+def annotate(image: np.ndarray, result: RbcResult) -> np.ndarray:
+    """A circle per cell (green; red with its type when its patch is abnormal), the flag on top."""
+    from edgecell.tasks.cells import as_rgb
+
+    out = as_rgb(image).copy()
+    scale = max(out.shape[:2]) / 640.0
+    thick = max(1, round(scale))
+    radius = max(3, int(round(PATCH_CROP / 4 * scale * 0.9)))
+    for c in result.cells:
+        bad = c.abnormal >= result.abnormal_threshold
+        centre = (int(round(c.x)), int(round(c.y)))
+        cv2.circle(out, centre, radius, ABNORMAL_COLOUR if bad else NORMAL_COLOUR, thick + bad, cv2.LINE_AA)
+        if bad:
+            label = c.cell_type if c.cell_type != "normal" else max(
+                (t for t in result.abnormal_types if t in c.types), key=lambda t: c.types[t], default="abnormal")
+            cv2.putText(out, label, (centre[0] - radius, centre[1] - radius - 2), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.4 * scale, ABNORMAL_COLOUR, thick, cv2.LINE_AA)
+    banner = result.summary()
+    cv2.rectangle(out, (0, 0), (out.shape[1], int(24 * scale)), (0, 0, 0), -1)
+    cv2.putText(out, banner[:110], (6, int(17 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale,
+                ABNORMAL_COLOUR if result.abnormal else (255, 255, 255), thick, cv2.LINE_AA)
+    return out

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from edgecell.errors import ModelError
+from edgecell.modelinfo import ModelInfo
+from edgecell.tasks import rbc
+
+# two stumps on feature 1 (x <= 0.5: -1, else +2) and feature 0 (x <= 0.25: +0.5, else -0.5),
+# nodes concatenated, children global, as train_rbc.export_trees writes them
+TREES = {"init": 0.25, "learning_rate": 0.1, "depth": 1, "roots": [0, 3],
+         "feature": [1, -1, -1, 0, -1, -1], "threshold": [0.5, 0, 0, 0.25, 0, 0],
+         "left": [1, -1, -1, 4, -1, -1], "right": [2, -1, -1, 5, -1, -1],
+         "value": [0, -1.0, 2.0, 0, 0.5, -0.5]}
+
+
+def test_trees_decision_sums_the_leaf_of_every_tree():
+    x = np.array([[0.1, 0.4], [0.3, 0.9], [0.25, 0.5]], np.float32)
+    expected = 0.25 + 0.1 * np.array([-1 + 0.5, 2 - 0.5, -1 + 0.5])  # a value equal to the threshold goes left
+    np.testing.assert_allclose(rbc.trees_decision(x, TREES), expected, atol=1e-12)
+    np.testing.assert_allclose(rbc.trees_probability(x, TREES), 1 / (1 + np.exp(-expected)), atol=1e-6)
+
+
+def test_cut_patches_centres_the_cell_and_pads_the_border_grey():
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[58:62, 78:82] = 255  # a bright dot at (80, 60)
+    patches = rbc.cut_patches(image, np.array([[80, 60], [0, 0]]), crop=40, size=20)
+    assert patches.shape == (2, 20, 20, 3) and patches.dtype == np.uint8
+    assert np.unravel_index(patches[0, :, :, 0].argmax(), (20, 20)) in {(9, 9), (9, 10), (10, 9), (10, 10)}
+    assert (patches[1, :5, :5] == rbc.PAD_VALUE).all()  # above and left of the field: grey
+    assert rbc.cut_patches(image, np.zeros((0, 2))).shape == (0, rbc.PATCH_SIZE, rbc.PATCH_SIZE, 3)
+
+
+def test_centres_in_patches_is_a_square_of_the_crop():
+    centres = np.array([[100, 100]], np.float32)
+    others = np.array([[100, 100], [139, 139], [141, 100], [60.5, 100]], np.float32)
+    assert rbc.centres_in_patches(centres, others, crop=80).tolist() == [[True, True, False, True]]
+
+
+def test_model_without_rbc_settings_is_refused_with_the_fix():
+    info = ModelInfo(task="rbc", name="bare", labels=["normal"])
+    with pytest.raises(ModelError, match="re-export it with edgecell.convert.train_rbc"):
+        rbc.check_info(info)
