@@ -190,7 +190,7 @@ def make_siblings(src: str | os.PathLike, out_dir: str | os.PathLike, images: Se
         check["rate"] = round(check["agree"] / check["images"], 4)
         kept = check["rate"] >= min_agreement
         if not kept:
-            for p in (path, path.with_suffix(".bin")):
+            for p in [path] + ([path.with_suffix(".bin")] if fmt == "xml" else []):  # never another's .bin
                 p.unlink(missing_ok=True)
         rows.append({"file": path.name, "backend": FORMATS[fmt], "kept": kept, "size_bytes": size_bytes(path) if kept else None,
                      "sha256": sha256(path) if kept else None,

@@ -59,3 +59,15 @@ def test_min_agreement_outside_0_1_is_refused(tmp_path, real_jpeg, capsys):
     with pytest.raises(SystemExit):
         main([str(FIXTURE), "--out", str(tmp_path), "--images", str(real_jpeg), "--min-agreement", "5"])
     assert "--min-agreement 5.0" in capsys.readouterr().err
+
+
+def test_a_refused_onnx_sibling_leaves_the_ir_weights(tmp_path, real_jpeg, monkeypatch):
+    """Dropping a sibling deletes its own files only (the .onnx once took the IR's .bin with it)."""
+    pytest.importorskip("tf2onnx")
+    from edgecell.convert import siblings as module
+
+    make_siblings(FIXTURE, tmp_path, [real_jpeg], ["xml"])
+    monkeypatch.setattr(module, "compare_with_litert", lambda src, sib, images: {"images": 1, "agree": 0, "differ": {"x": "y"}})
+    rows = make_siblings(FIXTURE, tmp_path, [real_jpeg], ["onnx"])
+    assert not rows[0]["kept"] and not (tmp_path / "tiny_classifier_int8.onnx").exists()
+    assert (tmp_path / "tiny_classifier_int8.bin").is_file()
