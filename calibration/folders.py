@@ -117,3 +117,19 @@ def per_class_sample(samples: Sequence[Sample], total: int, seed: int = 0) -> li
         idx = rng.permutation(len(members))[:per]
         out.extend(members[i] for i in sorted(idx.tolist()))
     return out
+
+
+def folder_label_map(labels: Sequence[str], settings: dict, folder_to_label: dict[str, str] | None) -> dict[str, int]:
+    """dataset folder name -> model output index."""
+    index = {label: i for i, label in enumerate(labels)}
+    if folder_to_label:
+        mapping = folder_to_label
+    elif settings.get("dataset_folders") and len(settings["dataset_folders"]) == len(labels):
+        mapping = dict(zip(settings["dataset_folders"], labels))
+    else:
+        mapping = {label: label for label in labels}
+    bad = {f: l for f, l in mapping.items() if l not in index}
+    if bad:
+        raise EdgecellError(f"folder->label map names labels the model does not have: {bad}; "
+                            f"model labels: {', '.join(labels)}")
+    return {folder: index[label] for folder, label in mapping.items()}

@@ -250,6 +250,21 @@ def build(data: str | os.PathLike | None = None, *, seed: int = 0, clean: bool =
     return items, notes, images
 
 
+def heldout_folder(items: Sequence[Item], out: Path) -> Path:
+    """`out/heldout/test/<label>/<source>__<name>` symlinks to the held-out originals, the class-folder
+    layout `evaluate_classifier` reads (no image is copied)."""
+    root = Path(out) / "heldout"
+    for it in items:
+        if it.split != "test":
+            continue
+        link = root / "test" / it.label / (it.source + "__" + it.rel.replace("/", "_"))
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(it.path)
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import json
 

@@ -8,7 +8,7 @@
 Which images: products, the clothing set's validation + test folders (never trained on by the
 classifier); X-ray, the TRAINING part of the seeded X-ray split (`edgecell.calibration.xray`), so
 the 601 held-out images of the X-ray model card stay untouched for its figures and for measuring
-the gate's effect (`edgecell.evaluation.gate --task-split test`).
+the gate's effect (`edgecell.benchmarks.gate_eval --task-split test`).
 
 Every image of the chosen splits is degraded (`edgecell.calibration.degrade`: pristine, JPEG at 9
 quality levels, blur, noise, exposure) and each copy, and the pristine image, go through every
@@ -60,13 +60,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from edgecell.calibration.gate_data import (DATASET, degraded_rows, gate_data_dir,  # noqa: F401 (re-exported)
+                                           list_samples, read_labels)
 from edgecell.errors import script_main
 
 T_HIGH = 0.9
 T_LOW = 0.1
 DET_IOU = 0.5
 DET_CONF = 0.5
-DATASET = "clothing_small_subset"
 #: (T_H, T_L) pairs counted in the summary besides the chosen one
 THRESHOLD_GRID = ((0.9, 0.1), (0.8, 0.2), (0.7, 0.3), (0.5, 0.5))
 
@@ -109,7 +110,7 @@ def detection_useful(boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray
     """The paper's detection rule: useful when at least one predicted box with confidence >= conf
     overlaps a ground-truth box with IoU >= iou (and, when classes are given, the same class).
     Boxes are N x 4 (x1, y1, x2, y2) in the same pixel frame."""
-    from edgecell.tasks.cells import box_iou
+    from edgecell.tasks.boxes import box_iou
 
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
@@ -132,18 +133,6 @@ def count_labels(labels: Iterable[int | None]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- CSV
-
-def read_labels(path: str | os.PathLike) -> list[dict]:
-    """Rows of a labels CSV; `label` becomes 1 / 0 / None, numbers become floats/ints."""
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            r["label"] = int(r["label"]) if r.get("label", "") != "" else None
-            r["truth"] = int(r["truth"])
-            r["seed"] = int(r["seed"])
-            rows.append(r)
-    return rows
-
 
 def relabel(rows: Sequence[dict], models: int, t_high: float, t_low: float) -> list[int | None]:
     """Combined labels of CSV rows under other thresholds (the per-model columns are kept)."""
@@ -177,60 +166,6 @@ def split_by_original(rows: Sequence[dict], fraction: float = 0.2, seed: int = 0
 def _model_columns(k: int) -> list[str]:
     return [f"m{k}_pred_pristine", f"m{k}_phi_pristine", f"m{k}_pred", f"m{k}_conf", f"m{k}_phi",
             f"m{k}_f", f"m{k}_label"]
-
-
-def gate_data_dir(task: str, dataset: str = DATASET, data: str | os.PathLike | None = None) -> Path:
-    """The folder a labels CSV's `image` paths are relative to: the data root for X-ray (its
-    images come from two datasets), else the dataset folder."""
-    from edgecell.calibration import data_root, dataset_dir
-
-    return data_root(data) if task == "xray" else dataset_dir(dataset, data)
-
-
-def list_samples(task: str, base: Path, splits: str, labels: Sequence[str], settings: dict,
-                 split_list: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
-    """(image path, ground-truth index) of the images to label, per task model kind.
-
-    products/classify: the dataset's split folders (`splits`, "+"-joined). xray: the seeded split
-    of `edgecell.calibration.xray` (read from `split_list`, else rebuilt, ~1 min), `splits` naming
-    its parts ("train": never the held-out images the X-ray model card reports)."""
-    if task == "xray":
-        from edgecell.calibration import xray
-
-        if split_list:
-            items = xray.read_list(split_list, base)
-        else:
-            items, _, _ = xray.build(base, seed=0)
-        wanted = set(splits.split("+"))
-        return [(it.path, list(labels).index(it.label)) for it in sorted(items, key=lambda i: i.rel)
-                if it.split in wanted]
-    from edgecell.calibration.folders import list_split
-    from edgecell.evaluation.classification import folder_label_map
-
-    fmap = folder_label_map(labels, settings, None)
-    return list_split(base, splits, sorted(fmap, key=fmap.get))
-
-
-def degraded_rows(task: str, base: Path, splits: str, labels: Sequence[str], settings: dict, *,
-                  split_list: str | os.PathLike | None = None, specs: Sequence[str] | None = None,
-                  limit: int = 0, seed: int = 0) -> list[dict]:
-    """Unlabelled rows (image, truth, degradation, seed, label None) of every degraded copy of a
-    split's images: to measure a task model's accuracy with and without a gate on images it was
-    never trained on (X-ray: its 601 held-out images) without labelling them. `limit`: a seeded
-    sample of that many images."""
-    from edgecell.calibration import degrade
-
-    samples = list_samples(task, base, splits, labels, settings, split_list)
-    if limit:
-        rng = np.random.default_rng(seed)
-        samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit].tolist())]
-    rows = []
-    for path, truth in samples:
-        key = path.relative_to(base).as_posix()
-        for spec in specs or degrade.default_specs():
-            rows.append({"image": key, "folder": path.parent.name, "truth": int(truth), "degradation": spec,
-                         "seed": degrade.sample_seed(key, spec, seed), "label": None})
-    return rows
 
 
 def class_probabilities(result) -> dict[str, float]:

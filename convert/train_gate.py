@@ -16,7 +16,7 @@ Choices (and why):
   train 11.7 M parameters. MobileNet V1 0.25 at 128 has ~0.22 M parameters and ~1/3 of the
   task model's multiply-adds. Cost: a smaller receptive field and less capacity, and at 128 px
   the resize averages away part of fine JPEG blocking and noise that the 224-px task model still
-  sees; the gate accuracy reported by `edgecell.evaluation.gate` is the price tag.
+  sees; the gate accuracy reported by `edgecell.benchmarks.gate_eval` is the price tag.
 - Split by ORIGINAL image (`gate_labels.split_by_original`, stratified by product class,
   seeded): `--test-fraction` of the originals are held out with ALL their degraded copies
   (written to OUT/gate_split.json for the evaluation), `--val-fraction` more for early stopping.
@@ -306,7 +306,7 @@ def export(args, summary: dict) -> dict[str, Path]:
 
 def ship(args, dest: str | os.PathLike | None = None) -> Path:
     """Copy OUT/export/gate_<task>_int8.tflite to edge/models/ with a sidecar whose `metrics`
-    come from OUT/eval/gate.json (run `python -m edgecell.evaluation.gate` first)."""
+    come from OUT/eval/gate.json (run `python -m edgecell.benchmarks.gate_eval` first)."""
     from edgecell.convert.quantize import ship_model
 
     out = Path(args.out)

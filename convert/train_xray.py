@@ -292,21 +292,6 @@ def export(args, keras_path: Path | None = None) -> dict[str, Path]:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def heldout_folder(items: Sequence[xdata.Item], out: Path) -> Path:
-    """`out/heldout/test/<label>/<source>__<name>` symlinks to the held-out originals, the class-folder
-    layout `evaluate_classifier` reads (no image is copied)."""
-    root = out / "heldout"
-    for it in items:
-        if it.split != "test":
-            continue
-        link = root / "test" / it.label / (it.source + "__" + it.rel.replace("/", "_"))
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(it.path)
-    return root
-
-
 def evaluate(args) -> dict:
     from edgecell.evaluation.classification import evaluate_classifier
 
@@ -314,7 +299,7 @@ def evaluate(args) -> dict:
     items = xdata.read_list(out / "xray_split.tsv", args.data)
     export_dir = out / "export"
     models = [export_dir / f"{STEM}_{p}{s}" for s in (".tflite", ".xml", ".onnx") for p in ("fp32", "int8")]
-    data_dir = heldout_folder(items, out)
+    data_dir = xdata.heldout_folder(items, out)
     report = evaluate_classifier([m for m in models if m.exists()], data_dir, out / "eval", split="test",
                                  title="V-BreathNet on the held-out split (combined chest X-ray sets)")
     for key, r in report["models"].items():

@@ -60,6 +60,9 @@ def load_model(path: str | os.PathLike, backend: str = "auto", *, threads: int |
     if info.task == "raw":
         info = _fill_from_session(info, session)
     check_input_fits(info, session)
+    from edgecell.tasks import get_task  # the task registry imports this module's neighbours
+
+    get_task(info.task).check(info, session)
     attach_input_quantization(info, session)
     return Model(session, info)
 

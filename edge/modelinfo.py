@@ -15,7 +15,6 @@ from typing import Any
 from edgecell.errors import ModelError
 
 METADATA_KEY = "edgecell"
-TASKS = ("cells", "classify", "xray", "products", "gate", "raw", "rbc")
 
 
 @dataclass
@@ -49,6 +48,8 @@ class ModelInfo:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "input_quantization"}
         info = cls(**known)
         info.input_size = tuple(int(v) for v in info.input_size)  # type: ignore[assignment]
+        from edgecell.tasks import TASKS  # the one task registry (imported here: tasks import this module)
+
         if info.task not in TASKS:
             raise ModelError(f"model metadata names task {info.task!r}; expected one of {', '.join(TASKS)}")
         return info
@@ -76,4 +77,4 @@ def read_model_info(model_path: str | os.PathLike, embedded: str | None = None) 
     try:
         return ModelInfo.from_dict(json.loads(text))
     except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelError(f"{side}: model metadata is not valid JSON ({exc}); regenerate it with edgecell-convert") from None
+        raise ModelError(f"{side}: model metadata is not valid JSON ({exc}); regenerate it with python -m edgecell.convert.quantize") from None

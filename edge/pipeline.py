@@ -1,16 +1,34 @@
-"""One image through a model: task pre-processing, inference, post-processing, each timed.
-The same function serves `edgecell run`, `edgecell eval` and the benchmarks."""
+"""The one path from image to result, and the run loop over many frames.
+
+`predict(model, image)` runs a loaded model's task on one image (pre-processing, inference,
+post-processing, each timed); `run_frames(model, frames, options)` runs it over any iterable of
+frames (files, a folder, a video, a camera) and hands each record to the sinks (results.jsonl,
+results.csv, overlays, a live view...). `edgecell run`, `edgecell eval`, the benchmarks and the tests
+all go through these functions after `load_model`, so a number in a model card is a number a user
+gets. The command line only parses options into a `RunOptions` and renders what comes back.
+"""
 
 from __future__ import annotations
 
+import random
+import statistics
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from edgecell.errors import EdgecellError
 from edgecell.model import Model
-from edgecell.tasks import get_task
+from edgecell.tasks import TaskResult, get_task
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgecell.sources import Frame
+    from edgecell.tasks.gate import GateResult
 
 
 @dataclass
@@ -36,17 +54,23 @@ class Timings:
 
 @dataclass
 class Record:
-    """What `edgecell run` writes per image or frame (one JSONL line)."""
+    """What a run writes per image or frame (one JSONL line, one CSV row)."""
 
     source: str
     ok: bool
     task: str = ""
-    result: Any = None
+    result: TaskResult | None = None
     error: str | None = None
     timings: Timings = field(default_factory=Timings)
     overlay: str | None = None
-    gate: Any = None  # GateResult when a utility gate ran in front
+    gate: "GateResult | None" = None  # when a utility gate ran in front
     action: str = "ran"  # "ran" | "flagged" (gate says not useful, ran anyway) | "rejected" (not run)
+
+    @property
+    def needs_attention(self) -> bool:
+        """Failed, rejected or flagged by the gate, or the task says a person should look."""
+        return (not self.ok or self.action != "ran"
+                or (self.result is not None and self.result.needs_attention))
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"source": self.source, "ok": self.ok, "task": self.task}
@@ -62,17 +86,28 @@ class Record:
             out["overlay"] = self.overlay
         return out
 
+    def csv_row(self) -> dict[str, Any]:
+        """Flat columns for results.csv, in a stable order: source, ok, error, gate, result, timings."""
+        row: dict[str, Any] = {"source": self.source, "ok": self.ok, "error": self.error or ""}
+        if self.gate is not None:
+            row.update({"action": self.action, "utility": round(self.gate.utility, 4),
+                        "gate_reason": "" if self.gate.useful else self.gate.reason()})
+        if self.result is not None:
+            row.update(self.result.csv_row())
+        if self.ok:
+            row.update(self.timings.to_dict())
+        return row
 
-def predict(model: Model, image: np.ndarray, **options) -> tuple[Any, Timings]:
+
+# ----------------------------------------------------------------------------- one image
+
+def predict(model: Model, image: np.ndarray, **options: Any) -> tuple[TaskResult, Timings]:
     """Run the model's task on one RGB uint8 image; returns (task result, timings)."""
     task = get_task(model.info.task)
     t0 = time.perf_counter()
     tensor, context = task.preprocess(image, model.info)
     t1 = time.perf_counter()
-    if hasattr(task, "infer"):
-        outputs = task.infer(model.session, tensor, model.info, context=context, **options)
-    else:
-        outputs = model.session.run(tensor)
+    outputs = task.infer(model.session, tensor, model.info, context=context, **options)
     t2 = time.perf_counter()
     result = task.postprocess(outputs, context, model.info, **options)
     t3 = time.perf_counter()
@@ -80,7 +115,7 @@ def predict(model: Model, image: np.ndarray, **options) -> tuple[Any, Timings]:
 
 
 def predict_gated(gate: Model, model: Model, image: np.ndarray, *, policy: str = "reject",
-                  **options) -> tuple[Any, Any, Timings, str]:
+                  **options: Any) -> tuple["GateResult", TaskResult | None, Timings, str]:
     """The gate first, then (unless the policy rejects the image) the task model.
     Returns (gate result, task result or None, timings, action).
 
@@ -99,5 +134,168 @@ def predict_gated(gate: Model, model: Model, image: np.ndarray, *, policy: str =
     return gate_result, result, timings, action
 
 
-def annotate(model: Model, image: np.ndarray, result: Any) -> np.ndarray:
+def annotate(model: Model, image: np.ndarray, result: TaskResult) -> np.ndarray:
+    """The task's overlay of `result` on `image`."""
     return get_task(model.info.task).annotate(image, result)
+
+
+# ----------------------------------------------------------------------------- many frames
+
+@dataclass
+class RunOptions:
+    """Everything `run_frames` needs besides the model and the frames (the `edgecell run` options,
+    as data: a bundle stores them, a Python caller builds them)."""
+
+    top_k: int = 3
+    min_confidence: float | None = None  # classifiers: below this the result is marked uncertain
+    thresholds: dict[str, float] | None = None  # detectors: per-class confidence
+    tiles: int | None = None  # cells: N x N tiles (0 or None: automatic)
+    gate_policy: str = "reject"  # "reject" | "flag" | "pass", when a gate model is given
+    gate_threshold: float | None = None
+    out: Path | None = None  # folder for results.jsonl, results.csv and overlays
+
+    def task_options(self) -> dict[str, Any]:
+        """The keyword options `predict` passes to the task's infer/postprocess."""
+        options: dict[str, Any] = {"top_k": self.top_k}
+        if self.min_confidence is not None:
+            options["min_confidence"] = self.min_confidence
+        if self.thresholds:
+            options["thresholds"] = self.thresholds
+        if self.tiles is not None:
+            options["tiles"] = self.tiles or "auto"
+        if self.gate_threshold is not None:
+            options["gate_threshold"] = self.gate_threshold
+        return options
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives every record of a run as it is made, in order (results files, a live web view...).
+
+    `write(record, image, overlay)`: `image` is the decoded RGB frame (None when it could not be
+    read), `overlay` the task's annotated RGB image (None when no overlay was drawn for this
+    record: a failed or rejected frame, or no sink asked for one). A sink must not keep references
+    to the arrays beyond the call unless it copies them; it should be quick (the loop waits for it).
+    A sink that sets `wants_overlay = True` gets an overlay for every successful frame.
+    `close()` is called once when the run ends, however it ends (finished, interrupted, failed)."""
+
+    def write(self, record: Record, image: np.ndarray | None, overlay: np.ndarray | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_frames(model: Model, frames: Iterable["Frame"], options: RunOptions | None = None, *,
+               gate: Model | None = None, sinks: Iterable[Sink] = ()) -> Iterator[Record]:
+    """Run `model` (behind `gate`, if given) on every frame and yield one `Record` per frame, after
+    every sink has received it. An unreadable frame or a task error is a failed record, never the
+    end of the run. With `options.out`, results.jsonl, results.csv and overlays are written there
+    (as each record is made, so an interrupted run keeps everything already yielded). Sinks are
+    closed when the generator finishes or is closed."""
+    from edgecell.sinks import open_output_sinks
+
+    options = options or RunOptions()
+    task_options = options.task_options()
+    file_sinks, overlay_files = open_output_sinks(options.out) if options.out else ([], None)
+    all_sinks = [*file_sinks, *sinks]
+    draw = overlay_files is not None or any(getattr(s, "wants_overlay", False) for s in all_sinks)
+    task = model.info.task
+    try:
+        for frame in frames:
+            overlay = None
+            if frame.image is None:
+                record = Record(frame.name, ok=False, task=task, error=frame.error)
+            else:
+                try:
+                    record = _predict_record(model, gate, frame, options.gate_policy, task_options)
+                    if draw and record.result is not None:
+                        overlay = annotate(model, frame.image, record.result)
+                        if overlay_files is not None:
+                            record.overlay = str(overlay_files.write(frame, overlay))
+                except EdgecellError as exc:
+                    record = Record(frame.name, ok=False, task=task, error=str(exc))
+            for sink in all_sinks:
+                sink.write(record, frame.image, overlay)
+            yield record
+    finally:
+        for sink in all_sinks:
+            sink.close()
+
+
+def _predict_record(model: Model, gate: Model | None, frame: "Frame", policy: str,
+                    task_options: dict[str, Any]) -> Record:
+    task = model.info.task
+    if gate is None:
+        result, timings = predict(model, frame.image, **task_options)
+        return Record(frame.name, ok=True, task=task, result=result, timings=timings)
+    gate_result, result, timings, action = predict_gated(gate, model, frame.image, policy=policy, **task_options)
+    return Record(frame.name, ok=True, task=task, result=result, timings=timings, gate=gate_result, action=action)
+
+
+class RunSummary:
+    """Running totals of a run, for the closing table: inputs, failures, the task's totals
+    (counts per class, labels), stage-time medians from a bounded sample, and the first and last
+    few records. Its memory does not grow with the number of frames (a camera runs for months)."""
+
+    def __init__(self, task: str, *, keep: int = 25, sample: int = 4096, seed: int = 0):
+        self.task_totals = get_task(task).summary()
+        self.inputs = 0
+        self.failed = 0
+        self.rejected = 0
+        self.flagged = 0
+        self.first: list[Record] = []
+        self.last: deque[Record] = deque(maxlen=keep)
+        self._keep = keep
+        self._sample: list[Timings] = []
+        self._sample_size = sample
+        self._timed = 0
+        self._random = random.Random(seed)
+        self.started = time.perf_counter()
+
+    def add(self, record: Record) -> None:
+        self.inputs += 1
+        if len(self.first) < self._keep:
+            self.first.append(record)
+        else:
+            self.last.append(record)
+        if not record.ok:
+            self.failed += 1
+            return
+        self.rejected += record.action == "rejected"
+        self.flagged += record.action == "flagged"
+        if record.result is None:
+            return
+        self.task_totals.add(record.result)
+        self._timed += 1  # reservoir sample: every timed record equally likely to be kept
+        if len(self._sample) < self._sample_size:
+            self._sample.append(record.timings)
+        else:
+            k = self._random.randrange(self._timed)
+            if k < self._sample_size:
+                self._sample[k] = record.timings
+
+    @property
+    def shown(self) -> list[Record]:
+        """The records a table shows: the first `keep` and the last `keep` of the run."""
+        return self.first + list(self.last)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def median_ms(self) -> dict[str, float]:
+        """Median milliseconds per stage over the sampled records ({} when none ran)."""
+        if not self._sample:
+            return {}
+        return {name: statistics.median(getattr(t, name) for t in self._sample)
+                for name in ("total", "pre", "infer", "post")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "failed": self.failed, "rejected": self.rejected,
+                "flagged": self.flagged, "task": self.task_totals.to_dict(),
+                "median_ms": {k: round(v, 3) for k, v in self.median_ms().items()},
+                "seconds": round(self.elapsed, 3)}
+
+
+def new_run_id() -> str:
+    """A short id naming one run (in records and live-frame file names): UTC time + random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]

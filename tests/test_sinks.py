@@ -41,3 +41,37 @@ def test_json_report_is_replaced_atomically(tmp_path):
 def test_overlay_names():
     assert overlay_name("/x/smear.jpg", 0) == "smear.png"
     assert overlay_name("camera0#12", 12) == "camera0_000012.png"
+
+
+def _record(source, ok=True, label="red"):
+    from edgecell.pipeline import Record
+    from edgecell.tasks.classify import ClassifyResult
+
+    result = ClassifyResult(label, 0, 0.9) if ok else None
+    return Record(source, ok=ok, task="classify", result=result, error=None if ok else "bad file")
+
+
+def test_csv_rows_are_appended_as_written_and_a_second_run_appends_under_one_header(tmp_path):
+    from edgecell.sinks import CsvSink
+
+    path = tmp_path / "results.csv"
+    sink = CsvSink(path)
+    sink.write(_record("a.jpg"))
+    assert path.read_text().splitlines()[1].startswith("a.jpg,True")  # on disk before close
+    sink.close()
+    again = CsvSink(path)
+    again.write(_record("b.jpg", ok=False))
+    again.write(_record("c.jpg"))
+    again.close()
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("source,ok,error") and sum(l.startswith("source,") for l in lines) == 1
+    assert [l.split(",")[0] for l in lines[1:]] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_csv_of_a_run_where_every_input_failed_still_has_its_rows(tmp_path):
+    from edgecell.sinks import CsvSink
+
+    sink = CsvSink(tmp_path / "results.csv")
+    sink.write(_record("x.jpg", ok=False))
+    sink.close()
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["source,ok,error", "x.jpg,False,bad file"]

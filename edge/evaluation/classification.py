@@ -1,7 +1,7 @@
 """Classification metrics through the device pipeline (product classifier, X-ray classifier).
 
 `evaluate_classifier(model_paths, data_dir, out_dir, split="test")` runs every model file with
-the same code a device runs (`load_session` + `edgecell.tasks.classify` preprocess/postprocess)
+the same code a device runs (`load_model` + `pipeline.predict`)
 on a class-folder split (`DATA/<split>/<class>/<image>`) and writes, side by side for FP32 and
 INT8 per backend:
 
@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edgecell.calibration.folders import folder_label_map  # noqa: F401 (part of this module's API)
 from edgecell.errors import EdgecellError
 
 # ----------------------------------------------------------------------------- metrics
@@ -102,47 +103,22 @@ def model_bytes(path: Path) -> int:
     return size
 
 
-def folder_label_map(labels: Sequence[str], settings: dict, folder_to_label: dict[str, str] | None) -> dict[str, int]:
-    """dataset folder name -> model output index."""
-    index = {label: i for i, label in enumerate(labels)}
-    if folder_to_label:
-        mapping = folder_to_label
-    elif settings.get("dataset_folders") and len(settings["dataset_folders"]) == len(labels):
-        mapping = dict(zip(settings["dataset_folders"], labels))
-    else:
-        mapping = {label: label for label in labels}
-    bad = {f: l for f, l in mapping.items() if l not in index}
-    if bad:
-        raise EdgecellError(f"folder->label map names labels the model does not have: {bad}; "
-                            f"model labels: {', '.join(labels)}")
-    return {folder: index[label] for folder, label in mapping.items()}
-
-
-def predict(model_path: str | os.PathLike, images: Sequence[Path], *, backend: str = "auto",
-            threads: int | None = None, top_k: int = 3):
-    """Run one model on image files through the device pipeline.
-
-    Returns (session, info, indices (N,), probabilities (N, C), seconds per image)."""
-    from edgecell.backends import load_session
+def classify_images(model, images: Sequence[Path], *, top_k: int = 3) -> tuple[np.ndarray, float]:
+    """Run a loaded model on image files through the device pipeline (`pipeline.predict`).
+    Returns (predicted class indices (N,), mean seconds per image of pre + inference + post)."""
     from edgecell.images import decode_image
-    from edgecell.modelinfo import read_model_info
-    from edgecell.tasks import classify
+    from edgecell.pipeline import predict
 
-    session = load_session(model_path, backend, threads=threads)
-    info = read_model_info(model_path, session.embedded_metadata)
-    preds, probs, run_s = [], [], 0.0
+    preds, run_s = [], 0.0
     for path in images:
-        tensor, ctx = classify.preprocess(decode_image(path), info)
-        t0 = time.perf_counter()
-        outputs = session.run(tensor)
-        run_s += time.perf_counter() - t0
-        result = classify.postprocess(outputs, ctx, info, top_k=top_k)
+        # gradcam off: an X-ray model's class comes from its scores; the heatmap costs time only
+        result, timings = predict(model, decode_image(path), top_k=top_k, gradcam=False)
+        run_s += timings.total / 1e3
         preds.append(result.index)
-        probs.append(classify.probabilities(outputs, info))
-    return session, info, np.asarray(preds, np.int64), np.asarray(probs, np.float32), run_s / max(1, len(images))
+    return np.asarray(preds, np.int64), run_s / max(1, len(images))
 
 
-def _key(backend: str, precision: str, path: Path, taken: set[str]) -> str:
+def result_key(backend: str, precision: str, path: Path, taken: set[str]) -> str:
     key = f"{backend}-{precision}"
     if key in taken:
         key = f"{key}-{path.stem}"
@@ -159,9 +135,9 @@ def evaluate_classifier(model_paths: Sequence[str | os.PathLike], data_dir: str 
     `backend="auto"` runs each file on its own format's backend (.tflite LiteRT, .xml OpenVINO,
     .onnx ONNX Runtime), so a list of FP32 and INT8 files in three formats gives the six
     columns of the side-by-side table. The FP32/INT8 pairing is by format (same backend)."""
-    from edgecell.backends import load_session, resolve_backend
+    from edgecell.backends import resolve_backend
     from edgecell.calibration.folders import list_split
-    from edgecell.modelinfo import read_model_info
+    from edgecell.model import load_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,27 +150,25 @@ def evaluate_classifier(model_paths: Sequence[str | os.PathLike], data_dir: str 
     for raw in model_paths:
         path = Path(raw)
         name = resolve_backend(path, backend)
-        # labels (sidecar, else embedded metadata) decide the class order of the split
-        probe = read_model_info(path)
-        if not probe.labels:
-            probe = read_model_info(path, load_session(path, name).embedded_metadata)
-        labels = list(probe.labels)
+        model = load_model(path, name, threads=threads)
+        info = model.info
+        labels = list(info.labels)  # (sidecar, else embedded metadata) decide the class order of the split
         if not labels:
             raise EdgecellError(f"{path}: model has no labels in its metadata; cannot match class folders")
         if labels_ref is None:
             labels_ref = labels
         elif labels != labels_ref:
             raise EdgecellError(f"{path}: labels {labels} differ from the first model's {labels_ref}")
-        fmap = folder_label_map(labels, probe.settings, folder_to_label)
+        fmap = folder_label_map(labels, info.settings, folder_to_label)
         folders = sorted(fmap, key=lambda f: fmap[f])
         samples = list_split(data_dir, split, folders)
         if not samples:
             raise EdgecellError(f"{Path(data_dir) / split}: no images")
         images = [p for p, _ in samples]
         y_true = np.asarray([fmap[folders[i]] for _, i in samples], np.int64)
-        _, info, preds, _, sec = predict(path, images, backend=name, threads=threads)
+        preds, sec = classify_images(model, images)
         metrics = classification_metrics(y_true, preds, labels)
-        key = _key(name, info.precision, path, set(results))
+        key = result_key(name, info.precision, path, set(results))
         results[key] = {
             "path": str(path), "file": path.name, "backend": name, "precision": info.precision,
             "bytes": model_bytes(path), "sha256": sha256(path), "ms_per_image_run": round(sec * 1000, 2),
@@ -269,7 +243,7 @@ def markdown_report(report: dict, plots: dict[str, str] | None = None) -> str:
     lines = [f"# {report['title']}", "",
              f"{report['n']} images, split `{report['split']}` of `{report['dataset']}`; support per class: "
              + ", ".join(f"{k} {v}" for k, v in report["support"].items()) + ".",
-             "Device pipeline: `load_session` + `edgecell.tasks.classify` preprocess/postprocess, batch 1.", "",
+             "Device pipeline: `load_model` + `pipeline.predict` (the model's own task), batch 1.", "",
              "## Summary", "", *summary_table(report), "",
              "## Per-class F1 %, side by side", "", *f1_side_by_side(report), ""]
     for key in report["models"]:

@@ -6,7 +6,7 @@
 - `threshold_sweep`: Table 1's procedure, 0.20..0.60 step 0.05, one threshold per class by the
   smallest mean absolute error on a validation list;
 - `evaluate_cells(model_paths, data_dir, out_dir, backend, split)`: every model through
-  `load_session` + `edgecell.tasks.cells` (the code a device runs), JSON + Markdown + PNG.
+  `load_model` + `pipeline.predict` (the code a device runs), JSON + Markdown + PNG.
 
 No TensorFlow needed.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecell.tasks.cells import box_iou
+from edgecell.tasks.boxes import box_iou
 
 
 def match_detections(boxes: np.ndarray, scores: np.ndarray, gt_boxes: np.ndarray, iou: float = 0.5) -> np.ndarray:
@@ -132,27 +132,22 @@ def _model_key(backend: str, precision: str, taken: set) -> str:
 
 
 def run_model(model_path, annotations, backend: str = "auto", threads: int | None = None, tiles="auto") -> dict:
-    """Run the device pipeline (load_session + edgecell.tasks.cells) on annotated images.
-    Returns floor-threshold detections per image (image pixels), timings and the model info."""
-    import time
-
-    from edgecell.backends import load_session
+    """Run the device pipeline (`load_model` + `pipeline.predict`) on annotated images.
+    Returns the loaded model, floor-threshold detections per image (image pixels) and timings."""
     from edgecell.images import decode_image
-    from edgecell.modelinfo import read_model_info
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
     from edgecell.tasks import cells
 
-    session = load_session(model_path, backend, threads=threads)
-    info = read_model_info(model_path, session.embedded_metadata)
-    cells.check_info(info)
-    floor = np.full(len(cells.labels_of(info)), FLOOR, np.float32)
+    model = load_model(model_path, backend, threads=threads)
+    cells.check_info(model.info)
+    floor = [FLOOR] * len(cells.labels_of(model.info))
     preds, ms = [], []
     for a in annotations:
-        image = decode_image(a.image_path)
-        t0 = time.perf_counter()
-        r = cells.run_image(session, image, info, thresholds=floor.tolist(), tiles=tiles)
-        ms.append((time.perf_counter() - t0) * 1000)
+        r, timings = predict(model, decode_image(a.image_path), thresholds=floor, tiles=tiles)
+        ms.append(timings.total)
         preds.append((r.boxes, r.classes, r.scores))
-    return {"session": session, "info": info, "predictions": preds, "ms": ms}
+    return {"model": model, "session": model.session, "info": model.info, "predictions": preds, "ms": ms}
 
 
 def _pr_plot(curves_by_model: dict, labels, path) -> str | None:
@@ -220,6 +215,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
     from pathlib import Path
 
     from edgecell.calibration.voc import load_split, parse_voc
+    from edgecell.pipeline import predict
     from edgecell.tasks import cells
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -279,7 +275,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
             from edgecell.images import decode_image
 
             image = decode_image(test[idx].image_path)
-            r = cells.run_image(run["session"], image, info)
+            r, _ = predict(run["model"], image)
             overlay_done = _overlay_pair(image, test[idx], r, labels, out_dir / f"overlay_{test[idx].stem}_{key}.png")
             report["overlay"] = overlay_done
     # INT8 against FP32 of the same backend

@@ -1,7 +1,7 @@
 """Utility-gate evaluation (issue 7; Khan et al., EUSIPCO 2022): does the gate keep the images the
 task model can still use, and does the task model's accuracy rise on what the gate accepts?
 
-    python -m edgecell.evaluation.gate --gate-dir OUT/export --task-model edge/models/products_int8.tflite \\
+    python -m edgecell.benchmarks.gate_eval --gate-dir OUT/export --task-model edge/models/products_int8.tflite \\
         --labels LABELS.csv --split OUT/gate_split.json --data DIR --out OUT/eval
 
 On the held-out ORIGINAL images (`gate_split.json`, written by `edgecell.convert.train_gate`;
@@ -14,24 +14,23 @@ CSV (spec + seed) and goes through the device pipeline (`load_model` + `pipeline
 - the task model's top-1 accuracy on ALL degraded copies (labelled or not) against its accuracy
   on the copies each gate accepts, and the share rejected (the paper's Fig. 2), overall and per
   degradation; how many rejected copies the task model would in fact have got right;
-- end-to-end time gated vs ungated (`edgecell.benchmarks.gate_overhead`), each gate with the task
-  model of the same format and precision;
+- end-to-end time gated vs ungated (`edgecell.benchmarks.gate_overhead`, added by the script
+  `edgecell.benchmarks.gate_eval`: the runtime never imports the benchmarks), each gate with the
+  task model of the same format and precision;
 - `gate.json`, `gate.md`, `gate_accuracy_vs_jpeg.png` (task accuracy vs JPEG quality with and
   without the gate, share rejected on the second axis). No TensorFlow needed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from edgecell.errors import EdgecellError, script_main
+from edgecell.errors import EdgecellError
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -99,30 +98,9 @@ def _key(model, taken: set) -> str:
     return key
 
 
-def _backend_precision(path: str | Path) -> tuple[str, str]:
-    from edgecell.benchmarks.harness import precision_of
-
-    return Path(path).suffix.lower(), precision_of(path)
-
-
-def measure_latency(gate_paths: Sequence[str | Path], task_model: str | Path, image_paths: Sequence[str | Path], *,
-                    task_siblings: Sequence[str | Path] = (), threads: int | None = 1, repeats: int = 3) -> dict:
-    """End-to-end time gated vs ungated (`edgecell.benchmarks.gate_overhead`), each gate paired with
-    the task model of the same format and precision when one is given in `task_siblings`."""
-    from edgecell.benchmarks.gate_overhead import OverheadSpec, measure_overhead
-
-    tasks = {_backend_precision(t): str(t) for t in [task_model, *task_siblings]}
-    out = {}
-    for g in gate_paths:
-        task = tasks.get(_backend_precision(g), str(task_model))
-        out[Path(g).name] = measure_overhead(OverheadSpec(str(g), task, [str(p) for p in image_paths],
-                                                          repeats=repeats, threads=threads))
-    return out
-
-
 def heldout_rows(labels_csv: str | Path, split_json: str | Path, limit: int = 0) -> list[dict]:
     """The labels CSV's rows of the gate's held-out originals (`gate_split.json`)."""
-    from edgecell.convert.gate_labels import read_labels
+    from edgecell.calibration.gate_data import read_labels
 
     held = set(json.loads(Path(split_json).read_text())["test_images"])
     rows = [r for r in read_labels(labels_csv) if r["image"] in held]
@@ -136,10 +114,12 @@ def heldout_rows(labels_csv: str | Path, split_json: str | Path, limit: int = 0)
 
 def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labels_csv: str | Path | None,
                   split_json: str | Path | None, data_dir: str | Path, out_dir: str | Path, *,
-                  threads: int | None = None, latency_images: int = 60, limit: int = 0,
-                  task_siblings: Sequence[str | Path] = (), rows: Sequence[dict] | None = None) -> dict:
-    """`rows` (image, truth, degradation, seed, label) replace the labels CSV + split: e.g. the
-    task model's own held-out images, unlabelled (`gate_labels.degraded_rows`)."""
+                  threads: int | None = None, limit: int = 0, rows: Sequence[dict] | None = None) -> dict:
+    """Gate and task accuracy through the device pipeline; writes gate.json, gate.md and the JPEG
+    curve PNG into `out_dir`. `rows` (image, truth, degradation, seed, label) replace the labels
+    CSV + split: e.g. the task model's own held-out images, unlabelled
+    (`calibration.gate_data.degraded_rows`). Latency (gated vs ungated) is the benchmarks' part:
+    `python -m edgecell.benchmarks.gate_eval` adds it to the report."""
     from edgecell.calibration import degrade
     from edgecell.evaluation.classification import model_bytes, sha256
     from edgecell.images import decode_image
@@ -149,7 +129,6 @@ def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labe
     data, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = list(rows) if rows is not None else heldout_rows(labels_csv, split_json, limit)
-    held = sorted({r["image"] for r in rows})
     task = load_model(task_model, threads=threads)
     taken: set = set()
     gates = {}
@@ -212,30 +191,15 @@ def evaluate_gate(gate_paths: Sequence[str | Path], task_model: str | Path, labe
             if twin in gates:
                 thr = report["gates"][k]["threshold"]
                 report["int8_vs_fp32_agreement"][k.split("-")[0]] = agreement(p_useful[k], p_useful[twin], thr)
-    if latency_images:
-        report["latency"] = measure_latency(gate_paths, task_model, [data / r for r in held[:latency_images]],
-                                            task_siblings=task_siblings, threads=threads or 1)
-    (out / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
-    png = plot_accuracy_vs_jpeg(report, out / "gate_accuracy_vs_jpeg.png")
-    (out / "gate.md").write_text(markdown_report(report, png))
+    write_report(report, out)
     return report
 
 
-def latency_only(gate_paths, task_model, split_json, data_dir, out_dir, *, threads=None, latency_images=60,
-                 task_siblings=(), repeats: int = 5) -> dict:
-    """Re-measure only the latency section (e.g. at a quieter moment) and merge it into gate.json."""
-    data, out = Path(data_dir), Path(out_dir)
-    held = sorted(json.loads(Path(split_json).read_text())["test_images"])[:latency_images]
-    lat = measure_latency(gate_paths, task_model, [data / r for r in held], task_siblings=task_siblings,
-                          threads=threads or 1, repeats=repeats)
-    path = out / "gate.json"
-    if path.is_file():
-        report = json.loads(path.read_text())
-        report["latency"] = lat
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        png = "gate_accuracy_vs_jpeg.png" if (out / "gate_accuracy_vs_jpeg.png").is_file() else None
-        (out / "gate.md").write_text(markdown_report(report, png))
-    return lat
+def write_report(report: dict, out: Path, latency_table: Callable[[list], str] | None = None) -> None:
+    """gate.json, gate_accuracy_vs_jpeg.png and gate.md into `out`."""
+    (out / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
+    png = plot_accuracy_vs_jpeg(report, out / "gate_accuracy_vs_jpeg.png")
+    (out / "gate.md").write_text(markdown_report(report, png, latency_table))
 
 
 # ----------------------------------------------------------------------------- report
@@ -245,7 +209,9 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
 
 
-def markdown_report(report: dict, png: str | None = None) -> str:
+def markdown_report(report: dict, png: str | None = None, latency_table: Callable[[list], str] | None = None) -> str:
+    """The report as Markdown; `latency_table` renders the latency section's rows (the gate_overhead
+    benchmark's table) when the report has one."""
     lines = [f"# Utility gate evaluation: guarding {report['task_model']['file']}", "",
              f"Held-out originals: {report['test_originals']} (all their degraded copies: {report['test_samples']}; "
              f"labelled {report['test_labelled']}: {report['test_label_counts']})", "",
@@ -274,11 +240,9 @@ def markdown_report(report: dict, png: str | None = None) -> str:
             lines.append(f"| {spec} | {t['n']} | {_pct(t['accuracy_all'])} | {_pct(t['accuracy_accepted'])} | "
                          f"{_pct(t['share_rejected'])} |")
     lat = report.get("latency") or {}
-    if lat and "gates" not in lat:  # the gate_overhead benchmark (older reports: skipped)
-        from edgecell.benchmarks.gate_overhead import markdown as overhead_table
-
+    if lat and "gates" not in lat and latency_table is not None:  # older reports: skipped
         lines += ["", "## End-to-end time, gated vs ungated (decode + pipeline; `edgecell.benchmarks.gate_overhead`)",
-                  "", overhead_table(list(lat.values())).rstrip()]
+                  "", latency_table(list(lat.values())).rstrip()]
     if png:
         lines += ["", f"![task accuracy vs JPEG quality]({png})"]
     return "\n".join(lines) + "\n"
@@ -322,64 +286,3 @@ def plot_accuracy_vs_jpeg(report: dict, path: Path, key: str | None = None) -> s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path).name
-
-
-@script_main
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgecell.evaluation.gate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--gate", action="append", default=[], help="gate model file (repeat)")
-    p.add_argument("--gate-dir", help="folder of exported gates: every gate_*_{fp32,int8}.{tflite,xml,onnx}")
-    p.add_argument("--task-model", required=True)
-    p.add_argument("--labels", help="labels CSV (gate accuracy and task accuracy on the gate's held-out originals)")
-    p.add_argument("--split", help="gate_split.json from edgecell.convert.train_gate")
-    p.add_argument("--task-split", help="instead of --labels/--split: degraded copies of the task model's own "
-                                        "split (xray: 'test', its held-out images), unlabelled: task accuracy "
-                                        "all vs accepted, no gate accuracy")
-    p.add_argument("--split-list", help="X-ray: xray_split.tsv (else rebuilt, seed 0)")
-    p.add_argument("--task-split-limit", type=int, default=0, help="seeded sample of N images of --task-split")
-    p.add_argument("--data", help="datasets folder or the dataset folder itself")
-    p.add_argument("--dataset", default="clothing_small_subset")
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--latency-images", type=int, default=60)
-    p.add_argument("--limit", type=int, default=0, help="first N held-out originals only (quick check)")
-    p.add_argument("--task-sibling", action="append", default=[],
-                   help="the task model in another format/precision: each gate's latency is compared with "
-                        "the task model on the same backend and precision (repeat)")
-    p.add_argument("--latency-only", action="store_true", help="re-measure latency only; merge into OUT/gate.json")
-    args = p.parse_args(argv)
-    from edgecell.convert.gate_labels import degraded_rows, gate_data_dir
-    from edgecell.modelinfo import read_model_info
-
-    if args.latency_only and not args.split:
-        p.error("--latency-only times the held-out originals of --split")
-    if not args.latency_only and not args.task_split and not (args.labels and args.split):
-        p.error("give --labels and --split, or --task-split")
-    task_info = read_model_info(args.task_model)
-    data = gate_data_dir(task_info.task, args.dataset, args.data)
-    gates = list(args.gate)
-    if args.gate_dir:
-        d = Path(args.gate_dir)
-        for suffix in (".tflite", ".xml", ".onnx"):
-            for prec in ("fp32", "int8"):
-                gates += sorted(str(f) for f in d.glob(f"gate_*_{prec}{suffix}"))
-    if not gates:
-        p.error("no gate model: pass --gate FILE or --gate-dir DIR")
-    if args.latency_only:
-        lat = latency_only(gates, args.task_model, args.split, data, args.out,
-                           threads=args.threads, latency_images=args.latency_images, task_siblings=args.task_sibling)
-        print(json.dumps(lat, indent=2))
-        return 0
-    rows = None
-    if args.task_split:
-        rows = degraded_rows(task_info.task, data, args.task_split, task_info.labels, task_info.settings,
-                             split_list=args.split_list, limit=args.task_split_limit)
-    report = evaluate_gate(gates, args.task_model, args.labels, args.split, data,
-                           args.out, threads=args.threads, latency_images=args.latency_images, limit=args.limit,
-                           task_siblings=args.task_sibling, rows=rows)
-    print(markdown_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -111,7 +111,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
 
     from edgecell.calibration.chula import CELL_RADIUS_PX, CLASS_NAMES, list_smears
     from edgecell.errors import EdgecellError
-    from edgecell.evaluation.classification import _key, confusion_matrix, model_bytes, sha256
+    from edgecell.evaluation.classification import confusion_matrix, model_bytes, result_key, sha256
     from edgecell.model import load_model
     from edgecell.pipeline import predict
     from edgecell.tasks import rbc
@@ -164,7 +164,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
         ab_truth = truth[:, ab_cols].any(1)
         multi = np.concatenate(multi)
         exact = ((probs >= 0.5) == truth.astype(bool)).all(1)
-        key = _key(model.session.backend, info.precision, path, set(report["models"]))
+        key = result_key(model.session.backend, info.precision, path, set(report["models"]))
         cm = confusion_matrix(own_truth, own, len(classes))
         report["models"][key] = {
             "path": str(path), "file": path.name, "backend": model.session.backend, "precision": info.precision,

@@ -1,41 +1,46 @@
-"""Tasks as pipelines of plain functions. Each task module provides:
+"""The task registry: every task edgecell knows, by the name a model's metadata gives it.
 
-    preprocess(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, Any]
-        RGB uint8 H x W x 3 image -> (float32 input batch of one, context for postprocess)
-    postprocess(outputs: dict[str, np.ndarray], context, info: ModelInfo, **options) -> Result
-        float32 model outputs by name -> a result dataclass with `to_dict()` (JSON-ready)
-    annotate(image: np.ndarray, result) -> np.ndarray
-        an RGB overlay for a person to look at
+The contract every task meets is written in `edgecell.tasks.base` (`Task`, `TaskResult`). The
+pipeline (`edgecell.pipeline`), `load_model`, `edgecell eval`, the converter and the benchmarks
+read this one registry; none of them lists tasks itself.
 
-and may provide `infer(session, tensor, info, *, context, **options) -> dict` when one image needs
-more than one model call or extra outputs (tiling, Grad-CAM). `get_task(name)` returns the module.
+Adding a task: write `edge/tasks/NAME.py` with a `Task` subclass (and its `TaskResult`
+dataclass), then add its instance to `TASKS` below (one line, with its import). The contract test
+(`tests/tasks/test_contract.py`) then runs it like every other task.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 from edgecell.errors import ModelError
+from edgecell.tasks.base import RunningSummary, Task, TaskResult
+from edgecell.tasks.cells import CellsTask
+from edgecell.tasks.classify import ClassifyTask
+from edgecell.tasks.gate import GateTask
+from edgecell.tasks.raw import RawTask
+from edgecell.tasks.rbc import RbcTask
+from edgecell.tasks.xray import XrayTask
 
-TASK_MODULES = {
-    "cells": "edgecell.tasks.cells",
-    "classify": "edgecell.tasks.classify",
-    "products": "edgecell.tasks.classify",
-    "xray": "edgecell.tasks.xray",
-    "gate": "edgecell.tasks.gate",
-    "raw": "edgecell.tasks.raw",
-    "rbc": "edgecell.tasks.rbc",
-}
+#: name -> task (one line per task)
+TASKS: dict[str, Task] = {task.name: task for task in (
+    CellsTask(),
+    ClassifyTask("classify"),
+    ClassifyTask("products"),
+    XrayTask(),
+    GateTask(),
+    RawTask(),
+    RbcTask(),
+)}
+
+__all__ = ["TASKS", "RunningSummary", "Task", "TaskResult", "get_task", "task_names"]
 
 
-def get_task(name: str) -> ModuleType:
-    """The module implementing task `name`; a clear error lists the known tasks."""
-    if name not in TASK_MODULES:
-        raise ModelError(f"unknown task {name!r}; expected one of {', '.join(TASK_MODULES)}")
+def task_names() -> tuple[str, ...]:
+    return tuple(TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`; a clear error lists the known tasks."""
     try:
-        return importlib.import_module(TASK_MODULES[name])
-    except ModuleNotFoundError as exc:
-        if exc.name == TASK_MODULES[name]:
-            raise ModelError(f"task {name!r} is not available in this edgecell version") from None
-        raise
+        return TASKS[name]
+    except KeyError:
+        raise ModelError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None

@@ -34,6 +34,8 @@ import numpy as np
 from edgecell.errors import ModelError
 from edgecell.images import Letterbox, letterbox
 from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.base import Task, TaskResult
+from edgecell.tasks.boxes import box_iou, nms_per_class
 from edgecell.tasks.common import normalise as normalise_pixels
 
 TASK = "cells"
@@ -104,6 +106,19 @@ class CellsContext:
     letterbox: Letterbox
     image_size: tuple[int, int]  # (width, height) of the original image
     image: np.ndarray | None = None  # kept for tiling; not serialised
+    #: set by `infer` when it ran N x N tiles: their merged detections, already in image pixels
+    tiled: "TiledDetections | None" = None
+
+
+@dataclass
+class TiledDetections:
+    """Detections merged from N x N tiles (image pixels): what `infer` hands `postprocess` for a
+    tiled smear instead of one raw model output."""
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    tiles: int
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -312,51 +327,7 @@ def decode_yolov2(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, 
     return boxes, cls.astype(np.int64), score.astype(np.float32)
 
 
-# --------------------------------------------------------------------------- box utilities
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of N x 4 and M x 4 boxes (x1, y1, x2, y2)."""
-    a = np.asarray(a, np.float32).reshape(-1, 4)
-    b = np.asarray(b, np.float32).reshape(-1, 4)
-    # column by column (no N x M x 2 temporaries, no np.prod): ~4x faster for NMS-sized inputs
-    ax1, ay1, ax2, ay2 = a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4]
-    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    iw = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
-    ih = np.minimum(ay2, by2) - np.maximum(ay1, by1)
-    np.maximum(iw, 0, out=iw)
-    np.maximum(ih, 0, out=ih)
-    inter = iw * ih
-    area_a = np.maximum(ax2 - ax1, 0) * np.maximum(ay2 - ay1, 0)
-    area_b = np.maximum(bx2 - bx1, 0) * np.maximum(by2 - by1, 0)
-    return inter / np.maximum(area_a + area_b - inter, 1e-9)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_NMS_IOU) -> np.ndarray:
-    """Greedy NMS; indices kept, highest score first. One IoU matrix, then a loop over booleans
-    (a few microseconds per box instead of an IoU row per kept box)."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    if order.size <= 1:
-        return order.astype(np.int64)
-    over = box_iou(boxes[order], boxes[order]) > iou
-    suppressed = np.zeros(order.size, bool)
-    keep = []
-    for k in range(order.size):
-        if not suppressed[k]:
-            keep.append(k)
-            suppressed |= over[k]
-    return order[keep].astype(np.int64)
-
-
-def nms_per_class(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_NMS_IOU) -> np.ndarray:
-    """NMS within each class, in one call: each class's boxes are shifted by more than the span of
-    all boxes, so boxes of different classes never overlap (as torchvision's batched_nms).
-    Indices kept, highest score first."""
-    if len(boxes) == 0:
-        return np.zeros(0, np.int64)
-    boxes = np.asarray(boxes, np.float32)
-    span = float(boxes.max() - boxes.min()) + 1.0
-    return nms(boxes + (np.asarray(classes, np.float32) * span)[:, None], scores, iou)
-
-
+# --------------------------------------------------------------------------- platelets
 def platelet_dedupe(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_PLATELET_IOU) -> np.ndarray:
     """The paper's platelet double-count removal: going from the highest score down, find the
     nearest already-kept platelet by centre distance (1-NN) and drop this one if their IoU is
@@ -376,7 +347,7 @@ def platelet_dedupe(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_
 
 # --------------------------------------------------------------------------- result
 @dataclass
-class CellsResult:
+class CellsResult(TaskResult):
     """Detections in image pixels and counts per class."""
 
     boxes: np.ndarray  # N x 4 float32, x1 y1 x2 y2
@@ -389,6 +360,12 @@ class CellsResult:
     @property
     def counts(self) -> dict[str, int]:
         return count_cells(self.classes, self.labels)
+
+    def class_counts(self) -> dict[str, int]:
+        return self.counts
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {n}" for name, n in self.counts.items())
 
     def to_dict(self) -> dict:
         return {
@@ -445,9 +422,9 @@ def postprocess(outputs: dict[str, np.ndarray], context: CellsContext, info: Mod
     thr = thresholds_of(info, thresholds)
     nms_iou = float(info.settings.get("nms_iou", DEFAULT_NMS_IOU) if nms_iou is None else nms_iou)
     platelet_iou = float(info.settings.get("platelet_iou", DEFAULT_PLATELET_IOU) if platelet_iou is None else platelet_iou)
-    if "__tiles__" in outputs:  # produced by infer() for a tiled smear: already in image pixels
-        boxes, classes, scores = outputs["boxes"], outputs["classes"].astype(np.int64), outputs["scores"]
-        tiles = int(outputs["__tiles__"])
+    if context.tiled is not None:  # infer() ran tiles: merged detections, already in image pixels
+        tiled = context.tiled
+        boxes, classes, scores, tiles = tiled.boxes, tiled.classes.astype(np.int64), tiled.scores, tiled.tiles
     else:
         boxes, classes, scores = decode(outputs, info, floor=float(thr.min()))
         boxes = _to_image(boxes, context)
@@ -513,8 +490,8 @@ def merge_tiles(per_tile: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tiles
 def infer(session, tensor: np.ndarray, info: ModelInfo, context: CellsContext | None = None,
           tiles: int | str | None = "auto", overlap: float = 0.2, thresholds: Any = None, **_: Any) -> dict:
     """Run the model once, or on N x N overlapping tiles when the smear is much larger than the
-    model input (`tiles="auto"`, or an int N; pass `context` from preprocess for tiling).
-    Returns outputs for `postprocess`."""
+    model input (`tiles="auto"`, or an int N; pass `context` from preprocess for tiling). A tiled
+    run leaves its merged detections in `context.tiled` (and returns the last tile's outputs)."""
     check_info(info)
     if context is None or context.image is None:
         return session.run(tensor)
@@ -524,24 +501,19 @@ def infer(session, tensor: np.ndarray, info: ModelInfo, context: CellsContext | 
     thr = thresholds_of(info, thresholds)
     grid = tile_grid(context.image_size, n, overlap)
     per_tile = []
+    outputs: dict = {}
     for x0, y0, x1, y1, _core in grid:
         crop = context.image[y0:y1, x0:x1]
         t, ctx = preprocess(crop, info)
-        boxes, classes, scores = decode(session.run(t), info, floor=float(thr.min()))
+        outputs = session.run(t)
+        boxes, classes, scores = decode(outputs, info, floor=float(thr.min()))
         boxes = _to_image(boxes, ctx)
         boxes[:, [0, 2]] += x0
         boxes[:, [1, 3]] += y0
         per_tile.append((boxes, classes, scores))
     boxes, classes, scores = merge_tiles(per_tile, grid, float(info.settings.get("nms_iou", DEFAULT_NMS_IOU)))
-    return {"boxes": boxes, "classes": classes, "scores": scores, "__tiles__": np.int64(n)}
-
-
-def run_image(session, image: np.ndarray, info: ModelInfo, **options: Any) -> CellsResult:
-    """The whole device pipeline on one RGB image: preprocess, infer (tiles), postprocess."""
-    check_info(info)
-    tensor, ctx = preprocess(image, info)
-    outputs = infer(session, tensor, info, context=ctx, **options)
-    return postprocess(outputs, ctx, info, **options)
+    context.tiled = TiledDetections(boxes, classes, scores, n)
+    return outputs
 
 
 # --------------------------------------------------------------------------- overlay
@@ -562,3 +534,32 @@ def annotate(image: np.ndarray, result: CellsResult) -> np.ndarray:
         cv2.putText(out, text, (int(8 * scale), y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, COLOURS.get(name, (255, 255, 255)), thick, cv2.LINE_AA)
         y += int(24 * scale)
     return out
+
+
+class CellsTask(Task):
+    """Blood-cell counting: the module's functions behind the task contract."""
+
+    name = TASK
+
+    def check(self, info: ModelInfo, session) -> None:
+        check_info(info)
+
+    def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, CellsContext]:
+        check_info(info)
+        return preprocess(image, info)
+
+    def infer(self, session, tensor: np.ndarray, info: ModelInfo, *, context: Any = None, **options: Any) -> dict:
+        return infer(session, tensor, info, context=context, **options)
+
+    def postprocess(self, outputs: dict, context: Any, info: ModelInfo, **options: Any) -> CellsResult:
+        return postprocess(outputs, context, info, **options)
+
+    def annotate(self, image: np.ndarray, result: CellsResult) -> np.ndarray:
+        return annotate(image, result)
+
+    def evaluate(self, model_paths, data, out, *, split, backend) -> dict:
+        from edgecell.calibration import dataset_dir
+        from edgecell.evaluation.detection import evaluate_cells
+
+        return evaluate_cells(model_paths, dataset_dir("cbc_bccd_cleaned", data), out, backend=backend,
+                              split=split or "Testing")

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 
 from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.base import Task, TaskResult
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
 
 
 @dataclass
-class ClassifyResult:
+class ClassifyResult(TaskResult):
     label: str
     index: int
     confidence: float
@@ -28,6 +29,10 @@ class ClassifyResult:
     def summary(self) -> str:
         flag = " (uncertain: check by hand)" if self.uncertain else ""
         return f"{self.label} {self.confidence:.2f}{flag}"
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.uncertain
 
 
 def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, None]:
@@ -68,3 +73,32 @@ def annotate(image: np.ndarray, result: ClassifyResult) -> np.ndarray:
     cv2.rectangle(out, (0, 0), (out.shape[1], int(34 * scale)), (0, 0, 0), -1)
     cv2.putText(out, text, (6, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour, max(1, int(2 * scale)))
     return out
+
+
+class ClassifyTask(Task):
+    """A plain image classifier (`classify`), and the product classifier (`products`), which is one."""
+
+    def __init__(self, name: str = "classify"):
+        self.name = name
+
+    def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, None]:
+        return preprocess(image, info)
+
+    def postprocess(self, outputs: dict, context, info: ModelInfo, **options) -> ClassifyResult:
+        return postprocess(outputs, context, info, **options)
+
+    def annotate(self, image: np.ndarray, result: ClassifyResult) -> np.ndarray:
+        return annotate(image, result)
+
+    def evaluate(self, model_paths, data, out, *, split, backend) -> dict:
+        from edgecell.evaluation.classification import evaluate_classifier
+
+        if self.name == "products":
+            from edgecell.calibration import dataset_dir
+
+            data = dataset_dir("clothing_small_subset", data)
+        elif data is None:
+            from edgecell.errors import EdgecellError
+
+            raise EdgecellError("--data DIR is needed for a classify model: a folder of <split>/<class>/ images")
+        return evaluate_classifier(model_paths, data, out, split=split or "test", backend=backend)

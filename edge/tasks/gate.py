@@ -15,13 +15,14 @@ import numpy as np
 
 from edgecell.images import resize
 from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.base import Task, TaskResult
 from edgecell.tasks.common import require_task, resized, softmax, to_input_tensor
 
 POLICIES = ("reject", "flag", "pass")
 
 
 @dataclass
-class GateResult:
+class GateResult(TaskResult):
     utility: float
     threshold: float
     for_task: str = ""
@@ -43,6 +44,10 @@ class GateResult:
 
     def summary(self) -> str:
         return f"utility {self.utility:.2f}" + ("" if self.useful else " (not useful)")
+
+    @property
+    def needs_attention(self) -> bool:
+        return not self.useful
 
 
 def resize_via(info: ModelInfo) -> tuple[int, int] | None:
@@ -96,3 +101,24 @@ def annotate(image: np.ndarray, result: GateResult) -> np.ndarray:
     cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), colour, max(2, out.shape[1] // 150))
     cv2.putText(out, result.summary(), (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2)
     return out
+
+
+class GateTask(Task):
+    """The utility gate: is this image still useful to its task model?"""
+
+    name = "gate"
+
+    def preprocess(self, image: np.ndarray, info: ModelInfo):
+        return preprocess(image, info)
+
+    def postprocess(self, outputs: dict, context, info: ModelInfo, **options) -> GateResult:
+        return postprocess(outputs, context, info, **options)
+
+    def annotate(self, image: np.ndarray, result: GateResult) -> np.ndarray:
+        return annotate(image, result)
+
+    def evaluate(self, model_paths, data, out, *, split, backend) -> dict:
+        from edgecell.errors import EdgecellError
+
+        raise EdgecellError("a gate is evaluated against its task model and labels: "
+                            "python -m edgecell.benchmarks.gate_eval --help")

@@ -9,11 +9,12 @@ import numpy as np
 
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks import classify
+from edgecell.tasks.base import Task, TaskResult
 from edgecell.tasks.common import to_input_tensor
 
 
 @dataclass
-class RawResult:
+class RawResult(TaskResult):
     outputs: dict[str, list]
 
     def to_dict(self) -> dict:
@@ -38,3 +39,18 @@ def postprocess(outputs: dict[str, np.ndarray], context, info: ModelInfo, **opti
 
 def annotate(image: np.ndarray, result) -> np.ndarray:
     return classify.annotate(image, result) if isinstance(result, classify.ClassifyResult) else image
+
+
+class RawTask(Task):
+    """A model without edgecell metadata."""
+
+    name = "raw"
+
+    def preprocess(self, image: np.ndarray, info: ModelInfo):
+        return preprocess(image, info)
+
+    def postprocess(self, outputs: dict, context, info: ModelInfo, **options) -> TaskResult:
+        return postprocess(outputs, context, info, **options)
+
+    def annotate(self, image: np.ndarray, result: TaskResult) -> np.ndarray:
+        return annotate(image, result)

@@ -39,6 +39,7 @@ import numpy as np
 
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
+from edgecell.tasks.base import Task, TaskResult
 from edgecell.tasks.common import normalise, require_task, softmax
 
 TASK = "rbc"
@@ -129,7 +130,7 @@ class RbcCell:
 
 
 @dataclass
-class RbcResult:
+class RbcResult(TaskResult):
     """Cells, per-type counts, and the smear-level flag for a haematologist."""
 
     cells: list[RbcCell]
@@ -153,6 +154,13 @@ class RbcResult:
                 "abnormal_types": list(self.abnormal_types), "uncertain": self.uncertain,
                 "uncertain_reason": self.uncertain_reason, "image_size": list(self.image_size),
                 "cells": [c.to_dict() for c in self.cells]}
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.abnormal or self.uncertain
+
+    def class_counts(self) -> dict[str, int]:
+        return dict(self.counts)
 
     def summary(self) -> str:
         if self.uncertain:
@@ -312,3 +320,28 @@ def annotate(image: np.ndarray, result: RbcResult) -> np.ndarray:
     cv2.putText(out, banner[:110], (6, int(17 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale,
                 ABNORMAL_COLOUR if result.abnormal else (255, 255, 255), thick, cv2.LINE_AA)
     return out
+
+
+class RbcTask(Task):
+    """Red-cell morphology: the module's functions behind the task contract."""
+
+    name = TASK
+
+    def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, RbcContext]:
+        return preprocess(image, info)
+
+    def infer(self, session, tensor: np.ndarray, info: ModelInfo, *, context: Any = None, **options: Any) -> dict:
+        return infer(session, tensor, info, context=context, **options)
+
+    def postprocess(self, outputs: dict, context: Any, info: ModelInfo, **options: Any) -> RbcResult:
+        return postprocess(outputs, context, info, **options)
+
+    def annotate(self, image: np.ndarray, result: RbcResult) -> np.ndarray:
+        return annotate(image, result)
+
+    def evaluate(self, model_paths, data, out, *, split, backend) -> dict:
+        from edgecell.calibration import dataset_dir
+        from edgecell.evaluation.rbc import evaluate_rbc
+
+        return evaluate_rbc(model_paths, dataset_dir("chula_rbc12", data), out, backend=backend, split=split or "test")
+

@@ -41,6 +41,7 @@ import numpy as np
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
 from edgecell.quality import Quality, check_quality, chest_crop
+from edgecell.tasks.base import Task, TaskResult
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
 
 HEAD_KEYS = ("w1", "b1", "bn_scale", "bn_shift", "w2", "b2")
@@ -117,7 +118,7 @@ def gradcam_map(features: np.ndarray, head: dict[str, np.ndarray], class_index: 
 # ----------------------------------------------------------------------------- result
 
 @dataclass
-class XrayResult:
+class XrayResult(TaskResult):
     label: str
     index: int
     confidence: float
@@ -157,6 +158,10 @@ class XrayResult:
         if self.notes:
             out["notes"] = list(self.notes)
         return out
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.uncertain or self.retake
 
     def summary(self) -> str:
         text = f"{self.label} {self.confidence:.2f}"
@@ -298,3 +303,30 @@ def annotate(image: np.ndarray, result: XrayResult, *, alpha: float = 0.45) -> n
             cv2.putText(out, text, (4, int(bar * (i + 1) - 8 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.6 * scale, colour, max(1, int(1.5 * scale)), cv2.LINE_AA)
     return out
+
+
+class XrayTask(Task):
+    """Chest X-ray triage with quality flags and Grad-CAM."""
+
+    name = "xray"
+
+    def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, XrayContext]:
+        return preprocess(image, info)
+
+    def infer(self, session, tensor: np.ndarray, info: ModelInfo, *, context: Any = None, **options: Any) -> dict:
+        return infer(session, tensor, info, context=context, **options)
+
+    def postprocess(self, outputs: dict, context, info: ModelInfo, **options) -> XrayResult:
+        return postprocess(outputs, context, info, **options)
+
+    def annotate(self, image: np.ndarray, result: XrayResult) -> np.ndarray:
+        return annotate(image, result)
+
+    def evaluate(self, model_paths, data, out, *, split, backend) -> dict:
+        from edgecell.calibration import xray as xray_data
+        from edgecell.evaluation.classification import evaluate_classifier
+
+        # the held-out split is rebuilt from the data and the seed the model card names (0)
+        items, _, _ = xray_data.build(data, seed=0)
+        return evaluate_classifier(model_paths, xray_data.heldout_folder(items, out), out, split="test",
+                                   backend=backend)

@@ -62,7 +62,9 @@ def test_report_and_plot(tmp_path):
                       "per_repeat_median_ratio": [r]} for v, r in (("gated", 1.25), ("gated_separate", 1.5))}}}}
     png = ev.plot_accuracy_vs_jpeg(report, tmp_path / "curve.png")
     assert png == "curve.png" and (tmp_path / "curve.png").stat().st_size > 1000
-    md = ev.markdown_report(report, png)
+    from edgecell.benchmarks.gate_overhead import markdown as overhead_table
+
+    md = ev.markdown_report(report, png, overhead_table)
     assert "100.0 %" in md and "33.3 %" in md and "| 1.250 |" in md and "![task accuracy" in md
 
 
@@ -73,7 +75,7 @@ def test_unlabelled_task_split_rows_give_task_figures_but_no_gate_accuracy(tmp_p
     import shutil
     from pathlib import Path
 
-    from edgecell.convert.gate_labels import degraded_rows
+    from edgecell.calibration.gate_data import degraded_rows
     from edgecell.modelinfo import read_model_info
 
     models = Path(__file__).resolve().parents[2] / "edge" / "models"
@@ -86,7 +88,7 @@ def test_unlabelled_task_split_rows_give_task_figures_but_no_gate_accuracy(tmp_p
     rows = degraded_rows("products", tmp_path / "data", "test", info.labels, info.settings,
                          specs=["none", "blur:7"])
     report = ev.evaluate_gate([models / "gate_products_int8.tflite"], task, None, None, tmp_path / "data",
-                              tmp_path / "out", latency_images=0, rows=rows)
+                              tmp_path / "out", rows=rows)
     assert report["gate_accuracy"] == {} and report["test_samples"] == 4 and report["test_labelled"] == 0
     t = report["task_accuracy"]["litert-int8"]
     assert t["n"] == 2 and t["pristine"]["n"] == 2 and 0 <= t["share_rejected"] <= 1

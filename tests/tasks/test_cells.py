@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 from edgecell.errors import ModelError
+from edgecell.model import Model, load_model
 from edgecell.modelinfo import ModelInfo
+from edgecell.pipeline import predict
 from edgecell.tasks import cells
+from edgecell.tasks.boxes import box_iou
 
 ANCHORS = [[12.0, 12.0], [30.0, 30.0], [40.0, 40.0], [50.0, 50.0], [90.0, 90.0]]
 MODELS = Path(cells.__file__).resolve().parent.parent / "models"
@@ -151,22 +154,14 @@ def test_centernet_decode_rejects_wrong_depth_and_unknown_head():
     cells.check_info(make_centernet_info())  # no anchors needed
 
 
-def test_nms_per_class():
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
-    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
-    classes = np.array([0, 0, 1, 0])
-    keep = cells.nms_per_class(boxes, classes, scores, 0.45)
-    assert sorted(keep.tolist()) == [0, 2, 3]  # box 1 suppressed by 0; class 1 box kept
-
-
 def test_platelet_dedupe_paper_rule():
     # A and B overlap (IoU 0.43 > 0.10): the lower-scored B is a double count; C overlaps A by
     # IoU ~0.05 (<= 0.10): a separate platelet; D is far away.
     a, b = [0, 0, 20, 20], [6, 0, 26, 20]
     c, d = [18, 0, 38, 20], [100, 100, 120, 120]
     boxes = np.array([a, b, c, d], np.float32)
-    assert cells.box_iou(boxes[:1], boxes[1:2])[0, 0] > 0.10
-    assert cells.box_iou(boxes[:1], boxes[2:3])[0, 0] <= 0.10
+    assert box_iou(boxes[:1], boxes[1:2])[0, 0] > 0.10
+    assert box_iou(boxes[:1], boxes[2:3])[0, 0] <= 0.10
     keep = cells.platelet_dedupe(boxes, np.array([0.9, 0.8, 0.7, 0.6], np.float32), 0.10)
     assert sorted(keep.tolist()) == [0, 2, 3]
 
@@ -197,6 +192,11 @@ def test_postprocess_maps_back_through_letterbox():
     np.testing.assert_allclose(r.boxes[0], [100, 100, 200, 200], atol=0.5)
 
 
+def run_image(session, image, info, **options) -> cells.CellsResult:
+    """The one device path (`pipeline.predict`) on a session the test built."""
+    return predict(Model(session, info), image, **options)[0]
+
+
 def _smear(size=(1600, 1200), step=100, r=16, seed=0):
     """Light background with dark discs on a regular lattice (some land on tile seams)."""
     w, h = size
@@ -212,7 +212,7 @@ def test_tiling_counts_seam_cells_once(head):
     info = HEAD_INFOS[head]()
     image, centres = _smear()
     session = BlobSession(info)
-    r = cells.run_image(session, image, info)
+    r = run_image(session, image, info)
     assert r.tiles == 4 and session.calls == 16
     assert sum(r.counts.values()) == len(centres)
     # every disc found exactly once, at its place
@@ -244,7 +244,7 @@ def test_tile_grid_cores_partition_image():
 def test_empty_smear_gives_zero_counts(head):
     info = HEAD_INFOS[head]()
     blank = np.full((480, 640, 3), (230, 200, 210), np.uint8)
-    r = cells.run_image(BlobSession(info), blank, info)
+    r = run_image(BlobSession(info), blank, info)
     assert r.counts == {"RBC": 0, "WBC": 0, "Platelets": 0} and len(r.boxes) == 0
     overlay = cells.annotate(blank, r)
     assert overlay.shape == blank.shape
@@ -258,7 +258,7 @@ def test_greyscale_smear_works(head):
     for img in (grey, grey[:, :, None]):
         tensor, ctx = cells.preprocess(img, info)
         assert tensor.shape == (1, 192, 256, 3)
-        r = cells.run_image(BlobSession(info), img, info)
+        r = run_image(BlobSession(info), img, info)
         assert sum(r.counts.values()) == len(centres)
         assert cells.annotate(img, r).shape == (480, 640, 3)
 
@@ -274,17 +274,14 @@ def test_annotate_draws_circles():
 def test_other_task_is_refused_in_one_line():
     info = ModelInfo(task="classify", labels=["a", "b"], input_size=(224, 224))
     with pytest.raises(ModelError) as exc:
-        cells.run_image(BlobSession(info), np.zeros((100, 100, 3), np.uint8), info)
+        cells.CellsTask().preprocess(np.zeros((100, 100, 3), np.uint8), info)
     msg = str(exc.value)
     assert "\n" not in msg and "'cells'" in msg and "'classify'" in msg
 
 
 def _load(path):
-    from edgecell.backends import load_session
-    from edgecell.modelinfo import read_model_info
-
-    session = load_session(path)
-    return session, read_model_info(path, session.embedded_metadata)
+    model = load_model(path)
+    return model.session, model.info
 
 
 def _samples():
@@ -296,7 +293,7 @@ def _samples():
 
 
 def _totals(session, info, images):
-    counts = [cells.run_image(session, img, info).counts for img in images]
+    counts = [run_image(session, img, info).counts for img in images]
     return counts, {k: sum(c[k] for c in counts) for k in cells.CLASSES}
 
 
@@ -313,7 +310,7 @@ def test_shipped_default_counts_the_samples_in_colour_grey_and_blank():
     assert all(c["WBC"] >= 1 for c in grey)
     for k in cells.CLASSES:  # greyscale augmentation: a grey smear counts like the colour one
         assert abs(grey_total[k] - total[k]) <= max(2, 0.15 * total[k]), (k, grey_total, total)
-    assert sum(cells.run_image(session, np.full_like(images[0], 225), info).counts.values()) == 0
+    assert sum(run_image(session, np.full_like(images[0], 225), info).counts.values()) == 0
 
 
 def test_shipped_reproduction_still_runs():
@@ -321,13 +318,13 @@ def test_shipped_reproduction_still_runs():
     session, info = _load(REPRODUCTION)
     assert cells.head_of(info) == "yolov2"
     image = _samples()[0]
-    r = cells.run_image(session, image, info)
+    r = run_image(session, image, info)
     assert 10 <= r.counts["RBC"] <= 18 and r.counts["WBC"] == 1
-    assert sum(cells.run_image(session, np.full_like(image, 225), info).counts.values()) == 0
+    assert sum(run_image(session, np.full_like(image, 225), info).counts.values()) == 0
 
 
 def test_shipped_model_of_another_task_is_refused_in_one_line():
     session, info = _load(MODELS / "products_int8.tflite")
     with pytest.raises(ModelError) as exc:
-        cells.run_image(session, _samples()[0], info)
+        cells.CellsTask().check(info, session)
     assert "\n" not in str(exc.value) and "'cells'" in str(exc.value)

@@ -1,0 +1,237 @@
+"""`edgecell run`: parse the options into a `RunOptions`, open the source, hand the frames to
+`pipeline.run_frames`, and render progress and the closing table. No image is touched here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgecell.errors import EdgecellError
+
+DEFAULT_MODEL = "cells"
+DEFAULT_SAMPLES = ("samples", "bccd")  # inside the package (edgecell.resources)
+
+
+def run(
+    ctx: typer.Context,
+    model: str = typer.Argument(DEFAULT_MODEL, help="Model file (.tflite, .xml, .onnx), a shipped model name, "
+                                "or a bundle (folder, .tar.gz or install prefix) whose configured run is used."),
+    source: Optional[str] = typer.Argument(None, help="Image, folder (recursive), video file, camera index or "
+                                           "rtsp:// / http:// URL. Default: the shipped sample images."),
+    camera: Optional[int] = typer.Option(None, "--camera", help="Read camera N (same as SOURCE=N)."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto, litert, openvino, onnxruntime, tflite-runtime, tf.lite"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Inference threads (default: the backend's choice)."),
+    device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO."),
+    providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, comma-separated, "
+                                            "e.g. TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for overlays, results.jsonl and results.csv."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per image to stdout (for machines)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N images or frames."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second."),
+    threshold: Optional[List[str]] = typer.Option(None, "--threshold", help="Per-class confidence, e.g. RBC=0.5 (repeatable)."),
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="Cells: split each image into N x N overlapping tiles (0 = auto)."),
+    top_k: int = typer.Option(3, "--top-k", help="Classifiers: how many classes to report."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Classifiers: below this the "
+                                                   "image is marked uncertain, for a person to check."),
+    show: bool = typer.Option(False, "--show", help="Show the overlay in a window (needs a desktop and GUI OpenCV; "
+                              "else use --serve)."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="Show the run on a web page at [HOST:]PORT, e.g. "
+                                        "8080 (this machine) or 0.0.0.0:8080 (other devices, with a printed token)."),
+    gate: Optional[str] = typer.Option(None, "--gate", help="A utility-gate model run first: is the image still "
+                                       "useful to the task model?"),
+    gate_policy: str = typer.Option("reject", "--gate-policy", help="reject (skip the task model, list the image "
+                                    "with the reason), flag (run it, mark the result) or pass (record the score)."),
+    gate_threshold: Optional[float] = typer.Option(None, "--gate-threshold", help="Utility below this is 'not "
+                                                   "useful' (default: the gate model's own)."),
+) -> None:
+    """Run a model on images, a folder, a video or a camera; print results and write overlays.
+
+    With no arguments: counts blood cells in the shipped sample smears with the shipped INT8 model.
+    Given a bundle, runs its configured pipeline after verifying every file (options given here win).
+    """
+    from edgecell.bundle import is_bundle
+
+    if is_bundle(Path(model)):
+        return run_command(**_bundle_params(ctx, Path(model)))
+    return run_command(**ctx.params)
+
+
+def _bundle_params(ctx: typer.Context, bundle: Path) -> dict:
+    """The bundle's configured run (model, source, options), with options given on the command line winning."""
+    from typer import _click as click
+
+    from edgecell.bundle import run_bundle_args
+
+    bundle_model, bundle_source, bundle_options = run_bundle_args(bundle)
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    params = dict(ctx.params, model=str(bundle_model))
+    if "source" not in given and "camera" not in given and bundle_source is not None:
+        params["source"] = bundle_source
+    for name, value in bundle_options.items():
+        if name in params and name not in given:
+            params[name] = Path(value) if name == "out" and value is not None else value
+    return params
+
+
+def parse_thresholds(values: list[str] | str | None) -> dict[str, float] | None:
+    """`--threshold RBC=0.5 --threshold WBC=0.3` (or comma-separated) -> {"RBC": 0.5, "WBC": 0.3}."""
+    if not values:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    out = {}
+    for item in ",".join(values).split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise EdgecellError(f"--threshold {item!r}: expected CLASS=VALUE, e.g. --threshold RBC=0.5")
+    return out
+
+
+def run_command(model: str, source: Optional[str], camera: Optional[int], backend: str, threads: Optional[int],
+                device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
+                fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
+                min_confidence: Optional[float], show: bool, serve: Optional[str], gate: Optional[str],
+                gate_policy: str, gate_threshold: Optional[float]) -> None:
+    """`edgecell run` once its options are known (from the command line, or a bundle's run)."""
+    from edgecell.model import load_model
+    from edgecell.pipeline import RunOptions, RunSummary, run_frames
+    from edgecell.resources import resolve_model_path, shipped_path
+    from edgecell.sinks import JsonlSink
+    from edgecell.sources import count_frames, describe_source, iter_frames
+
+    if camera is not None:
+        source = str(camera)
+    if source is None:
+        source = str(shipped_path(*DEFAULT_SAMPLES))
+    kind = describe_source(source)
+    if show or serve:
+        from edgecell.live import check_display_options
+
+        check_display_options(show=show, serve=serve)
+    loaded = load_model(resolve_model_path(model, backend), backend, threads=threads, device=device,
+                        providers=providers.split(",") if providers else None)
+    thresholds = parse_thresholds(threshold)
+    if thresholds:
+        unknown = set(thresholds) - set(loaded.info.labels)
+        if unknown and loaded.info.labels:
+            raise EdgecellError(f"--threshold names {', '.join(sorted(unknown))}; this model's classes are "
+                                f"{', '.join(loaded.info.labels)}")
+    gate_model = None
+    if gate:
+        from edgecell.tasks.common import require_task
+        from edgecell.tasks.gate import POLICIES
+
+        if gate_policy not in POLICIES:
+            raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
+        gate_model = load_model(resolve_model_path(gate, backend), backend, threads=threads, device=device)
+        require_task(gate_model.info, "gate")
+    options = RunOptions(top_k=top_k, min_confidence=min_confidence, thresholds=thresholds, tiles=tiles,
+                         gate_policy=gate_policy, gate_threshold=gate_threshold, out=out)
+    sinks = [JsonlSink(stream=sys.stdout)] if as_json else []
+    if show:
+        sinks.append(WindowSink())
+
+    err = _stderr_console()
+    total = count_frames(source)
+    if max_frames is not None and total is not None:
+        total = min(total, max_frames)
+    err.print(f"[bold]{loaded.info.name or loaded.path.name}[/] ({loaded.info.task}, {loaded.info.precision}) "
+              f"on {loaded.session.backend} <- {kind} {source}", highlight=False)
+    if serve:
+        from edgecell.live import start_live_view
+
+        live = start_live_view(serve, out=out, model=loaded, gate=gate_model, source=f"{kind} {source}",
+                               print_line=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        sinks.append(LiveSink(live, loaded))
+    summary = RunSummary(loaded.info.task)
+    progress = _progress(err, total, disable=(kind == "image"))
+    records = run_frames(loaded, iter_frames(source, max_frames=max_frames, fps=fps), options,
+                         gate=gate_model, sinks=sinks)
+    try:
+        with progress:
+            task_id = progress.add_task("images", total=total)
+            for record in records:
+                summary.add(record)
+                if not record.ok:
+                    progress.console.print(f"[red]edgecell: error:[/] {record.error}", highlight=False, soft_wrap=True)
+                progress.advance(task_id)
+    except KeyboardInterrupt:
+        err.print("interrupted; results so far are written")
+    finally:
+        records.close()
+    if not as_json and (kind != "image" or summary.failed == 0):
+        from edgecell.commands.render import print_run_summary
+
+        print_run_summary(summary)
+    if out:
+        err.print(f"results: {out / 'results.jsonl'}, {out / 'results.csv'}" + (", overlays" if summary.inputs else ""))
+    if summary.failed:
+        if kind != "image":
+            err.print(f"{summary.failed} of {summary.inputs} inputs failed")
+        raise typer.Exit(1)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(console, total, disable):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=disable or not console.is_terminal)
+
+
+class LiveSink:
+    """`--serve`: hands each record to the live web page (`edgecell.live`); the overlay is drawn on
+    the viewer's thread, and only for a frame a viewer gets, unless another sink drew it already."""
+
+    wants_overlay = False
+
+    def __init__(self, live, model):
+        self.live, self.model = live, model
+
+    def write(self, record, image, overlay) -> None:
+        from functools import partial
+
+        from edgecell.pipeline import annotate
+
+        if overlay is None and record.result is not None:
+            overlay = partial(annotate, self.model, image, record.result)
+        self.live.publish(record.to_dict(), image, overlay)
+
+    def close(self) -> None:
+        self.live.close()
+
+
+class WindowSink:
+    """`--show`: each overlay in an OpenCV window (needs a display and an OpenCV with GUI support)."""
+
+    wants_overlay = True
+
+    def write(self, record, image, overlay) -> None:
+        if overlay is None:
+            return
+        import cv2
+
+        try:
+            cv2.imshow("edgecell", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            cv2.waitKey(1)
+        except cv2.error:
+            raise EdgecellError("--show needs a display and an OpenCV with GUI support "
+                                "(opencv-python instead of opencv-python-headless); use --out DIR instead") from None
+
+    def close(self) -> None:
+        pass
