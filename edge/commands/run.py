@@ -12,7 +12,7 @@ import typer
 from edgecell.errors import EdgecellError
 
 DEFAULT_MODEL = "cells"
-DEFAULT_SAMPLES = ("samples", "bccd")  # inside the package (edgecell.resources)
+DEFAULT_SAMPLES = "bccd"  # the shipped sample set (edgecell.resources)
 
 
 def run(
@@ -105,14 +105,14 @@ def run_command(model: str, source: Optional[str], camera: Optional[int], backen
     """`edgecell run` once its options are known (from the command line, or a bundle's run)."""
     from edgecell.model import load_model
     from edgecell.pipeline import RunOptions, RunSummary, run_frames
-    from edgecell.resources import resolve_model_path, shipped_path
+    from edgecell.resources import resolve_model_path, shipped_samples
     from edgecell.sinks import JsonlSink
     from edgecell.sources import count_frames, describe_source, iter_frames
 
     if camera is not None:
         source = str(camera)
     if source is None:
-        source = str(shipped_path(*DEFAULT_SAMPLES))
+        source = str(shipped_samples(DEFAULT_SAMPLES))
     kind = describe_source(source)
     if show or serve:
         from edgecell.live import check_display_options
