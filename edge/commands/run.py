@@ -142,6 +142,8 @@ def run_command(model: str, source: Optional[str], camera: Optional[int], backen
         sinks.append(WindowSink())
 
     err = _stderr_console()
+    if out:
+        out.mkdir(parents=True, exist_ok=True)  # an output folder it cannot make: one line before anything runs
     total = count_frames(source)
     if max_frames is not None and total is not None:
         total = min(total, max_frames)
