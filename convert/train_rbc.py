@@ -6,7 +6,7 @@ image): a cell-centre detector, and the patch classifier with one sigmoid head p
     python -m edgecell.convert.train_rbc patches --out DIR --minutes 20 --cells single   # Model B
 
 * centres: the cell counter's CenterNet (ImageNet MobileNet V1 0.25 + FPN to stride 8) with one class,
-  "RBC", trained on Chula's centre points as boxes of one cell radius around each point, through the
+  "RBC", trained on Chula's centre points of the completely labelled train fields (`Smear.complete`) as boxes of one cell radius around each point, through the
   counter's own augmentation (scale 0.75-1.25, flips, HSV jitter, mosaic, 10 % greyscale) and the
   runtime's `edgecell.tasks.cells.preprocess`. The result is a `cells` model: `edgecell run` counts
   with it, and the `rbc` task uses it to find the cells it classifies. The checkpoint with the best
@@ -141,8 +141,9 @@ def train_centres(args) -> None:
     weights = find_weights(args.imagenet)
     info = detector_info(weights.name)
     model = build_centernet(info.input_size, 1, weights=weights, name="rbc_centres")
-    train = list_smears(args.data, "train")
-    val = list_smears(args.data, "val")
+    # only fields labelled (nearly) completely: elsewhere an unlabelled cell would be taught as background
+    train = [s for s in list_smears(args.data, "train") if s.complete]
+    val = [s for s in list_smears(args.data, "val") if s.complete]
     data = [(s.load(), point_boxes(s.points, CELL_RADIUS_PX), np.zeros(len(s.points), np.int64)) for s in train]
     val_x, val_ctx = zip(*(cells.preprocess(s.load(), info) for s in val))
     val_x = np.concatenate(val_x)
