@@ -138,12 +138,14 @@ def check_show() -> None:
                             "the printed address in a browser on another device")
 
 
-def start_live_view(serve: str, *, out: Path | None, model, gate=None, source: str = "",
+def start_live_view(serve: str, *, out: Path | None, model, gate=None, source: str = "", kind: str = "",
                     print_line: Callable[[str], None] = print) -> LiveView:
-    """`--serve`: the live view of a run of `model` (a loaded Model), started and announced."""
+    """`--serve`: the live view of a run of `model` (a loaded Model) on `source` (of `kind`: camera,
+    url, video, folder, image), started and announced."""
     info = model.info
     run_info = {"model": info.name or Path(model.path).name, "task": info.task, "precision": info.precision,
-                "backend": model.session.backend, "source": source,
+                "backend": model.session.backend, "source": f"{kind} {source}".strip(),
+                "live_source": kind in ("camera", "url"),
                 "gate": (gate.info.name or Path(gate.path).name) if gate is not None else None}
     view = LiveView(serve, out=out, run_info=run_info).start()
     print_line(view.banner())

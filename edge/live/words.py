@@ -13,12 +13,14 @@ OK, CHECK, RETAKE, ERROR = "ok", "check", "retake", "error"
 
 @dataclass
 class Words:
-    """What the page shows for one record."""
+    """What the page shows for one record: flags (what a person must act on, worst first) above
+    the details."""
 
     headline: str
     level: str = OK
     details: list[str] = field(default_factory=list)
     figures: list[tuple[str, int]] = field(default_factory=list)  # counts, shown as large tiles
+    flags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,18 +36,18 @@ def source_label(source: str) -> str:
 def describe(record: dict) -> Words:
     """Headline, level and details for one `edgecell run` record (the JSONL line)."""
     if not record.get("ok", False):
-        return Words("Could not read this image", ERROR, [str(record.get("error") or "unknown error")])
+        return Words("Could not read this image", ERROR, flags=[str(record.get("error") or "unknown error")])
     gate = record.get("gate")
     result = record.get("result")
     if result is None:
         reason = (gate or {}).get("reason", "the utility gate rejected it")
-        return Words("Retake: image not usable", RETAKE, [reason])
+        return Words("Retake: image not usable", RETAKE, flags=[reason])
     words = _counts(result) if isinstance(result.get("counts"), dict) else _label(result)
     if gate is not None:
         if record.get("action") == "flagged":
             words.level = _worse(words.level, CHECK)
-            words.details.insert(0, f"Image may be degraded (utility {gate['utility']:.2f} below "
-                                    f"{gate['threshold']:.2f}): check this result")
+            words.flags.append(f"Image may be degraded (utility {gate['utility']:.2f} below "
+                               f"{gate['threshold']:.2f}): check this result")
         else:
             words.details.append(f"Image quality gate: usable (utility {gate['utility']:.2f})")
     return words
@@ -75,18 +77,18 @@ def _label(result: dict) -> Words:
 
 
 def _flags(result: dict, words: Words) -> None:
-    """The flags a task may set on its result, each as one plain line."""
+    """The flags a task may set on its result, each as one plain line, the most pressing first."""
     if result.get("retake"):
         words.level = _worse(words.level, RETAKE)
-        words.details.insert(0, "Retake the image: " + (result.get("message") or "quality check failed"))
+        words.flags.append("Retake the image: " + (result.get("message") or "quality check failed"))
     if result.get("unfamiliar"):
         words.level = _worse(words.level, CHECK)
         why = result.get("unfamiliar_reason") or result.get("unfamiliar_message") or ""
-        words.details.insert(0, "Unfamiliar image: unlike what the model was trained on; check by hand"
-                             + (f" ({why})" if isinstance(why, str) and why else ""))
+        words.flags.append("Unfamiliar image: unlike what the model was trained on; check by hand"
+                           + (f" ({why})" if isinstance(why, str) and why else ""))
     if result.get("uncertain"):
         words.level = _worse(words.level, CHECK)
-        words.details.insert(0, "Uncertain: check by hand")
+        words.flags.append("Uncertain: check by hand")
     for note in result.get("notes") or []:
         words.details.append(str(note))
 

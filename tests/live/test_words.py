@@ -27,33 +27,33 @@ def test_retake_comes_first_and_colours_red():
     record = {**XRAY, "result": {**XRAY["result"], "retake": True, "message": "underexposed: retake the film"}}
     words = describe(record)
     assert words.level == RETAKE
-    assert words.details[0] == "Retake the image: underexposed: retake the film"
+    assert words.flags[0] == "Retake the image: underexposed: retake the film"
 
 
 def test_uncertain_and_unfamiliar_ask_for_a_check():
     record = {**CELLS, "result": {**CELLS["result"], "unfamiliar": True}}
     assert describe(record).level == CHECK
-    assert describe(record).details[0].startswith("Unfamiliar image")
-    uncertain = {**XRAY, "result": {**XRAY["result"], "uncertain": True}}
-    assert describe(uncertain).details[0] == "Uncertain: check by hand"
+    assert describe(record).flags[0].startswith("Unfamiliar image")
+    uncertain = {**XRAY, "result": {**XRAY["result"], "uncertain": True, "retake": True}}
+    assert describe(uncertain).flags[1] == "Uncertain: check by hand"
 
 
 def test_gate_rejection_says_retake_with_the_reason():
     record = {"source": "x.jpg", "ok": True, "task": "xray", "result": None, "action": "rejected",
               "gate": {"utility": 0.2, "threshold": 0.5, "useful": False, "reason": "utility 0.20 < 0.50"}}
     words = describe(record)
-    assert (words.headline, words.level, words.details) == ("Retake: image not usable", RETAKE, ["utility 0.20 < 0.50"])
+    assert (words.headline, words.level, words.flags) == ("Retake: image not usable", RETAKE, ["utility 0.20 < 0.50"])
 
 
 def test_gate_flag_keeps_the_result_and_asks_for_a_check():
     record = {**CELLS, "action": "flagged", "gate": {"utility": 0.3, "threshold": 0.5, "useful": False}}
     words = describe(record)
-    assert words.level == CHECK and words.headline.startswith("RBC 18")
+    assert words.level == CHECK and words.headline.startswith("RBC 18") and words.flags[0].startswith("Image may be")
 
 
 def test_unreadable_frame_is_an_error_with_its_message():
     words = describe({"source": "bad.jpg", "ok": False, "error": "bad.jpg: truncated JPEG"})
-    assert (words.level, words.details) == (ERROR, ["bad.jpg: truncated JPEG"])
+    assert (words.level, words.flags) == (ERROR, ["bad.jpg: truncated JPEG"])
 
 
 def test_source_label_names_file_and_frame():

@@ -88,12 +88,14 @@ function showWords(words, record) {
   }
   const list = $("details");
   list.replaceChildren();
-  words.details.forEach((line, i) => {
+  const line = (text, cls) => {
     const li = document.createElement("li");
-    li.textContent = line;
-    if (words.level !== "ok" && i === 0) li.className = "flag";
+    li.textContent = text;
+    if (cls) li.className = cls;
     list.appendChild(li);
-  });
+  };
+  words.flags.forEach((text) => line(text, "flag"));
+  words.details.forEach((text) => line(text, ""));
   const src = String(record.source || "");
   $("source").textContent = src.split("/").pop();
 }
@@ -106,13 +108,15 @@ function showHistory(items) {
     li.className = "level-" + item.level;
     const dot = document.createElement("span");
     dot.className = "dot";
+    const text = document.createElement("span");
+    text.className = "what";
     const what = document.createElement("span");
-    what.className = "what";
-    what.textContent = item.headline + (item.level !== "ok" && item.details.length ? " — " + item.details[0] : "");
-    const when = document.createElement("span");
-    when.className = "when";
-    when.textContent = new Date(item.time * 1000).toLocaleTimeString();
-    li.append(dot, what, when);
+    what.textContent = item.headline + (item.flags.length ? " — " + item.flags[0] : "");
+    what.title = what.textContent;
+    const when = document.createElement("small");
+    when.textContent = item.source + " · " + new Date(item.time * 1000).toLocaleTimeString();
+    text.append(what, when);
+    li.append(dot, text);
     list.appendChild(li);
   });
 }
@@ -140,7 +144,7 @@ function showStatus(s) {
   if (s.state === "finished") {
     stale.textContent = "The run has ended: showing its last result";
     stale.hidden = false;
-  } else if (s.last_frame_age_s != null && s.last_frame_age_s > 3) {
+  } else if (s.live_source && s.last_frame_age_s != null && s.last_frame_age_s > 3) {
     stale.textContent = "No new frame for " + Math.round(s.last_frame_age_s) + " s: the camera or stream may be reconnecting";
     stale.hidden = false;
   } else {
