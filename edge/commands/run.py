@@ -152,9 +152,8 @@ def run_command(model: str, source: Optional[str], camera: Optional[int], backen
     if serve:
         from edgecell.live import start_live_view
 
-        live = start_live_view(serve, out=out, model=loaded, gate=gate_model, source=f"{kind} {source}",
-                               print_line=lambda line: err.print(line, highlight=False, soft_wrap=True))
-        sinks.append(LiveSink(live, loaded))
+        sinks.append(start_live_view(serve, out=out, model=loaded, gate=gate_model, source=source, kind=kind,
+                                     print_line=lambda line: err.print(line, highlight=False, soft_wrap=True)))
     summary = RunSummary(loaded.info.task)
     progress = _progress(err, total, disable=(kind == "image"))
     records = run_frames(loaded, iter_frames(source, max_frames=max_frames, fps=fps), options,
@@ -194,28 +193,6 @@ def _progress(console, total, disable):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True, disable=disable or not console.is_terminal)
-
-
-class LiveSink:
-    """`--serve`: hands each record to the live web page (`edgecell.live`); the overlay is drawn on
-    the viewer's thread, and only for a frame a viewer gets, unless another sink drew it already."""
-
-    wants_overlay = False
-
-    def __init__(self, live, model):
-        self.live, self.model = live, model
-
-    def write(self, record, image, overlay) -> None:
-        from functools import partial
-
-        from edgecell.pipeline import annotate
-
-        if overlay is None and record.result is not None:
-            overlay = partial(annotate, self.model, image, record.result)
-        self.live.publish(record.to_dict(), image, overlay)
-
-    def close(self) -> None:
-        self.live.close()
 
 
 class WindowSink:

@@ -13,6 +13,7 @@ import secrets
 import socket
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -50,10 +51,16 @@ def parse_serve_address(value: str) -> ServeAddress:
 
 
 class LiveView:
-    """The live web page as a sink of a run. Use as a context manager around the run loop."""
+    """The live web page as a sink of a run (`pipeline.Sink`: `write`, `close`), or a context
+    manager around any loop that calls `publish`."""
+
+    wants_overlay = False  # drawn here, on a viewer's thread, only for frames a viewer gets
 
     def __init__(self, address: str | ServeAddress, *, out: Path | None = None, run_info: dict | None = None,
-                 token: str | None = None):
+                 token: str | None = None, draw: Callable[[np.ndarray, object], np.ndarray] | None = None):
+        """`draw(image, result)` makes the overlay when the run did not (`pipeline.annotate` with the
+        model bound), on a viewer's thread and only for frames a viewer gets."""
+        self.draw = draw
         self.address = address if isinstance(address, ServeAddress) else parse_serve_address(address)
         if token is None and self.address.needs_token:
             token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(16)
@@ -93,12 +100,22 @@ class LiveView:
                 overlay: np.ndarray | Callable[[], np.ndarray] | None = None, **source_state) -> None:
         self.state.publish(record, image, overlay, **source_state)
 
+    def write(self, record, image: np.ndarray | None, overlay: np.ndarray | None) -> None:
+        """The run loop's sink call (`pipeline.Sink`): a Record, its frame and the overlay if one was
+        drawn. The frame is copied (a sink must not hold the loop's arrays); drawing waits for a viewer."""
+        image = None if image is None else image.copy()
+        result = getattr(record, "result", None)
+        if overlay is None and result is not None and image is not None and self.draw is not None:
+            overlay = partial(self.draw, image, result)
+        self.publish(record.to_dict() if hasattr(record, "to_dict") else record, image, overlay)
+
     def close(self) -> None:
         self.state.finish()
         self.server.stopping.set()
-        self.server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            self.server.shutdown()
+            self._thread.join(timeout=2)
         self.server.server_close()
-        self._thread.join(timeout=2)
 
     def __enter__(self) -> "LiveView":
         return self.start()
@@ -147,6 +164,8 @@ def start_live_view(serve: str, *, out: Path | None, model, gate=None, source: s
                 "backend": model.session.backend, "source": f"{kind} {source}".strip(),
                 "live_source": kind in ("camera", "url"),
                 "gate": (gate.info.name or Path(gate.path).name) if gate is not None else None}
-    view = LiveView(serve, out=out, run_info=run_info).start()
+    from edgecell.pipeline import annotate
+
+    view = LiveView(serve, out=out, run_info=run_info, draw=partial(annotate, model)).start()
     print_line(view.banner())
     return view

@@ -82,8 +82,8 @@ class LiveState:
         self._times: deque[float] = deque()
         self.frames = 0
         self.failures = 0
-        self.dropped = 0
-        self.reconnects = 0
+        self.dropped: int | None = None  # None: the source does not say (the page then shows nothing)
+        self.reconnects: int | None = None
         self.viewers = 0
         self.finished = False
         self.started = time.time()

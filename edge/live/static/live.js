@@ -128,6 +128,7 @@ function showStatus(s) {
     (s.gate ? " · gate " + s.gate : "") + (s.source ? " ← " + s.source : "");
   $("fps").textContent = s.fps.toFixed(1);
   $("frames").textContent = s.frames;
+  $("dropped-box").hidden = s.dropped_frames == null;
   $("dropped").textContent = s.dropped_frames;
   $("failures").textContent = s.failures;
   const dev = $("device");
