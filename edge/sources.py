@@ -44,11 +44,14 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def describe_source(source: str) -> str:
+def describe_source(source: str | int) -> str:
     """'image' | 'folder' | 'video' | 'camera' | 'url'.
 
     A path that exists is always a path, whatever its name: a folder called `2024` is a folder,
-    not camera 2024. Only a number that names nothing on disk is a camera index."""
+    not camera 2024. Only a number that names nothing on disk is a camera index; an int (what
+    `--camera N` gives) is always a camera."""
+    if isinstance(source, int):
+        return "camera"
     path = Path(source)
     if path.is_dir():
         return "folder"
@@ -62,7 +65,7 @@ def describe_source(source: str) -> str:
     return "image"
 
 
-def count_frames(source: str) -> int | None:
+def count_frames(source: str | int) -> int | None:
     """Number of frames if known in advance (for a progress bar)."""
     kind = describe_source(source)
     if kind == "folder":
@@ -79,7 +82,7 @@ def count_frames(source: str) -> int | None:
     return None
 
 
-def iter_frames(source: str, *, max_frames: int | None = None, fps: float | None = None,
+def iter_frames(source: str | int, *, max_frames: int | None = None, fps: float | None = None,
                 reconnect_seconds: float = 30.0) -> Iterator[Frame]:
     """Yield frames from any source. Unreadable images come as Frames with `error` set, so a batch
     goes on; a source that cannot be opened at all raises SourceError."""

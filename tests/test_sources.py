@@ -101,3 +101,9 @@ def test_folder_run_reports_a_20000x20000_bmp_and_goes_on(tmp_path, real_jpeg):
     frames = list(iter_frames(str(tmp_path)))
     assert frames[0].image is None and "20000x20000" in frames[0].error and "\n" not in frames[0].error
     assert frames[1].image is not None
+
+
+def test_camera_index_given_as_int_is_a_camera_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "0").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert describe_source(0) == "camera" and describe_source("0") == "folder"

@@ -97,7 +97,7 @@ def parse_thresholds(values: list[str] | str | None) -> dict[str, float] | None:
     return out
 
 
-def run_command(model: str, source: Optional[str], camera: Optional[int], backend: str, threads: Optional[int],
+def run_command(model: str, source: Optional[str | int], camera: Optional[int], backend: str, threads: Optional[int],
                 device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
                 fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
                 min_confidence: Optional[float], show: bool, serve: Optional[str], gate: Optional[str],
@@ -110,7 +110,7 @@ def run_command(model: str, source: Optional[str], camera: Optional[int], backen
     from edgecell.sources import count_frames, describe_source, iter_frames
 
     if camera is not None:
-        source = str(camera)
+        source = camera  # an int: a camera even where a folder has that name
     if source is None:
         source = str(shipped_samples(DEFAULT_SAMPLES))
     kind = describe_source(source)
