@@ -219,7 +219,8 @@ def _bmp(data: bytes) -> ImageHeader:
     end = None
     if compression in (0, 3, 6) and bpp in (1, 4, 8, 16, 24, 32):  # BI_RGB / BI_BITFIELDS: fixed row size
         end = pixels_at + (width * bpp + 31) // 32 * 4 * height
-    return ImageHeader("bmp", width, height, end=end, truncated=end is not None and len(data) < end)
+    # some writers leave out the last row's padding (up to 3 bytes): not a cut
+    return ImageHeader("bmp", width, height, end=end, truncated=end is not None and len(data) < end - 3)
 
 
 def _gif(data: bytes) -> ImageHeader:
@@ -267,16 +268,36 @@ def _j2k(data: bytes) -> ImageHeader:
 
 
 def _avif(data: bytes) -> ImageHeader:
-    """ISO-BMFF: every 'ispe' property (image spatial extent) states an item's size; the largest
-    is the one a decoder allocates."""
+    """ISO-BMFF: every 'ispe' property (image spatial extent) in the top-level 'meta' box states an
+    item's size; the largest is the one a decoder allocates. Only the 'meta' box is searched: the
+    same four letters inside the coded image data ('mdat') would be chance."""
     largest = None
-    for found in re.finditer(rb"ispe", data[:1 << 20]):
-        at = found.end() + 4  # version and flags
-        if at + 8 <= len(data):
-            w, h = struct.unpack(">II", data[at : at + 8])
-            if largest is None or w * h > largest[0] * largest[1]:
-                largest = (w, h)
+    for start, end in _isobmff_boxes(data, b"meta"):
+        for found in re.finditer(rb"ispe", data[start:end]):
+            at = start + found.end() + 4  # version and flags
+            if at + 8 <= end:
+                w, h = struct.unpack(">II", data[at : at + 8])
+                if largest is None or w * h > largest[0] * largest[1]:
+                    largest = (w, h)
     return ImageHeader("avif", *(largest or (None, None)))
+
+
+def _isobmff_boxes(data: bytes, kind: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each top-level ISO-BMFF box of type `kind` (its body, header excluded)."""
+    found, i, n = [], 0, len(data)
+    while i + 8 <= n:
+        size, box = struct.unpack(">I4s", data[i : i + 8])
+        header = 8
+        if size == 1 and i + 16 <= n:  # 64-bit size
+            size, header = struct.unpack(">Q", data[i + 8 : i + 16])[0], 16
+        elif size == 0:  # to the end of the file
+            size = n - i
+        if size < header:
+            break
+        if box == kind:
+            found.append((i + header, min(i + size, n)))
+        i += size
+    return found
 
 
 _PARSERS = (

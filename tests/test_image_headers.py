@@ -95,3 +95,14 @@ def test_orient_matches_pillow_exif_transpose(orientation):
     image.save(buf, "PNG", exif=exif.tobytes())
     expected = np.asarray(ImageOps.exif_transpose(Image.open(buf)))
     np.testing.assert_array_equal(orient(_IMAGE, orientation), expected)
+
+
+def test_avif_size_is_read_from_its_meta_box_only():
+    data = _encode(".avif")
+    chance = struct.pack(">I4s", 24, b"free") + b"ispe" + bytes(4) + struct.pack(">II", 60000, 60000)
+    assert (read_header(data + chance).width, read_header(data + chance).height) == (53, 37)
+
+
+def test_bmp_without_its_last_rows_padding_is_not_truncated():
+    data = _encode(".bmp")  # 53 px x 3 bytes = 159 per row, padded to 160
+    assert not read_header(data[:-1]).truncated and read_header(data[: len(data) - 160]).truncated
