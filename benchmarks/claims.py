@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgecell.resources import shipped_path
+from edgecell.resources import shipped_path, source_checkout
 
 CLAIMS_FILE = shipped_path("claims.json", package="edgecell.benchmarks")
 #: where the plain-text papers live in the development checkout (not shipped in the wheel)
-SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS_DIR = ((source_checkout() or Path.cwd()).parent / "shared" / "seeds").absolute()
 
 REQUIRED = ("id", "model", "matches", "value_ms", "bound", "what", "measure", "hardware", "source",
             "citation", "quote")

@@ -482,6 +482,16 @@ def test_wheelhouse_glibc_floor_from_wheel_tags():
     assert B.wheels_min_glibc(["rich-15-py3-none-any.whl"]) is None
     tags = B.PROFILES["raspberry-pi"].platforms()
     assert tags[0] == "manylinux_2_36_aarch64" and "manylinux2014_aarch64" in tags and "manylinux_2_17_aarch64" in tags
+    # tflite-runtime 2.14's aarch64 wheels (the fallback runtime) are tagged manylinux_2_34 only
+    assert "manylinux_2_34_aarch64" in tags and "manylinux_2_34_aarch64" in B.PROFILES["jetson"].platforms()
+
+
+def test_shipped_models_among_the_bundled_ones_are_named_for_the_wheel(model):
+    """A bundle of the shipped `cells` keeps `cells` in its edgecell wheel: `edgecell run cells` works there."""
+    from edgecell.bundle.build import _shipped_names
+    from edgecell.resources import shipped_models
+
+    assert _shipped_names([shipped_models()["cells"], model]) == {"cells"}
 
 
 def test_gate_path_in_run_arguments_is_refused(model, tmp_path):
