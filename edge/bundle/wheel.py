@@ -40,12 +40,13 @@ def model_family(filename: str) -> str:
 
 
 def _distribution() -> importlib.metadata.Distribution:
-    try:
-        dist = importlib.metadata.distribution(DIST)
-    except importlib.metadata.PackageNotFoundError:
+    # the installed .dist-info; a stray edgecell.egg-info (left in a checkout by a setuptools
+    # build, earlier on sys.path) has no METADATA file and is passed over
+    dist = next((d for d in importlib.metadata.distributions(name=DIST) if d.read_text("METADATA")), None)
+    if dist is None:
         raise BundleError("edgecell's distribution metadata is not installed (edgecell imported from a "
                           "folder, not installed with pip): pip install edgecell, or pip install -e . "
-                          "in the checkout") from None
+                          "in the checkout")
     if dist.version != __version__:
         raise BundleError(f"the installed edgecell metadata is version {dist.version}, the imported package "
                           f"{__version__}: reinstall edgecell (pip install --force-reinstall ...)")
@@ -148,8 +149,6 @@ def build_edgecell_wheel(dest: Path, *, keep_models: Collection[str] | bool = Fa
         "WHEEL": f"Wheel-Version: 1.0\nGenerator: edgecell {__version__} (bundle)\nRoot-Is-Purelib: true\n"
                  "Tag: py3-none-any\n",
     }
-    if not metadata["METADATA"]:
-        raise BundleError(f"the installed edgecell has no METADATA ({info}); reinstall edgecell")
     record: list[str] = []
     tmp = target.with_name(f".{target.name}.part")
     try:
