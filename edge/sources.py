@@ -28,6 +28,8 @@ class Frame:
     index: int
     image: np.ndarray | None = None
     error: str | None = None
+    dropped: int = 0  # live sources: frames skipped so far to stay on the newest (the live view shows it)
+    reconnects: int = 0  # live sources: times the source was reopened so far
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -165,6 +167,7 @@ class LatestFrameReader:
         self._stopped = False
         self.gave_up = False
         self.reconnects = 0
+        self.dropped = 0  # frames read but never handed out, because a newer one came first
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
@@ -199,6 +202,7 @@ class LatestFrameReader:
                     self._lock.wait(timeout=1.0)
                 if self._seq == seen and self.gave_up:
                     return
+                self.dropped += self._seq - seen - 1
                 seen, bgr = self._seq, self._frame
             yield self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
 
@@ -214,7 +218,7 @@ def _live_frames(target: int | str, reconnect_seconds: float) -> Iterator[Frame]
     name = f"camera{target}" if isinstance(target, int) else str(target)
     try:
         for i, image in enumerate(reader.frames()):
-            yield Frame(f"{name}#{i}", i, image=image)
+            yield Frame(f"{name}#{i}", i, image=image, dropped=reader.dropped, reconnects=reader.reconnects)
     finally:
         reader.close()
     if reader.gave_up:

@@ -68,6 +68,20 @@ def test_live_source_that_drops_is_reopened(tmp_path):
         reader.close()
 
 
+def test_live_source_counts_the_frames_it_skips(tmp_path):
+    reader = LatestFrameReader(str(_video(tmp_path / "v.avi", 12)), reconnect_seconds=5)
+    try:
+        frames = reader.frames()
+        next(frames)
+        with reader._lock:  # the camera goes on while the consumer is busy: wait for 10 more frames
+            reader._lock.wait_for(lambda: reader._seq >= 11, timeout=30)
+            read = reader._seq
+        next(frames)
+        assert reader.dropped >= read - 2 >= 9
+    finally:
+        reader.close()
+
+
 def test_live_source_that_vanishes_gives_up_after_retries(tmp_path):
     video = _video(tmp_path / "v.avi", 2)
     reader = LatestFrameReader(str(video), reconnect_seconds=1.0)

@@ -149,14 +149,17 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
         total = min(total, max_frames)
     err.print(f"[bold]{loaded.info.name or loaded.path.name}[/] ({loaded.info.task}, {loaded.info.precision}) "
               f"on {loaded.session.backend} <- {kind} {source}", highlight=False)
+    frames = iter_frames(source, max_frames=max_frames, fps=fps)
     if serve:
         from edgecell.live import start_live_view
 
-        sinks.append(start_live_view(serve, out=out, model=loaded, gate=gate_model, source=source, kind=kind,
-                                     print_line=lambda line: err.print(line, highlight=False, soft_wrap=True)))
+        live = start_live_view(serve, out=out, model=loaded, gate=gate_model, source=source, kind=kind,
+                               print_line=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        sinks.append(live)
+        frames = live.observe(frames)  # a camera's dropped frames and reconnects, for the page
     summary = RunSummary(loaded.info.task)
     progress = _progress(err, total, disable=(kind == "image"))
-    records = run_frames(loaded, iter_frames(source, max_frames=max_frames, fps=fps), options,
+    records = run_frames(loaded, frames, options,
                          gate=gate_model, sinks=sinks)
     try:
         with progress:

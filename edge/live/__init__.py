@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -97,8 +97,17 @@ class LiveView:
         return self
 
     def publish(self, record: dict, image: np.ndarray | None = None,
-                overlay: np.ndarray | Callable[[], np.ndarray] | None = None, **source_state) -> None:
-        self.state.publish(record, image, overlay, **source_state)
+                overlay: np.ndarray | Callable[[], np.ndarray] | None = None) -> None:
+        self.state.publish(record, image, overlay)
+
+    def observe(self, frames: Iterable) -> Iterator:
+        """The run's frames, passed on unchanged; a camera's or stream's dropped frames and
+        reconnects (`sources.Frame`) go to the page on the way."""
+        live_source = self.state.run_info.get("live_source", False)
+        for frame in frames:
+            if live_source:
+                self.state.note_source(frame.dropped, frame.reconnects)
+            yield frame
 
     def write(self, record, image: np.ndarray | None, overlay: np.ndarray | None) -> None:
         """The run loop's sink call (`pipeline.Sink`): a Record, its frame and the overlay if one was

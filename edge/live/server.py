@@ -40,7 +40,11 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 COOKIE = "edgecell_live"
 SEND_TIMEOUT_S = 20.0  # a viewer that takes longer than this for one frame is dropped
 HEARTBEAT_S = 1.0  # status to every viewer at least this often (fps, "no new frame for N s")
-MAX_STREAM_FPS = 20.0  # a screen needs no more; the encoder's CPU stays small
+MAX_STREAM_FPS = 15.0  # enough to follow a slide or a film being positioned
+# Drawing the overlay and encoding the JPEG take CPU from the run (a Pi's cores, the GIL): a viewer
+# waits after each frame until that frame's CPU time is at most this share of the wall time, so the
+# stream slows down on a slow device instead of the run (a cells frame here: 3.5 ms -> <= 15 fps).
+STREAM_CPU_SHARE = 0.05
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/live.css": ("live.css", "text/css; charset=utf-8"),
           "/live.js": ("live.js", "text/javascript; charset=utf-8")}
@@ -208,24 +212,25 @@ class LiveHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ streams
     def _frames(self):
-        """Snapshots for one viewer: always the newest, at most MAX_STREAM_FPS, None as a
-        heartbeat when nothing new came for HEARTBEAT_S; ends when the server stops."""
-        state, seq, interval = self.server.state, 0, 1.0 / MAX_STREAM_FPS
+        """Snapshots for one viewer: always the newest, at most MAX_STREAM_FPS and within
+        STREAM_CPU_SHARE, None as a heartbeat when nothing new came for HEARTBEAT_S; ends when the
+        server stops or the run has finished."""
+        state, seq = self.server.state, 0
         state.viewer(+1)
         try:
             while not self.server.stopping.is_set():
                 snap = state.wait_newer(seq, HEARTBEAT_S)
                 if snap is None:
-                    if state.finished:
-                        yield None
-                        return
                     yield None
+                    if state.finished:
+                        return
                     continue
-                sent_at = time.monotonic()
-                yield snap
+                wall, cpu = time.monotonic(), time.thread_time()
+                yield snap  # the caller draws, encodes and sends it here
                 state.mark_sent(snap)
                 seq = snap.seq
-                rest = interval - (time.monotonic() - sent_at)
+                pause = max(1.0 / MAX_STREAM_FPS, (time.thread_time() - cpu) / STREAM_CPU_SHARE)
+                rest = pause - (time.monotonic() - wall)
                 if rest > 0:
                     time.sleep(rest)
         finally:

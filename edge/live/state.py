@@ -91,8 +91,7 @@ class LiveState:
 
     # ------------------------------------------------------------------ the run loop's side
     def publish(self, record: dict, image: np.ndarray | None = None,
-                overlay: np.ndarray | Callable[[], np.ndarray] | None = None, *,
-                dropped: int | None = None, reconnects: int | None = None) -> None:
+                overlay: np.ndarray | Callable[[], np.ndarray] | None = None) -> None:
         """The newest record, its frame and its overlay (an array, or a callable that draws it, so
         that only frames a viewer gets are drawn). Never blocks on a viewer."""
         now = time.time()
@@ -101,16 +100,16 @@ class LiveState:
         with self._cond:
             self.frames += 1
             self.failures += 0 if record.get("ok", False) else 1
-            if dropped is not None:
-                self.dropped = dropped
-            if reconnects is not None:
-                self.reconnects = reconnects
             self._times.append(now)
             while self._times and now - self._times[0] > FPS_WINDOW_S:
                 self._times.popleft()
             self._newest = Snapshot(self.frames, record, image, overlay, now)
             self._history.appendleft(entry)
             self._cond.notify_all()
+
+    def note_source(self, dropped: int, reconnects: int) -> None:
+        with self._cond:
+            self.dropped, self.reconnects = dropped, reconnects
 
     def finish(self) -> None:
         with self._cond:

@@ -29,3 +29,14 @@ def test_write_of_a_failed_frame_has_no_overlay():
     view.write(Record("bad.jpg", ok=False, task="cells", error="truncated"), None, None)
     assert view.state.newest().overlay_image() is None and view.state.status()["failures"] == 1
     view.close()
+
+
+def test_observe_passes_frames_on_and_reports_a_cameras_drops():
+    from edgecell.sources import Frame
+
+    view = LiveView(ServeAddress("127.0.0.1", 0), run_info={"live_source": True})
+    frames = [Frame("camera0#0", 0, dropped=0), Frame("camera0#1", 1, dropped=5, reconnects=1)]
+    assert list(view.observe(frames)) == frames
+    status = view.state.status()
+    assert (status["dropped_frames"], status["reconnects"]) == (5, 1)
+    view.close()

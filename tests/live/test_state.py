@@ -43,7 +43,8 @@ def test_history_is_bounded_and_newest_first():
 def test_status_counts_frames_failures_and_source_state():
     state = LiveState({"model": "cells"})
     state.publish(_record(0))
-    state.publish({"source": "x#1", "ok": False, "error": "unreadable"}, dropped=7, reconnects=1)
+    state.publish({"source": "x#1", "ok": False, "error": "unreadable"})
+    state.note_source(7, 1)
     status = state.status()
     assert (status["model"], status["frames"], status["failures"], status["dropped_frames"], status["reconnects"]) \
         == ("cells", 2, 1, 7, 1)
