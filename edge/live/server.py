@@ -25,6 +25,7 @@ import ipaddress
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -79,6 +80,13 @@ class LiveServer(ThreadingHTTPServer):
         self.files = {path: (_static(name), ctype) for path, (name, ctype) in STATIC.items()}
         self.stopping = threading.Event()
         super().__init__(address, LiveHandler)
+
+    def handle_error(self, request, client_address) -> None:
+        """One line, not a traceback in the run's console; the run and the other viewers go on."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            print(f"edgecell: live view: {type(exc).__name__}: {exc} (answering {client_address[0]})",
+                  file=sys.stderr)
 
 
 class LiveHandler(BaseHTTPRequestHandler):
@@ -194,7 +202,10 @@ class LiveHandler(BaseHTTPRequestHandler):
             return self._send_json({"error": "not found"}, HTTPStatus.NOT_FOUND)
         if not self._same_origin() or self.headers.get("Content-Type", "").split(";")[0] != "application/json":
             return self._send_json({"error": "keep accepts JSON from this page only"}, HTTPStatus.FORBIDDEN)
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit():
+            return self._send_json({"error": "bad Content-Length"}, HTTPStatus.BAD_REQUEST)
+        length = int(declared)
         if length > 1024:
             return self._send_json({"error": "request too large"}, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         try:

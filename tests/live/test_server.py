@@ -148,3 +148,14 @@ def test_mjpeg_stream_for_other_programs(live, cells_frames):
     part = res.read(2000)
     conn.close()
     assert b"Content-Type: image/jpeg" in part and b"\xff\xd8" in part
+
+
+def test_a_malformed_keep_request_is_refused_and_the_server_goes_on(live):
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+    conn.putrequest("POST", "/api/keep")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", "many")
+    conn.endheaders()
+    assert conn.getresponse().status == 400
+    conn.close()
+    assert _get(live, "/api/status")[0].status == 200
