@@ -160,8 +160,10 @@ def run_once(video: Path, variant: str, threads: int | None, browser=None) -> di
     if variant in ("viewer", "stalled"):
         viewer = threading.Thread(target=_viewer, args=(port, stop, variant == "stalled", got), daemon=True)
         viewer.start()
+    # its own session: its own scheduler autogroup, as a device's run is not sharing a CPU share
+    # with the viewer program (a tablet) or the browser (it competes as a kiosk would, for cores)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
     if variant == "browser":
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -42,10 +42,12 @@ COOKIE = "edgecell_live"
 SEND_TIMEOUT_S = 20.0  # a viewer that takes longer than this for one frame is dropped
 HEARTBEAT_S = 1.0  # status to every viewer at least this often (fps, "no new frame for N s")
 MAX_STREAM_FPS = 15.0  # enough to follow a slide or a film being positioned
-# Drawing the overlay and encoding the JPEG take CPU from the run (a Pi's cores, the GIL): a viewer
-# waits after each frame until that frame's CPU time is at most this share of the wall time, so the
-# stream slows down on a slow device instead of the run (a cells frame here: 3.5 ms -> <= 15 fps).
+# Drawing the overlay and encoding the JPEG take CPU from the run (a Pi's cores, the GIL, a CPU
+# share): after each frame a viewer waits until that frame's CPU time is at most this share of the
+# wall time AND of the CPU the whole process used meanwhile (a busy run on a crowded CPU), but no
+# longer than STREAM_MAX_WAIT_S; so a slow or crowded device slows the stream, not the run.
 STREAM_CPU_SHARE = 0.05
+STREAM_MAX_WAIT_S = 0.5
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/live.css": ("live.css", "text/css; charset=utf-8"),
           "/live.js": ("live.js", "text/javascript; charset=utf-8")}
@@ -236,14 +238,11 @@ class LiveHandler(BaseHTTPRequestHandler):
                     if state.finished:
                         return
                     continue
-                wall, cpu = time.monotonic(), time.thread_time()
+                wall, cpu, process = time.monotonic(), time.thread_time(), time.process_time()
                 yield snap  # the caller draws, encodes and sends it here
                 state.mark_sent(snap)
                 seq = snap.seq
-                pause = max(1.0 / MAX_STREAM_FPS, (time.thread_time() - cpu) / STREAM_CPU_SHARE)
-                rest = pause - (time.monotonic() - wall)
-                if rest > 0:
-                    time.sleep(rest)
+                _pace(wall, process, (time.thread_time() - cpu) / STREAM_CPU_SHARE)
         finally:
             state.viewer(-1)
 
@@ -290,6 +289,17 @@ class LiveHandler(BaseHTTPRequestHandler):
                                  f"X-Edgecell-Seq: {snap.seq}\r\n\r\n".encode() + jpeg + b"\r\n")
         except (OSError, ValueError):
             pass
+
+
+def _pace(wall: float, process: float, budget_s: float) -> None:
+    """Wait (see STREAM_CPU_SHARE) until `budget_s` of wall time and of process CPU time have
+    passed since (`wall`, `process`), at least 1 / MAX_STREAM_FPS, at most STREAM_MAX_WAIT_S."""
+    start_wait = max(1.0 / MAX_STREAM_FPS, budget_s)
+    while True:
+        waited = time.monotonic() - wall
+        if waited >= STREAM_MAX_WAIT_S or (waited >= start_wait and time.process_time() - process >= budget_s):
+            return
+        time.sleep(min(0.02, max(0.001, start_wait - waited)))
 
 
 def _message(snap: Snapshot, state: LiveState, with_status: bool = True) -> dict:
