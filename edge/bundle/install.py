@@ -100,11 +100,14 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
     venv = version_dir / "venv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
-    # fast path: a venv without pip, filled by the installing Python's pip (--python, pip >= 22.3);
-    # ensurepip alone takes 5-20 s on a busy or slow device
+    # fast path: a venv without pip, filled by the installing Python's pip run by the venv's own
+    # interpreter (pip's __pip-runner__.py, pip >= 22.3: what `pip --python` runs, minus the extra
+    # process that would outlive a killed install); ensurepip alone takes 5-20 s on a slow device
     proc = _run_child([py, "-m", "venv", "--without-pip", str(venv)])
-    pip = [py, "-m", "pip", "--python", str(venv / "bin" / "python")]
-    if proc.returncode != 0 or _run_child([*pip, "--version"], env=env).returncode != 0:
+    runner = _run_child([py, "-c", "import os, pip; print(os.path.join(os.path.dirname(pip.__file__), "
+                             "'__pip-runner__.py'))"], env=env).stdout.strip()
+    pip = [str(venv / "bin" / "python"), runner]
+    if proc.returncode != 0 or not runner or _run_child([*pip, "--version"], env=env).returncode != 0:
         proc = _run_child([py, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
     if proc.returncode != 0:
