@@ -58,6 +58,9 @@ def main() -> None:
             raise
         print(f"edgecell: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before or after a run's loop (a run itself exits 130/143 with its count)
+        print("edgecell: interrupted", file=sys.stderr)
+        sys.exit(130)
     except OSError as exc:  # a folder it may not write (a service's state folder), a full disk: one line
         if os.environ.get("EDGECELL_DEBUG") or not exc.filename:
             raise

@@ -24,6 +24,10 @@ class BackendNotInstalled(EdgecellError):
     """The backend asked for is not installed; the message names the extra to install."""
 
 
+class OutputError(EdgecellError):
+    """An output cannot be written (full disk, read-only folder): the run stops, what was written stays."""
+
+
 class SourceError(EdgecellError):
     """A source (file, folder, video, camera, URL) that cannot be opened or read."""
 

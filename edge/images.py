@@ -277,14 +277,19 @@ def resize_stretch(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize(image, size)
 
 
-def write_image_atomic(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
-    """Write an RGB image so that a reader never sees half a file (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+def encode_image(image_rgb: np.ndarray, suffix: str = ".png") -> bytes:
+    """An RGB image as the bytes of a file of that suffix (.png, .jpg at quality 90)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
-        raise ImageError(f"{path}: could not encode image")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+        raise ImageError(f"could not encode an image as {suffix}")
+    return buf.tobytes()
+
+
+def write_image_atomic(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
+    """Write an RGB image so that a reader never sees half a file (temp file + rename; no
+    temporary file left when the write fails)."""
+    from edgecell.sinks import write_bytes_atomic
+
+    path = Path(path)
+    return write_bytes_atomic(path, encode_image(image_rgb, path.suffix or ".png"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import sys
 import time
 import uuid
 from collections import deque
@@ -65,6 +66,9 @@ class Record:
     overlay: str | None = None
     gate: "GateResult | None" = None  # when a utility gate ran in front
     action: str = "ran"  # "ran" | "flagged" (gate says not useful, ran anyway) | "rejected" (not run)
+    run_id: str = ""  # the run this record belongs to (`new_run_id`)
+    seq: int = 0  # its place in the run, from 0
+    time: str = ""  # when it was made, ISO 8601 UTC
 
     @property
     def needs_attention(self) -> bool:
@@ -74,6 +78,8 @@ class Record:
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"source": self.source, "ok": self.ok, "task": self.task}
+        if self.run_id:
+            out.update(time=self.time, run_id=self.run_id, seq=self.seq)
         if self.ok:
             out["result"] = self.result.to_dict() if self.result is not None else None
             out["timings"] = self.timings.to_dict()
@@ -88,7 +94,8 @@ class Record:
 
     def csv_row(self) -> dict[str, Any]:
         """Flat columns for results.csv, in a stable order: source, ok, error, gate, result, timings."""
-        row: dict[str, Any] = {"source": self.source, "ok": self.ok, "error": self.error or ""}
+        row: dict[str, Any] = {"time": self.time, "run_id": self.run_id, "seq": self.seq} if self.run_id else {}
+        row.update({"source": self.source, "ok": self.ok, "error": self.error or ""})
         if self.gate is not None:
             row.update({"action": self.action, "utility": round(self.gate.utility, 4),
                         "gate_reason": "" if self.gate.useful else self.gate.reason()})
@@ -153,6 +160,25 @@ class RunOptions:
     gate_policy: str = "reject"  # "reject" | "flag" | "pass", when a gate model is given
     gate_threshold: float | None = None
     out: Path | None = None  # folder for results.jsonl, results.csv and overlays
+    run_id: str = ""  # names this run in records and its overlay folder (default: a new one)
+    source_root: Path | None = None  # overlays mirror source paths below this folder
+    overlays: str = "all"  # all | flagged | every:N | none  (files in out/overlays/<run id>/)
+    overlay_format: str = "png"  # png | jpg
+    overlay_budget: int | None = None  # bytes this run's overlays may take
+    overlay_rotate: bool = False  # at the budget: delete this run's oldest overlays (else stop writing them)
+
+    def __post_init__(self) -> None:
+        from edgecell.sinks import OVERLAY_FORMATS, parse_overlay_policy
+
+        parse_overlay_policy(self.overlays)
+        if self.overlay_format not in OVERLAY_FORMATS:
+            raise EdgecellError(f"--overlay-format {self.overlay_format!r}: expected {' or '.join(OVERLAY_FORMATS)}")
+        check_range("--top-k", self.top_k, 1)
+        check_range("--min-confidence", self.min_confidence, 0.0, 1.0)
+        check_range("--tiles", self.tiles, 0, MAX_TILES, "0 (automatic) to 8")
+        check_range("--gate-threshold", self.gate_threshold, 0.0)
+        for name, value in (self.thresholds or {}).items():
+            check_range(f"--threshold {name}=", value, 0.0, 1.0)
 
     def task_options(self) -> dict[str, Any]:
         """The keyword options `predict` passes to the task's infer/postprocess."""
@@ -166,6 +192,22 @@ class RunOptions:
         if self.gate_threshold is not None:
             options["gate_threshold"] = self.gate_threshold
         return options
+
+
+#: more tiles than this cut cells into pieces smaller than the model ever saw (auto picks at most 4)
+MAX_TILES = 8
+
+
+def check_range(option: str, value: float | int | None, low: float | int, high: float | int | None = None,
+                expected: str | None = None) -> None:
+    """Refuse an option value outside [low, high] with one line that gives the valid range (an
+    option that cannot be right must not quietly give a wrong result). None means 'not given'."""
+    if value is None or (value >= low and (high is None or value <= high)):
+        return
+    if expected is None:
+        expected = f"{low} to {high}" if high is not None else f"{low} or more"
+    sep = "" if option.endswith("=") else " "
+    raise EdgecellError(f"{option}{sep}{value}: out of range; expected {expected}")
 
 
 @runtime_checkable
@@ -185,40 +227,102 @@ class Sink(Protocol):
 
 
 def run_frames(model: Model, frames: Iterable["Frame"], options: RunOptions | None = None, *,
-               gate: Model | None = None, sinks: Iterable[Sink] = ()) -> Iterator[Record]:
+               gate: Model | None = None, sinks: Iterable[Sink] = (), warn=None) -> Iterator[Record]:
     """Run `model` (behind `gate`, if given) on every frame and yield one `Record` per frame, after
     every sink has received it. An unreadable frame or a task error is a failed record, never the
-    end of the run. With `options.out`, results.jsonl, results.csv and overlays are written there
-    (as each record is made, so an interrupted run keeps everything already yielded). Sinks are
-    closed when the generator finishes or is closed."""
-    from edgecell.sinks import open_output_sinks
+    end of the run. With `options.out`, results.jsonl and results.csv are appended to and overlays
+    written below out/overlays/<run id>/ (by `options.overlays`), as each record is made, so an
+    interrupted run keeps everything already yielded; a file that cannot be written (full disk,
+    read-only folder) stops the run with an `OutputError`, leaving no temporary file. Sinks are
+    closed when the generator finishes or is closed. `warn(message)` hears about things a person
+    should know that are not errors (the overlay budget reached)."""
+    from edgecell.errors import OutputError
+    from edgecell.sinks import OverlayFiles, open_output_sinks
 
     options = options or RunOptions()
+    run_id = options.run_id or new_run_id()
     task_options = options.task_options()
-    file_sinks, overlay_files = open_output_sinks(options.out) if options.out else ([], None)
-    all_sinks = [*file_sinks, *sinks]
-    draw = overlay_files is not None or any(getattr(s, "wants_overlay", False) for s in all_sinks)
-    task = model.info.task
+    overlay_files = None
+    all_sinks: list = []
     try:
+        if options.out:
+            all_sinks += _opened(lambda: open_output_sinks(options.out), options.out)
+            overlay_files = OverlayFiles(options.out, run_id, root=options.source_root, policy=options.overlays,
+                                         image_format=options.overlay_format, budget_bytes=options.overlay_budget,
+                                         rotate=options.overlay_rotate, warn=warn)
+        all_sinks += list(sinks)
+        live_wants = any(getattr(s, "wants_overlay", False) for s in all_sinks)
+        own_outputs = Path(options.out).resolve() / "overlays" if options.out else None
+        task = model.info.task
+        seq = 0
         for frame in frames:
+            if own_outputs is not None and "#" not in frame.name and _inside(frame.name, own_outputs):
+                continue  # an overlay of an earlier run into this folder is an output, not an input
             overlay = None
             if frame.image is None:
                 record = Record(frame.name, ok=False, task=task, error=frame.error)
             else:
                 try:
                     record = _predict_record(model, gate, frame, options.gate_policy, task_options)
-                    if draw and record.result is not None:
-                        overlay = annotate(model, frame.image, record.result)
-                        if overlay_files is not None:
-                            record.overlay = str(overlay_files.write(frame, overlay))
                 except EdgecellError as exc:
                     record = Record(frame.name, ok=False, task=task, error=str(exc))
+            record.run_id, record.seq, record.time = run_id, seq, _now()
+            seq += 1
+            to_file = overlay_files is not None and overlay_files.wanted(record)
+            if record.result is not None and (to_file or live_wants):
+                overlay = annotate(model, frame.image, record.result)
+                if to_file:
+                    path = _written(lambda: overlay_files.write(record, overlay), options.out)
+                    record.overlay = str(path) if path is not None else None
             for sink in all_sinks:
-                sink.write(record, frame.image, overlay)
+                _written(lambda: sink.write(record, frame.image, overlay), options.out)
             yield record
     finally:
+        errors = []
         for sink in all_sinks:
-            sink.close()
+            try:
+                sink.close()
+            except OSError as exc:
+                errors.append(exc)
+        if errors and not isinstance(sys.exc_info()[1], BaseException):
+            raise OutputError(_output_message(errors[0], options.out))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _inside(path: str, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(folder)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _output_message(exc: OSError, out: Path | None) -> str:
+    where = exc.filename or out
+    return (f"{where}: {exc.strerror or exc}; the run stops here (results written so far are kept"
+            + (f" in {out})" if out else ")"))
+
+
+def _opened(open_sinks, out):
+    try:
+        return open_sinks()
+    except OSError as exc:
+        from edgecell.errors import OutputError
+
+        raise OutputError(_output_message(exc, out)) from None
+
+
+def _written(write, out):
+    """Run one output write; a failing file system becomes one OutputError that stops the run."""
+    try:
+        return write()
+    except OSError as exc:
+        from edgecell.errors import OutputError
+
+        raise OutputError(_output_message(exc, out)) from None
 
 
 def _predict_record(model: Model, gate: Model | None, frame: "Frame", policy: str,
@@ -250,6 +354,7 @@ class RunSummary:
         self._timed = 0
         self._random = random.Random(seed)
         self.started = time.perf_counter()
+        self.note = ""  # e.g. "interrupted after 12 of 40 inputs"
 
     def add(self, record: Record) -> None:
         self.inputs += 1

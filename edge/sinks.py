@@ -4,6 +4,7 @@ plug never leaves half a file and never loses a result already written."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from pathlib import Path
@@ -55,25 +56,29 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that a reader never sees half a file: a temporary file beside it,
+    then a rename. On any failure (full disk, read-only folder) the temporary file is removed and
+    the error raised: nothing half-written is left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
-
-
-def overlay_name(source: str, index: int) -> str:
-    """A file name for a source's overlay: smear.jpg -> smear.png; camera0#12 -> camera0_000012.png."""
-    if "#" in source:
-        stem = Path(source.split("#")[0]).stem or "frame"
-        return f"{stem}_{index:06d}.png"
-    return Path(source).stem + ".png"
 
 
 # ----------------------------------------------------------------------------- run sinks
@@ -158,20 +163,122 @@ def _csv_header(path: Path) -> list[str] | None:
     return next(csv.reader([first])) if first.strip() else None
 
 
+OVERLAY_POLICIES = ("all", "flagged", "every:N", "none")
+OVERLAY_FORMATS = ("png", "jpg")
+
+
+def overlay_relpath(source: str, root: Path | None) -> Path:
+    """Where a source's overlay goes below the run's overlay folder, so that no two sources share
+    one: a file mirrors its path below the source folder with its own suffix kept
+    (`d1/smear.jpg` -> `d1/smear.jpg`, `img.bmp` and `img.webp` stay apart; the format's suffix is
+    added after); a video or camera frame `NAME#i` -> `NAME/00000012`."""
+    path, sep, index = source.partition("#")
+    if sep:
+        return Path(Path(path).name or "frame") / f"{int(index):08d}"
+    p = Path(path)
+    if root is not None:
+        try:
+            return p.resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            pass
+    return Path(*[part for part in p.resolve().parts if part not in (p.resolve().anchor,)])
+
+
 class OverlayFiles:
-    """Writes each frame's overlay image into a folder (atomically) and returns its path."""
+    """Writes overlays below `out/overlays/<run id>/` (a new folder per run: an overlay never
+    replaces an input or an earlier run's overlay), by an overlay policy, within a disk budget.
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+    policy: "all"; "flagged" (only records a person must look at: uncertain, retake, abnormal,
+    flagged by the gate); "every:N" (every N-th record, plus every flagged one); "none".
+    budget_bytes: when this run's overlays reach it, writing stops with one message (`rotate`:
+    the oldest overlays of this run are deleted instead, so the newest are always there)."""
 
-    def write(self, frame, overlay) -> Path:
-        from edgecell.images import write_image_atomic
+    def __init__(self, out: str | os.PathLike, run_id: str, *, root: Path | None = None, policy: str = "all",
+                 image_format: str = "png", budget_bytes: int | None = None, rotate: bool = False,
+                 warn=None):
+        self.folder = Path(out) / "overlays" / run_id
+        self.root = root
+        self.every = parse_overlay_policy(policy)
+        self.policy = policy
+        if image_format not in OVERLAY_FORMATS:
+            raise ValueError(f"overlay format {image_format!r}; expected one of {', '.join(OVERLAY_FORMATS)}")
+        self.suffix = "." + image_format
+        self.budget = budget_bytes
+        self.rotate = rotate
+        self.used = 0
+        self.stopped = False
+        self._written: "collections.deque[tuple[Path, int]]" = collections.deque()
+        self._warn = warn or (lambda message: None)
 
-        return write_image_atomic(self.folder / overlay_name(frame.name, frame.index), overlay)
+    def wanted(self, record) -> bool:
+        """Does this record get an overlay file under the policy (and the budget)?"""
+        if record.result is None or self.every == 0 or self.stopped:
+            return False
+        if self.every == 1 or record.needs_attention:
+            return True
+        return self.every > 0 and record.seq % self.every == 0
+
+    def write(self, record, overlay) -> Path | None:
+        from edgecell.images import encode_image
+
+        data = encode_image(overlay, self.suffix)
+        if self.budget is not None and self.used + len(data) > self.budget:
+            if not self.rotate:
+                self.stopped = True
+                self._warn(f"overlays stopped: this run's overlays reached the {_size_text(self.budget)} budget "
+                           f"(--overlay-budget); results go on in results.jsonl and results.csv")
+                return None
+            while self._written and self.used + len(data) > self.budget:
+                old, size = self._written.popleft()
+                old.unlink(missing_ok=True)
+                self.used -= size
+        rel = overlay_relpath(record.source, self.root)
+        path = write_bytes_atomic(self.folder / rel.with_name(rel.name + self.suffix), data)
+        self.used += len(data)
+        if self.budget is not None and self.rotate:
+            self._written.append((path, len(data)))
+        return path
 
 
-def open_output_sinks(out: str | os.PathLike) -> tuple[list, OverlayFiles]:
-    """The files a run writes into `out`: results.jsonl and results.csv sinks, and the overlay writer."""
+def parse_overlay_policy(policy: str) -> int:
+    """"all" -> 1, "none" -> 0, "flagged" -> -1 (flagged only), "every:N" -> N."""
+    if policy == "all":
+        return 1
+    if policy == "none":
+        return 0
+    if policy == "flagged":
+        return -1
+    kind, _, n = policy.partition(":")
+    if kind == "every" and n.isdigit() and int(n) >= 1:
+        return int(n)
+    from edgecell.errors import EdgecellError
+
+    raise EdgecellError(f"--overlays {policy!r}: expected all, flagged, every:N (N >= 1) or none")
+
+
+def parse_size(text: str) -> int:
+    """"500MB", "2GB", "1.5G", "800k", "123" (bytes) -> bytes."""
+    from edgecell.errors import EdgecellError
+
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+             "t": 10**12, "tb": 10**12}
+    raw = str(text).strip().lower()
+    number = raw.rstrip("kmgtb")
+    try:
+        value = float(number) * units[raw[len(number):]]
+    except (ValueError, KeyError):
+        value = -1
+    if value <= 0:
+        raise EdgecellError(f"--overlay-budget {text!r}: expected a size such as 500MB or 2GB")
+    return int(value)
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 10**9 else f"{n / 1e6:.0f} MB"
+
+
+def open_output_sinks(out: str | os.PathLike) -> list:
+    """The results files a run appends to in `out`: results.jsonl and results.csv."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return [JsonlSink(out / "results.jsonl"), CsvSink(out / "results.csv")], OverlayFiles(out)
+    return [JsonlSink(out / "results.jsonl"), CsvSink(out / "results.csv")]

@@ -103,3 +103,29 @@ def test_summary_keeps_running_totals_and_a_bounded_number_of_records(cells_mode
     assert summary.task_totals.counts["RBC"] == 50 * one.result.counts["RBC"]
     assert len(summary.shown) == 4 and len(summary._sample) == 4
     assert summary.median_ms()["total"] == pytest.approx(one.timings.total)
+
+
+def test_an_output_that_cannot_be_written_stops_the_run_in_one_error_keeping_what_was_written(
+        cells_model, smear, tmp_path):
+    from edgecell.errors import OutputError
+
+    blocked = tmp_path / "overlays" / "r1" / "f1.jpg.png"
+    blocked.mkdir(parents=True)  # the second overlay cannot be written (as on a full disk)
+    (blocked / "x").write_text("x")
+    options = RunOptions(out=tmp_path, run_id="r1", source_root=Path("."))
+    got = []
+    with pytest.raises(OutputError) as exc:
+        for record in run_frames(cells_model, (Frame(f"f{i}.jpg", i, smear) for i in range(4)), options):
+            got.append(record)
+    assert "the run stops here" in str(exc.value) and "\n" not in str(exc.value)
+    assert len(got) == 1 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+def test_options_out_of_range_are_refused_for_python_callers_too():
+    from edgecell.errors import EdgecellError
+
+    for bad in ({"tiles": 50}, {"min_confidence": 5.0}, {"top_k": 0}, {"thresholds": {"RBC": 5.0}},
+                {"overlays": "some"}, {"overlay_format": "gif"}):
+        with pytest.raises(EdgecellError):
+            RunOptions(**bad)

@@ -1,7 +1,9 @@
 import json
 import os
 
-from edgecell.sinks import JsonlWriter, overlay_name, write_json_atomic
+from pathlib import Path
+
+from edgecell.sinks import JsonlWriter, overlay_relpath, write_bytes_atomic, write_json_atomic
 
 
 def test_jsonl_lines_survive_a_writer_that_is_never_closed(tmp_path):
@@ -38,9 +40,24 @@ def test_json_report_is_replaced_atomically(tmp_path):
     assert os.listdir(tmp_path) == ["report.json"]
 
 
-def test_overlay_names():
-    assert overlay_name("/x/smear.jpg", 0) == "smear.png"
-    assert overlay_name("camera0#12", 12) == "camera0_000012.png"
+def test_overlay_paths_mirror_the_source_and_never_collide(tmp_path):
+    root = tmp_path / "in"
+    names = {overlay_relpath(str(root / rel), root) for rel in ("d1/smear.jpg", "d2/smear.jpg", "img.bmp", "img.webp")}
+    assert len(names) == 4 and Path("d1/smear.jpg") in names
+    assert overlay_relpath("camera0#12", None) == Path("camera0/00000012")
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()  # the rename onto it fails, as a full disk or read-only folder would fail the write
+    (target / "inside").write_text("x")
+    try:
+        write_bytes_atomic(target, b"data")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("writing onto a folder must fail")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
 def _record(source, ok=True, label="red"):

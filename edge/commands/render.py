@@ -20,7 +20,8 @@ def print_run_summary(summary: RunSummary) -> None:
 
     console = Console()
     ran = summary.task_totals.results
-    table = Table(show_lines=False, title=f"{ran} of {summary.inputs} inputs in {summary.elapsed:.1f} s")
+    title = f"{ran} of {summary.inputs} inputs in {summary.elapsed:.1f} s"
+    table = Table(show_lines=False, title=title + (f" ({summary.note})" if summary.note else ""))
     table.add_column("source", overflow="fold")
     classes = summary.task_totals.columns
     for c in classes:

@@ -15,6 +15,24 @@ DEFAULT_MODEL = "cells"
 DEFAULT_SAMPLES = "bccd"  # the shipped sample set (edgecell.resources)
 
 
+def _range(option: str, low, high=None, expected: str | None = None):
+    """A Typer callback refusing a value outside [low, high] at the option, in one line."""
+    def check(value):
+        from edgecell.pipeline import check_range
+
+        check_range(option, value, low, high, expected)
+        return value
+    return check
+
+
+def _positive(option: str):
+    def check(value):
+        if value is not None and not value > 0:
+            raise EdgecellError(f"{option} {value}: out of range; expected a number above 0")
+        return value
+    return check
+
+
 def run(
     ctx: typer.Context,
     model: str = typer.Argument(DEFAULT_MODEL, help="Model file (.tflite, .xml, .onnx), a shipped model name, "
@@ -23,19 +41,25 @@ def run(
                                            "rtsp:// / http:// URL. Default: the shipped sample images."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Read camera N (same as SOURCE=N)."),
     backend: str = typer.Option("auto", "--backend", "-b", help="auto, litert, openvino, onnxruntime, tflite-runtime, tf.lite"),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Inference threads (default: the backend's choice)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Inference threads (default: the backend's choice).",
+                                   callback=_range("--threads", 1, 1024)),
     device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO."),
     providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, comma-separated, "
                                             "e.g. TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for overlays, results.jsonl and results.csv."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line per image to stdout (for machines)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N images or frames."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N images or frames.",
+                                      callback=_range("--max-frames", 1)),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Process at most this many frames per second.",
+                                       callback=_positive("--fps")),
     threshold: Optional[List[str]] = typer.Option(None, "--threshold", help="Per-class confidence, e.g. RBC=0.5 (repeatable)."),
-    tiles: Optional[int] = typer.Option(None, "--tiles", help="Cells: split each image into N x N overlapping tiles (0 = auto)."),
-    top_k: int = typer.Option(3, "--top-k", help="Classifiers: how many classes to report."),
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="Cells: split each image into N x N overlapping tiles (0 = auto, at most 8).",
+                                 callback=_range("--tiles", 0, 8, "0 (automatic) to 8")),
+    top_k: int = typer.Option(3, "--top-k", help="Classifiers: how many classes to report.",
+                       callback=_range("--top-k", 1)),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Classifiers: below this the "
-                                                   "image is marked uncertain, for a person to check."),
+                                                   "image is marked uncertain, for a person to check (0 to 1).",
+                                                   callback=_range("--min-confidence", 0.0, 1.0)),
     show: bool = typer.Option(False, "--show", help="Show the overlay in a window (needs a desktop and GUI OpenCV; "
                               "else use --serve)."),
     serve: Optional[str] = typer.Option(None, "--serve", help="Show the run on a web page at [HOST:]PORT, e.g. "
@@ -44,8 +68,18 @@ def run(
                                        "useful to the task model?"),
     gate_policy: str = typer.Option("reject", "--gate-policy", help="reject (skip the task model, list the image "
                                     "with the reason), flag (run it, mark the result) or pass (record the score)."),
+    overlays: str = typer.Option("auto", "--overlays", help="Which overlays to write into OUT: all, flagged (only "
+                                 "what a person must check: uncertain, retake, abnormal, gate-flagged), every:N "
+                                 "(every N-th frame plus the flagged ones) or none. auto: all for images and "
+                                 "folders, flagged for video, cameras and streams (a camera runs for months)."),
+    overlay_format: str = typer.Option("png", "--overlay-format", help="png (lossless) or jpg (about 5x smaller)."),
+    overlay_budget: str = typer.Option("2GB", "--overlay-budget", help="Disk this run's overlays may take (e.g. "
+                                       "500MB, 2GB); when reached they stop, with a message (results go on)."),
+    overlay_rotate: bool = typer.Option(False, "--overlay-rotate", help="At the budget, delete this run's oldest "
+                                        "overlays instead of stopping (the newest are always there)."),
     gate_threshold: Optional[float] = typer.Option(None, "--gate-threshold", help="Utility below this is 'not "
-                                                   "useful' (default: the gate model's own)."),
+                                                   "useful' (default: the gate model's own; above 1 rejects every image).",
+                                                   callback=_range("--gate-threshold", 0.0)),
 ) -> None:
     """Run a model on images, a folder, a video or a camera; print results and write overlays.
 
@@ -101,10 +135,12 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
                 device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
                 fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
                 min_confidence: Optional[float], show: bool, serve: Optional[str], gate: Optional[str],
-                gate_policy: str, gate_threshold: Optional[float]) -> None:
+                gate_policy: str, gate_threshold: Optional[float], overlays: str = "auto",
+                overlay_format: str = "png", overlay_budget: str = "2GB", overlay_rotate: bool = False) -> None:
     """`edgecell run` once its options are known (from the command line, or a bundle's run)."""
     from edgecell.model import load_model
-    from edgecell.pipeline import RunOptions, RunSummary, run_frames
+    from edgecell.pipeline import RunOptions, RunSummary, new_run_id, run_frames
+    from edgecell.sinks import parse_size
     from edgecell.resources import resolve_model_path, shipped_samples
     from edgecell.sinks import JsonlSink
     from edgecell.sources import count_frames, describe_source, iter_frames
@@ -135,8 +171,13 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
             raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
         gate_model = load_model(resolve_model_path(gate, backend), backend, threads=threads, device=device)
         require_task(gate_model.info, "gate")
+    if overlays == "auto":  # a folder's overlays are bounded by the folder; a stream's are not
+        overlays = "all" if kind in ("image", "folder") else "flagged"
+    root = Path(source) if kind == "folder" else Path(source).parent if kind == "image" else None
     options = RunOptions(top_k=top_k, min_confidence=min_confidence, thresholds=thresholds, tiles=tiles,
-                         gate_policy=gate_policy, gate_threshold=gate_threshold, out=out)
+                         gate_policy=gate_policy, gate_threshold=gate_threshold, out=out, run_id=new_run_id(),
+                         source_root=root, overlays=overlays, overlay_format=overlay_format,
+                         overlay_budget=parse_size(overlay_budget), overlay_rotate=overlay_rotate)
     sinks = [JsonlSink(stream=sys.stdout)] if as_json else []
     if show:
         sinks.append(WindowSink())
@@ -159,30 +200,82 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
         frames = live.observe(frames)  # a camera's dropped frames and reconnects, for the page
     summary = RunSummary(loaded.info.task)
     progress = _progress(err, total, disable=(kind == "image"))
-    records = run_frames(loaded, frames, options,
-                         gate=gate_model, sinks=sinks)
+    records = run_frames(loaded, frames, options, gate=gate_model, sinks=sinks,
+                         warn=lambda message: progress.console.print(f"[yellow]{message}[/]", highlight=False))
+    interrupted = 0
     try:
-        with progress:
+        with progress, _sigterm_as_interrupt():
             task_id = progress.add_task("images", total=total)
             for record in records:
                 summary.add(record)
                 if not record.ok:
                     progress.console.print(f"[red]edgecell: error:[/] {record.error}", highlight=False, soft_wrap=True)
                 progress.advance(task_id)
-    except KeyboardInterrupt:
-        err.print("interrupted; results so far are written")
+    except KeyboardInterrupt as exc:
+        interrupted = getattr(exc, "exit_code", 130)
     finally:
         records.close()
-    if not as_json and (kind != "image" or summary.failed == 0):
+    if interrupted:
+        summary.note = f"interrupted after {summary.inputs}" + (f" of {total}" if total else "") + " inputs"
+    if not as_json and (kind != "image" or summary.failed == 0 or interrupted):
         from edgecell.commands.render import print_run_summary
 
         print_run_summary(summary)
     if out:
-        err.print(f"results: {out / 'results.jsonl'}, {out / 'results.csv'}" + (", overlays" if summary.inputs else ""))
+        err.print(f"results: {out / 'results.jsonl'}, {out / 'results.csv'}"
+                  + (f", overlays in {out / 'overlays' / options.run_id}" if overlays != "none" else ""))
+    if interrupted:
+        print(f"edgecell: {summary.note}; results so far are written", file=sys.stderr)
+        raise typer.Exit(interrupted)
+    ended_early = _ended_early(kind, total, summary.inputs, max_frames)
+    if ended_early:
+        print(f"edgecell: error: {source}: {ended_early}", file=sys.stderr)
     if summary.failed:
         if kind != "image":
             err.print(f"{summary.failed} of {summary.inputs} inputs failed")
         raise typer.Exit(1)
+    if ended_early:
+        raise typer.Exit(1)
+
+
+def _ended_early(kind: str, total: int | None, seen: int, max_frames: int | None) -> str:
+    """A video that gave fewer frames than its header promised (truncated or damaged file): say so.
+    A few frames of slack: some containers round their frame count."""
+    if kind != "video" or not total or (max_frames is not None and seen >= max_frames):
+        return ""
+    if seen >= total - max(2, total // 100):
+        return ""
+    return (f"video ended early: {seen} of the {total} frames its header promises were readable "
+            "(truncated or damaged file?); the results cover those frames only")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping the service) handled like Ctrl-C: results kept, exit 143."""
+
+    exit_code = 143
+
+
+class _sigterm_as_interrupt:
+    """Within the block, SIGTERM raises `Terminated` in the main thread (the run stops between two
+    writes, sinks are closed) instead of killing the process mid-line."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                raise Terminated()
+
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _stderr_console():

@@ -105,6 +105,35 @@ class RunningSummary:
         return out
 
 
+def check_label_count(info: "ModelInfo", session: "Session", found: int | None, what: str) -> None:
+    """Refuse at load a sidecar whose label list does not fit the model's output (`found` classes
+    the output gives, None when its shape is dynamic), blaming the sidecar: otherwise every image
+    fails, or worse, a label is silently paired with another class's score."""
+    if found is None or not info.labels or found == len(info.labels):
+        return
+    from edgecell.errors import ModelError
+    from edgecell.modelinfo import sidecar_path
+
+    side = sidecar_path(session.path)
+    where = side.name if side.is_file() else f"the metadata embedded in {Path(session.path).name}"
+    raise ModelError(f"{where} lists {len(info.labels)} labels ({', '.join(info.labels[:6])}"
+                     f"{', ...' if len(info.labels) > 6 else ''}) but the model's output gives {found} {what}; "
+                     f"fix `labels` in {where}, or use the sidecar made with this model file")
+
+
+def output_size(session: "Session", name: str | None = None, *, skip_batch: bool = True) -> int | None:
+    """Number of values in one output (by name, else the first), batch dimension left out; None
+    when a dimension is dynamic."""
+    outputs = session.outputs
+    chosen = next((o for o in outputs if o.name == name), outputs[0] if outputs else None)
+    if chosen is None:
+        return None
+    dims = list(chosen.shape)[1:] if skip_batch and len(chosen.shape) > 1 else list(chosen.shape)
+    if any(int(d) <= 0 for d in dims):
+        return None
+    return int(np.prod(dims)) if dims else 1
+
+
 class Task(ABC):
     """One kind of model output and what to do with it. Instances are stateless and shared."""
 

@@ -34,7 +34,7 @@ import numpy as np
 from edgecell.errors import ModelError
 from edgecell.images import Letterbox, letterbox
 from edgecell.modelinfo import ModelInfo
-from edgecell.tasks.base import Task, TaskResult
+from edgecell.tasks.base import Task, TaskResult, check_label_count
 from edgecell.tasks.boxes import box_iou, nms_per_class
 from edgecell.tasks.common import normalise as normalise_pixels
 
@@ -543,6 +543,17 @@ class CellsTask(Task):
 
     def check(self, info: ModelInfo, session) -> None:
         check_info(info)
+        shape = list(session.outputs[0].shape) if session.outputs else []
+        depth = None
+        if len(shape) == 4:
+            last = int(shape[-1]) if int(shape[-1]) > 0 else None
+            extra = 4 if head_of(info) == "centernet" else None
+            if extra is not None and last is not None:
+                depth = last - extra
+            elif last is not None:
+                anchors = len(info.settings.get("anchors") or [])
+                depth = last // anchors - 5 if anchors and last % anchors == 0 else None
+        check_label_count(info, session, depth, "classes")
 
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, CellsContext]:
         check_info(info)

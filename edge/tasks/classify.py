@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from edgecell.modelinfo import ModelInfo
-from edgecell.tasks.base import Task, TaskResult
+from edgecell.tasks.base import Task, TaskResult, check_label_count, output_size
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
 
 
@@ -80,6 +80,9 @@ class ClassifyTask(Task):
 
     def __init__(self, name: str = "classify"):
         self.name = name
+
+    def check(self, info: ModelInfo, session) -> None:
+        check_label_count(info, session, output_size(session, info.settings.get("probs_output")), "class scores")
 
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, None]:
         return preprocess(image, info)

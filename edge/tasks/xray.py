@@ -41,7 +41,7 @@ import numpy as np
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
 from edgecell.quality import Quality, check_quality, chest_crop
-from edgecell.tasks.base import Task, TaskResult
+from edgecell.tasks.base import Task, TaskResult, check_label_count
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
 
 HEAD_KEYS = ("w1", "b1", "bn_scale", "bn_shift", "w2", "b2")
@@ -309,6 +309,11 @@ class XrayTask(Task):
     """Chest X-ray triage with quality flags and Grad-CAM."""
 
     name = "xray"
+
+    def check(self, info: ModelInfo, session) -> None:
+        vectors = [o for o in session.outputs if len(o.shape) == 2 and int(o.shape[-1]) > 0]
+        if len(vectors) == 1:  # the class scores (the other output is the feature map)
+            check_label_count(info, session, int(vectors[0].shape[-1]), "class scores")
 
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, XrayContext]:
         return preprocess(image, info)
