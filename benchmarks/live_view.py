@@ -1,6 +1,8 @@
 """What the live view (`edgecell run ... --serve`) costs a run (issue 19 targets).
 
-    python -m edgecell.benchmarks.live_view [--frames 1500] [--repeats 3] [--rss-frames 50000] [--json]
+    python -m edgecell.benchmarks.live_view [--frames 1500] [--repeats 3] [--pairs 20] [--rss-frames 50000] [--json]
+
+0. Paired, in one process (the figure to quote on a shared CPU): `measure_paired`.
 
 1. Video run speed: `edgecell run cells VIDEO` on a video made from the shipped smears (the stage
    panning across them), as subprocesses, the variants interleaved repeat by repeat so that a shared
@@ -191,6 +193,72 @@ def run_once(video: Path, variant: str, threads: int | None, browser=None) -> di
     return row
 
 
+# ----------------------------------------------------------------------------- paired, in one process
+
+class _KeepOpen:
+    """The live view as a sink that outlives each block's run_frames (which closes its sinks)."""
+
+    def __init__(self, live):
+        self.live = live
+
+    def write(self, record, image, overlay) -> None:
+        self.live.write(record, image, overlay)
+
+    def close(self) -> None:
+        pass
+
+
+def measure_paired(video: Path, viewer: str, pairs: int = 20, block: int = 50) -> dict:
+    """The same run loop (`pipeline.run_frames`, the cells model) over the same `block` decoded
+    frames of the video (decoding left out: the live view's share looks larger, not smaller), blocks
+    that alternate between no live view and a live view with a viewer (`reading` or `stalled`,
+    in its own process and session, as a tablet would be); fps ratio of each adjacent pair, so that
+    the shared CPU's drift cancels out. An idle server thread costs nothing, so a block without the
+    sink is a run without --serve."""
+    from functools import partial
+    from itertools import islice
+
+    from edgecell.live import LiveView, ServeAddress
+    from edgecell.model import load_model
+    from edgecell.pipeline import annotate, run_frames
+    from edgecell.resources import shipped_models
+    from edgecell.sources import iter_frames
+
+    model = load_model(shipped_models()["cells"], "auto")
+    block_frames = list(islice(iter_frames(str(video)), block))  # every block runs the same frames
+    ratios, fps = [], {"without": [], "with": []}
+    with LiveView(ServeAddress("127.0.0.1", 0), draw=partial(annotate, model)) as live:
+        client = subprocess.Popen([sys.executable, "-c", "import sys; from edgecell.benchmarks.live_view import "
+                                   "view_forever; view_forever(int(sys.argv[1]), sys.argv[2] == 'stalled')",
+                                   str(live.port), viewer], start_new_session=True)
+        try:
+            for _ in run_frames(model, block_frames, sinks=[_KeepOpen(live)]):
+                pass  # warm-up, and the viewer connects
+            for pair in range(pairs):
+                pair_fps = {}
+                for variant in (("without", "with") if pair % 2 else ("with", "without")):
+                    sinks = [_KeepOpen(live)] if variant == "with" else []
+                    started = time.perf_counter()
+                    for _ in run_frames(model, block_frames, sinks=sinks):
+                        pass
+                    pair_fps[variant] = block / (time.perf_counter() - started)
+                    fps[variant].append(pair_fps[variant])
+                ratios.append(pair_fps["with"] / pair_fps["without"])
+        finally:
+            client.kill()
+            client.wait()
+    return {"viewer": viewer, "pairs": pairs, "block_frames": block,
+            "fps_without_median": round(stats.median(fps["without"]), 2),
+            "fps_with_median": round(stats.median(fps["with"]), 2),
+            "ratio_median": round(stats.median(ratios), 4), "ratio_p10": round(stats.percentile(ratios, 10), 4),
+            "ratio_p90": round(stats.percentile(ratios, 90), 4)}
+
+
+def view_forever(port: int, stalled: bool) -> None:
+    """A viewer in its own process (see `measure_paired`), until killed."""
+    _viewer(port, threading.Event(), stalled, [])
+
+
 # ----------------------------------------------------------------------------- memory
 
 def measure_rss(frames: int) -> dict:
@@ -244,12 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's)")
     parser.add_argument("--rss-frames", type=int, default=50000, help="0 to skip the memory part")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--pairs", type=int, default=20, help="paired in-process blocks per viewer (0: skip)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "stage.mp4", args.frames)
+        report_paired = [measure_paired(video, viewer, args.pairs) for viewer in ("reading", "stalled")] \
+            if args.pairs else []
+        for row in report_paired:
+            print(json.dumps(row), file=sys.stderr, flush=True)
         browser = None
         if "browser" in variants:
             from edgecell.benchmarks.chromium import Chromium
@@ -266,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if browser is not None:
                 browser.close()
-    fps = {v: stats.median([r["fps"] for r in rows if r["variant"] == v]) for v in variants}
+    fps = {v: stats.median([r["fps"] for r in rows if r["variant"] == v]) for v in variants} if rows else {}
     report = {"fps_median": {v: round(f, 2) for v, f in fps.items()},
               "vs_no_serve": {v: round(fps[v] / fps["no_serve"] - 1, 4) for v in variants if "no_serve" in fps},
-              "runs": rows}
+              "paired": report_paired, "runs": rows}
     if args.rss_frames:
         report["rss"] = measure_rss(args.rss_frames)
     print(json.dumps(report, indent=None if args.json else 2))

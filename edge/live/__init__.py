@@ -93,6 +93,13 @@ class LiveView:
                 f"request needs this token, {source})")
 
     def start(self) -> "LiveView":
+        """Serve, and start the helper process that draws and encodes the stream (`encoder`)."""
+        from edgecell.live.encoder import Encoder
+
+        try:
+            self.state.encoder = Encoder()
+        except OSError:
+            self.state.encoder = None  # the viewer's thread draws instead
         self._thread.start()
         return self
 
@@ -114,9 +121,12 @@ class LiveView:
         drawn. The frame is copied (a sink must not hold the loop's arrays); drawing waits for a viewer."""
         image = None if image is None else image.copy()
         result = getattr(record, "result", None)
-        if overlay is None and result is not None and image is not None and self.draw is not None:
-            overlay = partial(self.draw, image, result)
-        self.publish(record.to_dict() if hasattr(record, "to_dict") else record, image, overlay)
+        draw = None
+        if overlay is None and result is not None and image is not None:
+            draw = (record.task, result)
+            if self.draw is not None:
+                overlay = partial(self.draw, image, result)  # for "keep this frame" (full resolution)
+        self.state.publish(record, image, overlay, draw)  # its dict is made by a viewer, if one asks
 
     def close(self) -> None:
         self.state.finish()
@@ -125,6 +135,8 @@ class LiveView:
             self.server.shutdown()
             self._thread.join(timeout=2)
         self.server.server_close()
+        if self.state.encoder is not None:
+            self.state.encoder.close()
 
     def __enter__(self) -> "LiveView":
         return self.start()

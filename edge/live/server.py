@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+from dataclasses import fields
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,12 +36,13 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from edgecell.live.state import LiveState, Snapshot
-from edgecell.live.words import describe
+from edgecell.live.words import Words
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 COOKIE = "edgecell_live"
 SEND_TIMEOUT_S = 20.0  # a viewer that takes longer than this for one frame is dropped
-HEARTBEAT_S = 1.0  # status to every viewer at least this often (fps, "no new frame for N s")
+HEARTBEAT_S = 1.0
+HISTORY_EVERY_S = 1.0  # the page's "recent results" list is refreshed at most this often  # status to every viewer at least this often (fps, "no new frame for N s")
 MAX_STREAM_FPS = 15.0  # enough to follow a slide or a film being positioned
 # Drawing the overlay and encoding the JPEG take CPU from the run (a Pi's cores, the GIL, a CPU
 # share): after each frame a viewer waits until that frame's CPU time is at most this share of the
@@ -180,14 +182,14 @@ class LiveHandler(BaseHTTPRequestHandler):
             snap = state.newest()
             if snap is None:
                 return self._send_json({"error": "no result yet"}, HTTPStatus.NOT_FOUND)
-            return self._send_json(_message(snap, state, with_status=False))
+            return self._send_json(_latest(snap))
         if path == "/api/status":
             return self._send_json(state.status())
         if path == "/api/history":
             return self._send_json(state.history())
         if path == "/frame.jpg":
             snap = state.newest()
-            jpeg = snap.jpeg() if snap is not None else None
+            jpeg = state.jpeg(snap) if snap is not None else None
             if jpeg is None:
                 return self._send_json({"error": "no frame yet"}, HTTPStatus.NOT_FOUND)
             return self._send(jpeg, "image/jpeg", headers={"X-Edgecell-Seq": str(snap.seq)})
@@ -260,14 +262,16 @@ class LiveHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         self.connection.settimeout(SEND_TIMEOUT_S)
-        state = self.server.state
+        state, history_at = self.server.state, 0.0
         try:
             for snap in self._frames():
                 if snap is None:
                     self.wfile.write(ws_frame(json.dumps({"status": state.status()}).encode(), text=True))
                     continue
-                head = json.dumps(_message(snap, state)).encode()
-                self.wfile.write(ws_frame(struct.pack(">I", len(head)) + head + (snap.jpeg() or b"")))
+                with_history = time.monotonic() - history_at >= HISTORY_EVERY_S
+                history_at = time.monotonic() if with_history else history_at
+                head = json.dumps(_frame_message(snap, state, with_history)).encode()
+                self.wfile.write(ws_frame(struct.pack(">I", len(head)) + head + (state.jpeg(snap) or b"")))
             self.wfile.write(ws_frame(b"", opcode=0x8))  # close: the run ended
         except (OSError, ValueError):
             pass  # the viewer went away or stalled past SEND_TIMEOUT_S; the run goes on
@@ -282,7 +286,7 @@ class LiveHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(SEND_TIMEOUT_S)
         try:
             for snap in self._frames():
-                jpeg = snap.jpeg() if snap is not None else None
+                jpeg = self.server.state.jpeg(snap) if snap is not None else None
                 if jpeg is None:
                     continue
                 self.wfile.write(f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
@@ -302,12 +306,21 @@ def _pace(wall: float, process: float, budget_s: float) -> None:
         time.sleep(min(0.02, max(0.001, start_wait - waited)))
 
 
-def _message(snap: Snapshot, state: LiveState, with_status: bool = True) -> dict:
-    """What a viewer gets with a frame: its number, the record, its plain words, the history."""
-    out = {"seq": snap.seq, "captured": snap.captured, "record": snap.record,
-           "words": describe(snap.record).to_dict()}
-    if with_status:
-        out["status"] = state.status()
+def _latest(snap: Snapshot) -> dict:
+    """`GET /api/latest`: the newest record (the JSONL line) with its plain words."""
+    entry = snap.published.entry()
+    return {"seq": snap.seq, "captured": snap.captured, "record": snap.record,
+            "words": {f.name: entry[f.name] for f in fields(Words)}}
+
+
+def _frame_message(snap: Snapshot, state: LiveState, with_history: bool) -> dict:
+    """What the page gets with a frame: its number, source and plain words, the run's status and,
+    at most every HISTORY_EVERY_S, the history (each message is Python work under the GIL, which
+    the run's thread waits for: the full record and a fresh history per frame cost a fast run 20 %)."""
+    entry = snap.published.entry()
+    out = {"seq": snap.seq, "captured": snap.captured, "source": entry["source"],
+           "words": {f.name: entry[f.name] for f in fields(Words)}, "status": state.status()}
+    if with_history:
         out["history"] = state.history()
     return out
 

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,27 +26,68 @@ JPEG_QUALITY = 80
 FPS_WINDOW_S = 3.0
 
 
+class Published:
+    """A record as the run handed it over (a dict, or a `pipeline.Record`) and when. Its dict and
+    its plain words are made on first use, on a viewer's thread: the run pays for neither."""
+
+    __slots__ = ("raw", "time", "_dict", "_entry")
+
+    def __init__(self, raw: Any, when: float):
+        self.raw, self.time = raw, when
+        self._dict: dict | None = None
+        self._entry: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.raw.get("ok", False) if isinstance(self.raw, dict) else self.raw.ok)
+
+    def as_dict(self) -> dict:
+        if self._dict is None:
+            self._dict = self.raw if isinstance(self.raw, dict) else self.raw.to_dict()
+        return self._dict
+
+    def entry(self) -> dict:
+        """For the history and the page: source, time, headline, level, flags, details, figures."""
+        if self._entry is None:
+            record = self.as_dict()
+            self._entry = {"source": source_label(str(record.get("source", ""))), "time": self.time,
+                           **describe(record).to_dict()}
+        return self._entry
+
+
 @dataclass
 class Snapshot:
     """One frame as the run produced it; the JPEG is made on first request, by a viewer thread."""
 
     seq: int
-    record: dict
+    published: Published
     image: np.ndarray | None
     overlay: np.ndarray | Callable[[], np.ndarray] | None
     captured: float  # time.time() when the run published it
+    draw: tuple[str, Any] | None = None  # (task, result): the helper process draws the overlay from these
     _jpeg: bytes | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def record(self) -> dict:
+        return self.published.as_dict()
 
     def overlay_image(self) -> np.ndarray | None:
         if callable(self.overlay):
             self.overlay = self.overlay()
         return self.overlay if self.overlay is not None else self.image
 
-    def jpeg(self) -> bytes | None:
-        """The stream picture (overlay, else the frame), scaled down, encoded once."""
+    def jpeg(self, encoder=None) -> bytes | None:
+        """The stream picture (overlay, else the frame), scaled down, encoded once: by the helper
+        process (`encoder`) when there is one, else on this thread."""
         with self._lock:
             if self._jpeg is None:
+                if encoder is not None and self.image is not None:
+                    if isinstance(self.overlay, np.ndarray):
+                        self._jpeg = encoder.encode(self.overlay, None, None)
+                    else:
+                        self._jpeg = encoder.encode(self.image, *(self.draw or (None, None)))
+                    return self._jpeg
                 picture = self.overlay_image()
                 if picture is None:
                     return None
@@ -78,7 +119,7 @@ class LiveState:
         self._cond = threading.Condition()
         self._newest: Snapshot | None = None
         self._sent: deque[Snapshot] = deque(maxlen=SENT_KEPT)
-        self._history: deque[dict] = deque(maxlen=HISTORY)
+        self._history: deque[Published] = deque(maxlen=HISTORY)
         self._times: deque[float] = deque()
         self.frames = 0
         self.failures = 0
@@ -88,22 +129,35 @@ class LiveState:
         self.finished = False
         self.started = time.time()
         self._device_cache: tuple[float, dict] = (0.0, {})
+        self.encoder = None  # encoder.Encoder once the live view starts (None: draw on the viewer's thread)
+
+    def jpeg(self, snap: Snapshot) -> bytes | None:
+        """The snapshot's JPEG through the helper process; if the helper fails, on this thread
+        from then on (the page keeps working, only the run pays more)."""
+        encoder = self.encoder
+        if encoder is not None:
+            try:
+                return snap.jpeg(encoder)
+            except (OSError, EOFError, RuntimeError, ValueError):
+                self.encoder = None
+        return snap.jpeg()
 
     # ------------------------------------------------------------------ the run loop's side
-    def publish(self, record: dict, image: np.ndarray | None = None,
-                overlay: np.ndarray | Callable[[], np.ndarray] | None = None) -> None:
-        """The newest record, its frame and its overlay (an array, or a callable that draws it, so
-        that only frames a viewer gets are drawn). Never blocks on a viewer."""
+    def publish(self, record: Any, image: np.ndarray | None = None,
+                overlay: np.ndarray | Callable[[], np.ndarray] | None = None,
+                draw: tuple[str, Any] | None = None) -> None:
+        """The newest record (a dict or a `pipeline.Record`), its frame and its overlay (an array, or
+        a callable that draws it, so that only frames a viewer gets are drawn). Never blocks on a
+        viewer, and leaves the record's dict and words to the viewers."""
         now = time.time()
-        words = describe(record)
-        entry = {"source": source_label(str(record.get("source", ""))), "time": now, **words.to_dict()}
+        entry = Published(record, now)
         with self._cond:
             self.frames += 1
-            self.failures += 0 if record.get("ok", False) else 1
+            self.failures += 0 if entry.ok else 1
             self._times.append(now)
             while self._times and now - self._times[0] > FPS_WINDOW_S:
                 self._times.popleft()
-            self._newest = Snapshot(self.frames, record, image, overlay, now)
+            self._newest = Snapshot(self.frames, entry, image, overlay, now, draw)
             self._history.appendleft(entry)
             self._cond.notify_all()
 
@@ -149,7 +203,8 @@ class LiveState:
 
     def history(self) -> list[dict]:
         with self._cond:
-            return list(self._history)
+            entries = list(self._history)
+        return [entry.entry() for entry in entries]
 
     def viewer(self, delta: int) -> None:
         with self._cond:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -95,7 +96,8 @@ def test_websocket_sends_frames_with_their_record(live, cells_frames):
     live.publish(record, image, overlay)
     message = ws_frame(sock)
     sock.close()
-    assert message["seq"] == 1 and message["record"] == record
+    assert message["seq"] == 1 and message["source"] == Path(record["source"]).name
+    assert message["words"]["figures"] == [[name, n] for name, n in record["result"]["counts"].items()]
     assert message["jpeg"][:2] == b"\xff\xd8" and message["status"]["viewers"] == 1
 
 

@@ -62,12 +62,12 @@ function showFrame(msg, jpeg) {
   shown.dataset.count = String(shownCount);
   shown.dataset.captured = String(msg.captured);
   shown.dataset.shownAt = String(Date.now() / 1000);
-  showWords(msg.words, msg.record);
+  showWords(msg.words, msg.source);
   if (msg.history) showHistory(msg.history);
   if (msg.status) showStatus(msg.status);
 }
 
-function showWords(words, record) {
+function showWords(words, source) {
   const box = $("result");
   box.className = "level-" + words.level;
   const headline = $("headline");
@@ -96,8 +96,7 @@ function showWords(words, record) {
   };
   words.flags.forEach((text) => line(text, "flag"));
   words.details.forEach((text) => line(text, ""));
-  const src = String(record.source || "");
-  $("source").textContent = src.split("/").pop();
+  $("source").textContent = source;
 }
 
 function showHistory(items) {
