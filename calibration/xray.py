@@ -105,6 +105,31 @@ def collect(data: str | os.PathLike | None = None) -> tuple[list[Item], dict]:
     return kept, notes
 
 
+#: Sites (upstream collections) a film comes from, as far as the file names let us tell; the unit
+#: of the cross-source evaluation (a site is held out whole).
+SITES = ("covid-web", "covid-padchest", "rsna", "kermany")
+#: COVID-n.png of the radiography database with n above this came with its second release (3616
+#: COVID films, 2473 of them PadChest/BIMCV); n <= 1200 are the first two releases (SIRM, ieee8023,
+#: Hannover, COVID-CXNet: web and paper images). Inferred from the upstream README's release
+#: history, not from metadata (the copy has none).
+DB_FIRST_RELEASES = 1200
+
+
+def site_of(item: Item) -> str:
+    """The site of a film (see SITES): the 3-way set's COVID films and the radiography database's
+    COVID-1..1200 are web/paper collections ("covid-web"); COVID-1201.. are PadChest/BIMCV
+    ("covid-padchest", Spain); the database's adult normals are RSNA/NIH ("rsna", USA); every
+    paediatric film is Kermany's (Guangzhou)."""
+    if item.cell.endswith("/paediatric"):
+        return "kermany"
+    if item.source == "db-rsna":
+        return "rsna"
+    if item.source == "db-covid":
+        digits = "".join(ch for ch in Path(item.rel).stem.split("-")[-1] if ch.isdigit())
+        return "covid-padchest" if digits and int(digits) > DB_FIRST_RELEASES else "covid-web"
+    return "covid-web"
+
+
 # ----------------------------------------------------------------------------- images and hashes
 
 def load_grey(path: str | os.PathLike, size: int = HARMONISE) -> np.ndarray:

@@ -40,26 +40,34 @@ import numpy as np
 
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
-from edgecell.quality import Quality, check_quality, chest_crop
+from edgecell.quality import Quality, check_quality, chest_crop, to_grey
 from edgecell.tasks.base import Task, TaskResult, check_label_count
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
 
 HEAD_KEYS = ("w1", "b1", "bn_scale", "bn_shift", "w2", "b2")
+GAP_HEAD_KEYS = ("w", "b")
 
 
 # ----------------------------------------------------------------------------- Grad-CAM in numpy
 
 def load_head(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The dense head weights (see module docstring); clear error if the file is missing."""
+    """The head weights (see module docstring); clear error if the file is missing. Two kinds:
+    V-BreathNet's dense head (HEAD_KEYS), and `gap_dense` (global average pool + one dense layer:
+    `w`, `b`) which may carry the unfamiliar-film statistics (`maha_means`, `maha_precision`) and
+    the upright check (`rot_w`, `rot_b`)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: Grad-CAM head weights not found; it ships beside the X-ray model "
                          "(re-export with edgecell.convert.train_xray), or run with gradcam=False")
     with np.load(path) as data:
-        missing = [k for k in HEAD_KEYS if k not in data]
+        kind = str(data["kind"]) if "kind" in data else "vbreathnet"
+        wanted = GAP_HEAD_KEYS if kind == "gap_dense" else HEAD_KEYS
+        missing = [k for k in wanted if k not in data]
         if missing:
             raise ModelError(f"{path}: not a Grad-CAM head file (missing {', '.join(missing)})")
-        return {k: np.asarray(data[k], np.float32) for k in HEAD_KEYS}
+        head = {k: np.asarray(data[k], np.float32) for k in data.files if k != "kind"}
+        head["kind"] = kind  # type: ignore[assignment]
+        return head
 
 
 _HEADS: dict[str, dict[str, np.ndarray]] = {}
@@ -85,6 +93,8 @@ def maxpool2(a: np.ndarray) -> np.ndarray:
 
 def head_logits(features: np.ndarray, head: dict[str, np.ndarray]) -> np.ndarray:
     """Logits recomputed from the feature map (a consistency check against the model's scores)."""
+    if head.get("kind") == "gap_dense":
+        return np.asarray(features, np.float32).mean(axis=(0, 1)) @ head["w"] + head["b"]
     p = maxpool2(features).reshape(-1)
     z = _vecmat(p, head["w1"]) + head["b1"]
     g = np.maximum(z, 0) * head["bn_scale"] + head["bn_shift"]
@@ -105,17 +115,83 @@ def gradcam_map(features: np.ndarray, head: dict[str, np.ndarray], class_index: 
     if a.ndim == 4:
         a = a[0]
     h, w, c = a.shape
+    if head.get("kind") == "gap_dense":  # y_c = w[:, c] . mean(A): dy_c/dA_k = w[k, c] / (h w) everywhere
+        alpha = head["w"][:, class_index] / float(h * w)
+        return _normalised_cam(a, alpha), alpha
     p = maxpool2(a)
     z = _vecmat(p.reshape(-1), head["w1"]) + head["b1"]
     dz = (z > 0).astype(np.float32) * head["bn_scale"] * head["w2"][:, class_index]
     dp = np.einsum("ij,j->i", head["w1"], dz).reshape(p.shape)  # dy_c / dp
     alpha = dp.sum(axis=(0, 1)) / float(h * w)  # = mean over the 8x8 map of dy_c / dA
+    return _normalised_cam(a, alpha), alpha
+
+
+def _normalised_cam(a: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """relu(sum_k alpha_k A_k), scaled to a peak of 1 (all zero if no positive evidence)."""
     cam = np.maximum(np.tensordot(a, alpha, axes=([2], [0])), 0)
     peak = float(cam.max())
-    return (cam / peak if peak > 0 else cam).astype(np.float32), alpha
+    return (cam / peak if peak > 0 else cam).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- film preparation
+
+#: Defaults of the film preparation (`settings["film_prep"]` of the sidecar overrides them).
+FILM_PREP = {"harmonise": 224, "clahe_clip": 2.0, "clahe_tiles": 4, "margin": 0.06}
+
+
+def film_grey(image: np.ndarray, prep: dict | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """First half of the film preparation, the same in training and on the device: grey, uniform
+    borders trimmed (`chest_crop`), resized to `harmonise` px square (every source at one
+    sharpness), then CLAHE (local histogram equalisation: films from different scanners and
+    processing chains come to one contrast). Returns (grey uint8 square, crop box in the input)."""
+    p = {**FILM_PREP, **(prep or {})}
+    grey = to_grey(image)
+    grey, box = chest_crop(grey)
+    n = int(p["harmonise"])
+    h, w = grey.shape[:2]
+    grey = cv2.resize(grey, (n, n), interpolation=cv2.INTER_AREA if h > n or w > n else cv2.INTER_LINEAR)
+    if p["clahe_clip"]:
+        tiles = int(p["clahe_tiles"])
+        grey = cv2.createCLAHE(clipLimit=float(p["clahe_clip"]), tileGridSize=(tiles, tiles)).apply(grey)
+    return grey, box
+
+
+def film_crop(grey: np.ndarray, size: int, prep: dict | None = None) -> np.ndarray:
+    """Second half: a `margin` share cut from every side (where burnt-in text, markers and
+    collimator edges sit, not the lungs), then resized to the model's `size`; RGB (grey x 3)."""
+    p = {**FILM_PREP, **(prep or {})}
+    h, w = grey.shape[:2]
+    my, mx = int(round(h * p["margin"])), int(round(w * p["margin"]))
+    inner = grey[my:h - my, mx:w - mx] if h - 2 * my > 8 and w - 2 * mx > 8 else grey
+    small = cv2.resize(inner, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
+
+
+def film_pixels(image: np.ndarray, size: int, prep: dict | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The whole film preparation (`film_grey` then `film_crop`): RGB size x size and the crop box
+    of the input the model saw (for the overlay)."""
+    grey, box = film_grey(image, prep)
+    x0, y0, x1, y1 = box
+    p = {**FILM_PREP, **(prep or {})}
+    mx, my = int(round((x1 - x0) * p["margin"])), int(round((y1 - y0) * p["margin"]))
+    return film_crop(grey, size, prep), (x0 + mx, y0 + my, x1 - mx, y1 - my)
+
+
+# ----------------------------------------------------------------------------- unfamiliar films
+
+def unfamiliar_score(pooled: np.ndarray, stats: dict[str, np.ndarray]) -> float:
+    """Mahalanobis distance (squared) of a film's pooled features to the nearest class mean of the
+    training films, under their shared covariance (`maha_means` C x K, `maha_precision` K x K in the
+    head file). Large = the film lies far from anything the model was trained on."""
+    d = np.asarray(pooled, np.float32).reshape(1, -1) - stats["maha_means"]
+    return float(np.einsum("ck,kl,cl->c", d, stats["maha_precision"], d).min())
 
 
 # ----------------------------------------------------------------------------- result
+
+UNFAMILIAR_MESSAGE = ("Unfamiliar film: unlike the films this model learnt from (another hospital, scanner, "
+                      "view or not a chest X-ray?); do not trust the answer, have it read by a person.")
+ROTATED_MESSAGE = "The film does not look upright (turned by about {degrees} degrees?): rotate it and run again."
 
 @dataclass
 class XrayResult(TaskResult):
@@ -130,20 +206,36 @@ class XrayResult(TaskResult):
     gradcam_ms: float | None = None
     crop: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) in the input image, if cropped
     notes: list[str] = field(default_factory=list)
+    unfamiliar: bool = False  # the film lies far from the training films (score above the threshold)
+    unfamiliar_score: float | None = None  # None: the model carries no statistics for the check
+    rotation: int | None = None  # degrees clockwise the film seems turned by (0 = upright); None: not checked
 
     @property
     def retake(self) -> bool:
         return self.quality is not None and not self.quality.ok
 
     @property
+    def upright(self) -> bool:
+        return not self.rotation
+
+    @property
     def message(self) -> str:
-        return self.quality.message() if self.retake else ""
+        """Plain words for a person: what is wrong with this answer and what to do, or ""."""
+        parts = [self.quality.message()] if self.retake else []
+        if self.rotation:
+            parts.append(ROTATED_MESSAGE.format(degrees=self.rotation))
+        if self.unfamiliar:
+            parts.append(UNFAMILIAR_MESSAGE)
+        return " ".join(parts)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {
             "label": self.label, "index": self.index, "confidence": round(self.confidence, 5),
             "probabilities": {k: round(v, 5) for k, v in self.probabilities.items()},
             "uncertain": self.uncertain, "retake": self.retake, "message": self.message,
+            "unfamiliar": self.unfamiliar,
+            "unfamiliar_score": None if self.unfamiliar_score is None else round(self.unfamiliar_score, 2),
+            "upright": None if self.rotation is None else self.upright,
             "quality": self.quality.to_dict() if self.quality is not None else None,
         }
         if self.heatmap is not None:
@@ -167,7 +259,7 @@ class XrayResult(TaskResult):
         text = f"{self.label} {self.confidence:.2f}"
         if self.uncertain:
             text += " (uncertain: check by hand)"
-        if self.retake:
+        if self.message:
             text += f" | {self.message}"
         return text
 
@@ -184,12 +276,18 @@ class XrayContext:
 
 
 def preprocess(image: np.ndarray, info: ModelInfo, *, crop: bool | None = None, **_) -> tuple[np.ndarray, XrayContext]:
-    """Quality checks on the image as received, optional chest crop (option `crop`, default
-    `settings["chest_crop"]`, off), then the shared model-input preparation."""
+    """Quality checks on the image as received; then the film preparation the model was trained
+    with (`settings["film_prep"]`: `film_pixels`), or for older models an optional chest crop
+    (option `crop`, default `settings["chest_crop"]`, off); then the shared model-input preparation."""
     require_task(info, "xray")
     thresholds = dict(info.settings.get("quality") or {})
     quality = check_quality(image, **thresholds)
     box = None
+    prep = info.settings.get("film_prep")
+    if prep is not None:
+        pixels, box = film_pixels(image, int(info.input_size[0]), prep)
+        tensor, _ = to_input_tensor(pixels, info)
+        return tensor, XrayContext(quality, box)
     if crop if crop is not None else info.settings.get("chest_crop", False):
         image, box = chest_crop(image)
     tensor, _ = to_input_tensor(image, info)
@@ -249,11 +347,13 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
     result = XrayResult(label=labels[best], index=best, confidence=float(scores[best]),
                         probabilities={labels[i]: float(scores[i]) for i in range(scores.size)},
                         quality=context.quality if isinstance(context, XrayContext) else None,
-                        uncertain=bool(scores[best] < threshold),
                         crop=context.crop if isinstance(context, XrayContext) else None)
+    head = load_head(head_path) if head_path else (context.head if isinstance(context, XrayContext) else None)
+    if features is not None and head is not None:
+        check_familiar(result, features, head, info)
+    result.uncertain = bool(scores[best] < threshold or result.unfamiliar or result.retake or not result.upright)
     if not gradcam:
         return result
-    head = load_head(head_path) if head_path else (context.head if isinstance(context, XrayContext) else None)
     if features is None:
         result.notes.append("no Grad-CAM: the model has no feature-map output")
     elif head is None:
@@ -267,6 +367,22 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
         result.gradcam_ms = (time.perf_counter() - t0) * 1e3
         result.gradcam_class = labels[c]
     return result
+
+
+def check_familiar(result: XrayResult, features: np.ndarray, head: dict[str, np.ndarray], info: ModelInfo) -> None:
+    """The unfamiliar-film flag and the upright check from the pooled feature map, where the head
+    file carries their statistics (`maha_*`, `rot_*`) and the sidecar their thresholds
+    (`unfamiliar_threshold`; `upright_min_probability`: a turn is reported when the rotation
+    classifier gives a non-zero turn at least this probability)."""
+    pooled = np.asarray(features, np.float32).reshape(-1, features.shape[-1]).mean(axis=0)
+    if "maha_means" in head and "maha_precision" in head:
+        result.unfamiliar_score = unfamiliar_score(pooled, head)
+        limit = info.settings.get("unfamiliar_threshold")
+        result.unfamiliar = limit is not None and result.unfamiliar_score > float(limit)
+    if "rot_w" in head and "rot_b" in head:
+        p = softmax(pooled @ head["rot_w"] + head["rot_b"])
+        k = int(np.argmax(p))
+        result.rotation = 90 * k if k and p[k] >= float(info.settings.get("upright_min_probability", 0.5)) else 0
 
 
 def heatmap_image(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

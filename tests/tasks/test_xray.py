@@ -224,3 +224,97 @@ def test_dicom_gives_the_same_answer_as_its_png(tmp_path, make_dicom):
         from_dcm, _ = predict(model, decode_image(dcm))
         assert from_dcm.label == from_png.label
         assert abs(from_dcm.confidence - from_png.confidence) < 0.05
+
+
+# ----------------------------------------------------------------------------- the MobileNet model's head, flag and film preparation
+
+@pytest.fixture(scope="module")
+def mobilenet_small():
+    """The default model's builder at a small size, random weights: [scores, feature map] and its
+    dense head as the device reads it."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from edgecell.convert.train_xray_mobilenet import build_model, dense_head, with_feature_output
+
+    keras.utils.set_random_seed(0)
+    model = build_model(size=64)
+    return model, with_feature_output(model), dense_head(model)
+
+
+def test_gap_head_gradcam_matches_tensorflow_gradienttape(mobilenet_small):
+    import tensorflow as tf
+
+    model, cam_model, head = mobilenet_small
+    w, b = model.get_layer("scores").get_weights()
+    x = tf.constant(np.random.default_rng(3).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32))
+    for c in range(3):
+        with tf.GradientTape() as tape:
+            _, feat = cam_model(x, training=False)
+            tape.watch(feat)
+            logits = tf.reduce_mean(feat, axis=(1, 2)) @ w + b  # the layer before its softmax
+            y = logits[:, c]
+        grads = tape.gradient(y, feat).numpy()[0]
+        heat, alpha = xray.gradcam_map(feat.numpy()[0], head, c)
+        np.testing.assert_allclose(alpha, grads.mean(axis=(0, 1)), rtol=1e-4, atol=1e-7)
+    scores, feat = cam_model(x, training=False)
+    np.testing.assert_allclose(xray.softmax(xray.head_logits(feat.numpy()[0], head)), scores.numpy()[0], atol=1e-5)
+
+
+def test_film_preparation_is_one_function_for_training_and_device():
+    rng = np.random.default_rng(0)
+    image = np.zeros((300, 260, 3), np.uint8)
+    image[20:280, 30:230] = cv2.GaussianBlur(rng.integers(0, 255, (260, 200, 3), dtype=np.uint8), (0, 0), 3)
+    grey, box = xray.film_grey(image)
+    pixels, crop = xray.film_pixels(image, 96)
+    np.testing.assert_array_equal(pixels, xray.film_crop(grey, 96))
+    assert pixels.shape == (96, 96, 3) and grey.shape == (224, 224)
+    assert box == (30, 20, 230, 280)  # the black frame is trimmed
+    x0, y0, x1, y1 = crop
+    assert 30 < x0 < x1 < 230 and 20 < y0 < y1 < 280  # then the margin
+
+
+def test_unfamiliar_score_is_the_distance_to_the_nearest_class_mean():
+    stats = {"maha_means": np.array([[0, 0], [10, 0]], np.float32), "maha_precision": np.diag([1.0, 4.0]).astype(np.float32)}
+    assert xray.unfamiliar_score(np.array([9.0, 1.0]), stats) == pytest.approx(1 + 4)
+    assert xray.unfamiliar_score(np.array([0.0, 0.0]), stats) == 0
+
+
+def _gap_head(**extra) -> dict:
+    head = {"kind": "gap_dense", "w": np.eye(4, 3, dtype=np.float32), "b": np.zeros(3, np.float32)}
+    head.update(extra)
+    return head
+
+
+def _gap_info(**settings) -> ModelInfo:
+    return ModelInfo(task="xray", name="gap", labels=LABELS, input_size=(64, 64), channels=3, settings=settings)
+
+
+def _outputs(features: np.ndarray, scores=(0.9, 0.05, 0.05)) -> dict:
+    return {"scores": np.array([scores], np.float32), "features": features[None].astype(np.float32)}
+
+
+def test_film_far_from_the_training_films_is_flagged_unfamiliar_and_uncertain():
+    stats = {"maha_means": np.zeros((3, 4), np.float32), "maha_precision": np.eye(4, dtype=np.float32)}
+    info = _gap_info(unfamiliar_threshold=10.0)
+    near = xray.postprocess(_outputs(np.full((3, 3, 4), 0.5)), None, info, head_path=None, gradcam=False)
+    assert near.unfamiliar_score is None  # no head given: nothing to measure, nothing claimed
+    ctx = xray.XrayContext(quality=None, head=_gap_head(**stats))
+    near = xray.postprocess(_outputs(np.full((3, 3, 4), 0.5)), ctx, info)
+    far = xray.postprocess(_outputs(np.full((3, 3, 4), 5.0)), ctx, info)
+    assert not near.unfamiliar and not near.uncertain and near.message == ""
+    assert far.unfamiliar and far.uncertain and far.unfamiliar_score == pytest.approx(100.0)
+    assert "Unfamiliar film" in far.message and "Unfamiliar film" in far.summary()
+    d = far.to_dict()
+    json.dumps(d)
+    assert d["unfamiliar"] is True and d["uncertain"] is True and d["unfamiliar_score"] == 100.0
+
+
+def test_turned_film_is_reported_with_a_plain_message():
+    rot = {"rot_w": np.array([[0, 5, 0, 0]] * 4, np.float32), "rot_b": np.zeros(4, np.float32)}
+    ctx = xray.XrayContext(quality=None, head=_gap_head(**rot))
+    result = xray.postprocess(_outputs(np.ones((3, 3, 4))), ctx, _gap_info())
+    assert result.rotation == 90 and not result.upright and result.uncertain
+    assert "does not look upright" in result.message and result.to_dict()["upright"] is False
+    upright = xray.postprocess(_outputs(np.zeros((3, 3, 4))), ctx, _gap_info(upright_min_probability=0.9))
+    assert upright.rotation == 0 and upright.upright  # equal odds: below the sidecar's probability

@@ -1,0 +1,540 @@
+"""The default X-ray model: ImageNet MobileNet V1 0.25 trained against the source shortcut, measured
+across sources (a whole site held out), with the statistics the device needs for the "unfamiliar
+film" flag and the upright check. V-BreathNet (`edgecell.convert.train_xray`) stays as the
+paper's reproduction.
+
+    python -m edgecell.convert.train_xray_mobilenet --out DIR --folds covid-padchest,covid-web,none
+
+Each fold trains one model on every site but the held-out one (`none`: the pooled model that
+ships) and scores it on the held-out site whole plus the held-out split of the other sites.
+
+Against the shortcut (public COVID X-ray models learn the hospital, not the lungs):
+- film preparation on the device and in training by the same functions
+  (`edgecell.tasks.xray.film_grey` / `film_crop`): borders trimmed, one size, CLAHE, a margin cut
+  from every side (burnt-in text, markers, collimator edges);
+- sampling: a quarter of every batch per class x age cell, and within a cell every site equally,
+  so that the site says nothing about the class where two sites give one class;
+- strong augmentation: rotation, scale, aspect, shift, gamma/contrast/brightness, blur, noise,
+  random erasing of patches and bright text-like strips, random black frames;
+- ImageNet-pretrained backbone (general image features, less room to memorise site marks).
+
+The unfamiliar score is the Mahalanobis distance of the film's pooled features (mean of the last
+feature map) to the nearest class mean of the training films (shared covariance, shrunk); its
+threshold is a quantile of the in-distribution validation scores, the quantile chosen on the
+held-out sites of the folds (see `flag_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from edgecell.calibration import xray as xdata
+from edgecell.errors import script_main
+from edgecell.modelinfo import ModelInfo
+
+STEM = "xray"
+HEAD_FILE = "xray_head.npz"
+SIZE = 192
+ALPHA = 0.25
+FEATURE_LAYER = "conv_pw_13_relu"
+ROTATIONS = (0, 90, 180, 270)
+MEAN = [127.5, 127.5, 127.5]
+STD = [127.5, 127.5, 127.5]
+
+
+def model_info(size: int = SIZE, settings: dict | None = None, metrics: dict | None = None) -> ModelInfo:
+    from edgecell.quality import DEFAULTS
+    from edgecell.tasks.xray import FILM_PREP
+
+    base = {"probs_output": "scores", "features_output": FEATURE_LAYER, "gradcam_head": HEAD_FILE,
+            "film_prep": dict(FILM_PREP), "quality": dict(DEFAULTS), "dataset_folders": list(xdata.LABELS),
+            "architecture": f"mobilenet-v1 {ALPHA} (ImageNet) + global average pool + dense 3",
+            "note": "research use only; not a medical device"}
+    base.update(settings or {})
+    return ModelInfo(task="xray", name=f"xray-mobilenet-v1-{ALPHA}-{size}", version="2", labels=list(xdata.LABELS),
+                     input_size=(size, size), channels=3, mean=list(MEAN), std=list(STD), resize="stretch",
+                     settings=base, metrics=metrics or {})
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model(size: int = SIZE, weights: str | os.PathLike | None = None, dropout: float = 0.3):
+    """MobileNet V1 0.25 (ImageNet weights when given) -> global average pool -> dropout -> dense 3
+    softmax ("scores"). Batch-norm momentum 0.9 (Keras' 0.99 lags over a few hundred steps)."""
+    import keras
+
+    base = keras.applications.MobileNet(alpha=ALPHA, include_top=False, weights=None, input_shape=(size, size, 3))
+    if weights is not None:
+        base.load_weights(str(weights))
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    out = keras.layers.Dense(len(xdata.LABELS), activation="softmax", name="scores")(x)
+    return keras.Model(base.input, out, name=f"xray_mobilenet_v1_{ALPHA}_{size}")
+
+
+def with_feature_output(model):
+    """[scores, last feature map]: what ships (the device pools the map itself for the flag and
+    weighs it for Grad-CAM)."""
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer("scores").output, model.get_layer(FEATURE_LAYER).output],
+                       name=model.name + "_cam")
+
+
+def dense_head(model) -> dict[str, np.ndarray]:
+    w, b = (np.asarray(v, np.float32) for v in model.get_layer("scores").get_weights())
+    return {"kind": np.asarray("gap_dense"), "w": w, "b": b}
+
+
+# ----------------------------------------------------------------------------- data
+
+def site_weighted_cells(items: Sequence[xdata.Item]) -> dict[str, dict[str, list[int]]]:
+    """{cell: {site: [item index]}} for the sampler."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for i, it in enumerate(items):
+        out.setdefault(it.cell, {}).setdefault(xdata.site_of(it), []).append(i)
+    return out
+
+
+class SiteSampler:
+    """Each cell (class x age) a quarter of every epoch; within a cell, each site equally (without
+    replacement within a site until it is exhausted)."""
+
+    def __init__(self, items: Sequence[xdata.Item], seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.cells = site_weighted_cells(items)
+        self.queue = {(c, s): [] for c, v in self.cells.items() for s in v}
+
+    def epoch(self, size: int) -> np.ndarray:
+        per_cell = size // len(self.cells)
+        out = []
+        for c, sites in self.cells.items():
+            per = per_cell // len(sites)
+            for s, members in sites.items():
+                q = self.queue[(c, s)]
+                while len(q) < per:
+                    q.extend(self.rng.permutation(members).tolist())
+                out.extend(q[:per])
+                del q[:per]
+        return self.rng.permutation(np.asarray(out))
+
+
+def augment(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Strong augmentation of a prepared (`film_grey`) film: geometry, intensity, blur/noise, random
+    black frames, erased patches and bright text-like strips. No flips (the heart is on the left)."""
+    h, w = grey.shape
+    angle = rng.uniform(-12, 12)
+    scale = rng.uniform(0.85, 1.15)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[0, :2] *= rng.uniform(0.9, 1.1)  # aspect
+    m[:, 2] += rng.uniform(-0.08, 0.08, 2) * (w, h)
+    out = cv2.warpAffine(grey, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=int(rng.integers(0, 40)))
+    x = out.astype(np.float32) / 255.0
+    x = np.power(np.clip(x, 0, 1), rng.uniform(0.7, 1.4))
+    x = (x - 0.5) * rng.uniform(0.75, 1.3) + 0.5 + rng.uniform(-0.1, 0.1)
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, rng.uniform(0.01, 0.04), x.shape).astype(np.float32)
+    out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    r = rng.random()
+    if r < 0.2:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
+    elif r < 0.3:
+        blur = cv2.GaussianBlur(out, (0, 0), 1.0)
+        out = cv2.addWeighted(out, 1.6, blur, -0.6, 0)
+    if rng.random() < 0.25:  # black frame (collimation, a scanned film)
+        t = rng.integers(0, int(0.12 * h), 4)
+        out[: t[0]] = 0
+        out[h - t[1]:] = 0
+        out[:, : t[2]] = 0
+        out[:, w - t[3]:] = 0
+    for _ in range(rng.integers(0, 3)):  # bright text-like strip, anywhere
+        sh, sw = int(rng.integers(4, 14)), int(rng.integers(15, 70))
+        y, x0 = int(rng.integers(0, h - sh)), int(rng.integers(0, w - sw))
+        out[y:y + sh, x0:x0 + sw] = np.where(rng.random((sh, sw)) < 0.5, 255, out[y:y + sh, x0:x0 + sw])
+    if rng.random() < 0.4:  # random erasing
+        eh, ew = int(rng.uniform(0.1, 0.3) * h), int(rng.uniform(0.1, 0.3) * w)
+        y, x0 = int(rng.integers(0, h - eh)), int(rng.integers(0, w - ew))
+        out[y:y + eh, x0:x0 + ew] = rng.integers(0, 256)
+    return out
+
+
+def to_tensor(rgb: np.ndarray) -> np.ndarray:
+    return (rgb.astype(np.float32) - 127.5) / 127.5
+
+
+def prepared(items: Sequence[xdata.Item], cache: Path) -> dict[str, np.ndarray]:
+    """{rel: film_grey of the original file} (the device's first step), cached in `cache` (npz)."""
+    from edgecell.images import decode_image
+    from edgecell.tasks.xray import film_grey
+
+    if cache.exists():
+        with np.load(cache) as z:
+            have = {k.replace("|", "/"): z[k] for k in z.files}
+        if all(it.rel in have for it in items):
+            return have
+    out = {}
+    t0 = time.time()
+    for k, it in enumerate(items):
+        out[it.rel] = film_grey(decode_image(it.path))[0]
+        if (k + 1) % 500 == 0:
+            print(f"[data] prepared {k + 1}/{len(items)} films ({time.time() - t0:.0f} s)", flush=True)
+    np.savez(cache, **{k.replace("/", "|"): v for k, v in out.items()})
+    return out
+
+
+def batch_tensor(greys: Sequence[np.ndarray], size: int) -> np.ndarray:
+    from edgecell.tasks.xray import film_crop
+
+    return np.stack([to_tensor(film_crop(g, size)) for g in greys])
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_fold(items: Sequence[xdata.Item], films: dict[str, np.ndarray], holdout: str, out: Path, args) -> dict:
+    """Train on every site but `holdout` ('none': all), train split only; return the fold's report
+    (validation and test predictions, features, scores) and save the Keras model."""
+    import keras
+
+    from edgecell.convert.products import find_weights
+
+    keras.utils.set_random_seed(args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = lambda it: xdata.site_of(it) != holdout  # noqa: E731
+    train_items = [it for it in items if it.split == "train" and keep(it)]
+    val_items = [it for it in items if it.split == "val" and keep(it)]
+    model = build_model(args.size, find_weights(args.weights))
+    steps_total = args.epochs * (args.epoch_size // args.batch)
+    sched = keras.optimizers.schedules.CosineDecay(args.lr, steps_total, alpha=0.05, warmup_target=None)
+    model.compile(optimizer=keras.optimizers.Adam(sched),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"])
+    sampler = SiteSampler(train_items, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    eye = np.eye(len(xdata.LABELS), dtype=np.float32)
+    x_val = batch_tensor([films[it.rel] for it in val_items], args.size)
+    y_val = np.array([it.label_index for it in val_items])
+    history = []
+    t_start = time.time()
+    for epoch in range(args.epochs):
+        t0 = time.time()
+        order = sampler.epoch(args.epoch_size)
+        losses, accs = [], []
+        for s in range(len(order) // args.batch):
+            idx = order[s * args.batch:(s + 1) * args.batch]
+            xb = batch_tensor([augment(films[train_items[i].rel], rng) for i in idx], args.size)
+            yb = eye[[train_items[i].label_index for i in idx]]
+            loss, acc = model.train_on_batch(xb, yb)[:2]
+            losses.append(float(loss))
+            accs.append(float(acc))
+        pred = model.predict(x_val, batch_size=64, verbose=0).argmax(1)
+        row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "acc": round(float(np.mean(accs)), 4),
+               "val_acc": round(float((pred == y_val).mean()), 4), "seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        print(f"[{holdout}] " + json.dumps(row), flush=True)
+        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    model.save(out / "model.keras")
+    print(f"[{holdout}] trained in {(time.time() - t_start) / 60:.1f} min", flush=True)
+    return score_fold(model, items, films, holdout, out, args)
+
+
+def pooled_features(cam_model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs, fmap = cam_model.predict(x, batch_size=64, verbose=0)
+    return probs, fmap.mean(axis=(1, 2))
+
+
+def rotated_tensor(greys: Sequence[np.ndarray], size: int, k: int) -> np.ndarray:
+    return batch_tensor([np.ascontiguousarray(np.rot90(g, -k)) for g in greys], size)
+
+
+def score_fold(model, items, films, holdout: str, out: Path, args) -> dict:
+    """Probabilities and pooled features of train (for the flag statistics), val and test films of
+    the fold, upright and (for the rotation check) turned by 90/180/270 degrees; saved as npz."""
+    cam = with_feature_output(model)
+    keep = lambda it: xdata.site_of(it) != holdout  # noqa: E731
+    groups = {"train": [it for it in items if it.split == "train" and keep(it)],
+              "val": [it for it in items if it.split == "val" and keep(it)],
+              "test": [it for it in items if it.split == "test" or not keep(it)]}
+    arrays = {}
+    for name, group in groups.items():
+        greys = [films[it.rel] for it in group]
+        probs, feats = pooled_features(cam, batch_tensor(greys, args.size))
+        arrays[f"{name}_probs"], arrays[f"{name}_feats"] = probs, feats
+        arrays[f"{name}_y"] = np.array([it.label_index for it in group])
+        arrays[f"{name}_site"] = np.array([xdata.site_of(it) for it in group])
+        arrays[f"{name}_rel"] = np.array([it.rel for it in group])
+        if name in ("train", "test"):
+            sub = greys if name == "test" else greys[::3]
+            for k in (1, 2, 3):
+                arrays[f"{name}_rot{k}_feats"] = pooled_features(cam, rotated_tensor(sub, args.size, k))[1]
+    np.savez(out / "scores.npz", **arrays)
+    np.savez(out / "head.npz", **dense_head(model))
+    return summarize_fold(arrays, holdout)
+
+
+# ----------------------------------------------------------------------------- flag statistics
+
+def fit_mahalanobis(feats: np.ndarray, y: np.ndarray, n_classes: int, shrink: float = 0.1) -> dict[str, np.ndarray]:
+    """Class means and the shared precision matrix (covariance shrunk toward its mean variance)."""
+    means = np.stack([feats[y == c].mean(0) if (y == c).any() else feats.mean(0) for c in range(n_classes)])
+    centred = feats - means[y]
+    cov = centred.T @ centred / max(1, len(feats) - 1)
+    d = cov.shape[0]
+    cov = (1 - shrink) * cov + shrink * np.trace(cov) / d * np.eye(d)
+    return {"maha_means": means.astype(np.float32), "maha_precision": np.linalg.inv(cov).astype(np.float32)}
+
+
+def mahalanobis(feats: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    from edgecell.tasks.xray import unfamiliar_score
+
+    return np.array([unfamiliar_score(f, stats) for f in np.atleast_2d(feats)])
+
+
+def fit_rotation(arrays: dict) -> dict[str, np.ndarray]:
+    """Multinomial logistic regression (0/90/180/270 degrees) on pooled features of training films."""
+    from sklearn.linear_model import LogisticRegression
+
+    up = arrays["train_feats"][::3]
+    x = np.concatenate([up] + [arrays[f"train_rot{k}_feats"] for k in (1, 2, 3)])
+    y = np.repeat(np.arange(4), len(up))
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
+    return {"rot_w": clf.coef_.T.astype(np.float32), "rot_b": clf.intercept_.astype(np.float32)}
+
+
+def summarize_fold(arrays: dict, holdout: str) -> dict:
+    """Accuracy on the held-out site and on the other sites' held-out split; the flag scores."""
+    y, p = arrays["test_y"], arrays["test_probs"].argmax(1)
+    site = arrays["test_site"]
+    report: dict = {"holdout": holdout, "n_test": int(len(y)), "top1": float((p == y).mean()), "per_site": {}}
+    for s in sorted(set(site.tolist())):
+        m = site == s
+        report["per_site"][s] = {"n": int(m.sum()), "top1": float((p[m] == y[m]).mean())}
+    stats = fit_mahalanobis(arrays["train_feats"], arrays["train_y"], len(xdata.LABELS))
+    report["maha_val"] = mahalanobis(arrays["val_feats"], stats).tolist()
+    report["maha_test"] = mahalanobis(arrays["test_feats"], stats).tolist()
+    return report
+
+
+# ----------------------------------------------------------------------------- the flag rule
+
+QUANTILES = (0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
+CONFIDENCES = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+
+
+def load_fold(fold_dir: Path) -> dict:
+    with np.load(fold_dir / "scores.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["stats"] = fit_mahalanobis(arrays["train_feats"], arrays["train_y"], len(xdata.LABELS))
+    arrays["val_maha"] = mahalanobis(arrays["val_feats"], arrays["stats"])
+    arrays["test_maha"] = mahalanobis(arrays["test_feats"], arrays["stats"])
+    return arrays
+
+
+def flag_shares(arrays: dict, holdout: str, limit: float, min_conf: float) -> dict:
+    """On the held-out site's films: share of wrong answers and of right answers flagged
+    (unfamiliar: distance above `limit`; or confidence under `min_conf`)."""
+    m = arrays["test_site"] == holdout
+    probs, y, d = arrays["test_probs"][m], arrays["test_y"][m], arrays["test_maha"][m]
+    right = probs.argmax(1) == y
+    flagged = (d > limit) | (probs.max(1) < min_conf)
+    share = lambda mask: float(flagged[mask].mean()) if mask.any() else float("nan")  # noqa: E731
+    return {"films": int(m.sum()), "wrong": int((~right).sum()), "wrong_flagged": share(~right),
+            "right_flagged": share(right), "unfamiliar": float((d > limit).mean())}
+
+
+def choose_rule(arrays: dict, holdout: str) -> dict:
+    """The (quantile of in-distribution validation distances, confidence floor) that flags most
+    wrong answers on this fold's held-out site while flagging at most a quarter of the right ones;
+    ties: the fewer right answers flagged."""
+    best = None
+    for q in QUANTILES:
+        limit = float(np.quantile(arrays["val_maha"], q))
+        for c in CONFIDENCES:
+            r = flag_shares(arrays, holdout, limit, c)
+            if not r["right_flagged"] <= 0.25:
+                continue
+            key = (r["wrong_flagged"], -r["right_flagged"])
+            if best is None or key > best[0]:
+                best = (key, {"quantile": q, "min_confidence": c, **r})
+    return best[1] if best else {"quantile": 0.99, "min_confidence": 0.0}
+
+
+def flag_report(folds: dict[str, dict]) -> dict:
+    """Each fold's rule chosen on its own held-out site, applied to the other folds' held-out sites
+    (the honest figure), and the rule for the shipped model: the stricter (lower) quantile and the
+    higher confidence floor of the per-fold choices."""
+    chosen = {h: choose_rule(a, h) for h, a in folds.items()}
+    cross = {}
+    for h, a in folds.items():
+        for other, rule in chosen.items():
+            if other == h:
+                continue
+            limit = float(np.quantile(a["val_maha"], rule["quantile"]))
+            cross[f"rule from {other} on {h}"] = flag_shares(a, h, limit, rule["min_confidence"])
+    shipped = {"quantile": min(r["quantile"] for r in chosen.values()),
+               "min_confidence": max(r["min_confidence"] for r in chosen.values())}
+    return {"chosen_per_fold": chosen, "cross_fold": cross, "shipped_rule": shipped}
+
+
+# ----------------------------------------------------------------------------- export and device figures
+
+def calibration_tensors(items: Sequence[xdata.Item], films: dict[str, np.ndarray], holdout: str, n: int,
+                        size: int, seed: int) -> list[np.ndarray]:
+    """`n` training films of the fold, spread over cells and sites, prepared as on the device."""
+    rng = np.random.default_rng(seed)
+    pool = [it for it in items if it.split == "train" and xdata.site_of(it) != holdout]
+    chosen = [pool[i] for i in sorted(rng.permutation(len(pool))[:n].tolist())]
+    return [batch_tensor([films[it.rel]], size) for it in chosen]
+
+
+def export_fold(fold_dir: Path, items, films, holdout: str, rule: dict, args, *, formats=("tflite",),
+                precisions=("fp32", "int8")) -> dict[str, Path]:
+    """The fold's model as the device gets it: [scores, feature map] through the shared converter,
+    the head file (dense weights, unfamiliar statistics, upright check) and the sidecar with the
+    flag thresholds (`rule`: a quantile of the fold's in-distribution validation distances and a
+    confidence floor)."""
+    import keras
+
+    from edgecell.convert.quantize import export_model
+
+    model = keras.models.load_model(fold_dir / "model.keras", compile=False)
+    arrays = load_fold(fold_dir)
+    rotation = fit_rotation(arrays)
+    export_dir = fold_dir / "export"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(export_dir / HEAD_FILE, **dense_head(model), **arrays["stats"], **rotation)
+    model.save(export_dir / f"{STEM}_float.keras")
+    limit = float(np.quantile(arrays["val_maha"], rule["quantile"]))
+    info = model_info(args.size, {"unfamiliar_threshold": round(limit, 2), "min_confidence": rule["min_confidence"],
+                                  "upright_min_probability": 0.5, "float_model": f"{STEM}_float.keras",
+                                  "flag_rule": {"quantile_of_validation_distances": rule["quantile"],
+                                                "min_confidence": rule["min_confidence"]}})
+    cal = calibration_tensors(items, films, holdout, args.calibration, args.size, args.seed)
+    t0 = time.time()
+    paths = export_model(with_feature_output(model), info, cal, export_dir, STEM, formats=formats, precisions=precisions,
+                         progress=lambda name: print(f"[export {holdout}] {name} ({time.time() - t0:.0f} s)", flush=True))
+    return paths
+
+
+def device_figures(model_path: Path, items: Sequence[xdata.Item], holdout: str) -> dict:
+    """Per site: top-1 and the flags, through the device pipeline (decode the original file,
+    `pipeline.predict`), on the fold's test films (held-out site whole + the others' test split)."""
+    from edgecell.commission import LabelledFilm, flagged_shares, score_films, wilson_interval
+    from edgecell.model import load_model
+
+    test = [it for it in items if it.split == "test" or xdata.site_of(it) == holdout]
+    films = [LabelledFilm(it.rel, it.path, it.label) for it in test]
+    outcomes, errors = score_films(load_model(model_path, threads=args_threads()), films)
+    site = {it.rel: xdata.site_of(it) for it in test}
+    out: dict = {"model": model_path.name, "errors": errors, "per_site": {}}
+    for s in sorted(set(site.values())):
+        sub = [o for o in outcomes if site[o.file] == s]
+        k = sum(o.correct for o in sub)
+        out["per_site"][s] = {"n": len(sub), "top1": k / len(sub), "ci95": wilson_interval(k, len(sub)),
+                              **flagged_shares(sub)}
+    k = sum(o.correct for o in outcomes)
+    out["all"] = {"n": len(outcomes), "top1": k / len(outcomes), **flagged_shares(outcomes)}
+    if holdout in xdata.SITES:
+        # COVID vs adult Normal with the held-out COVID site: recall on it and on the RSNA test films
+        adult_normal = [o for o in outcomes if site[o.file] == "rsna"]
+        held = [o for o in outcomes if site[o.file] == holdout]
+        out["balanced_holdout_vs_rsna"] = 0.5 * (np.mean([o.correct for o in held]) + np.mean([o.correct for o in adult_normal]))
+    out["outcomes"] = [{"file": o.file, "site": site[o.file], "truth": o.truth, "label": o.label,
+                        "confidence": round(o.confidence, 4), "uncertain": o.uncertain, "unfamiliar": o.unfamiliar,
+                        "score": o.unfamiliar_score} for o in outcomes]
+    return out
+
+
+def args_threads() -> int:
+    return 2
+
+
+def finish(args, items, films) -> dict:
+    """After training: the flag rule across folds, each fold exported (TFLite FP32 + INT8) and
+    scored through the device pipeline, the pooled model exported in every format."""
+    out = Path(args.out)
+    holdouts = [h for h in args.folds.split(",") if h != "none" and (out / f"fold_{h}" / "scores.npz").exists()]
+    folds = {h: load_fold(out / f"fold_{h}") for h in holdouts}
+    flags = flag_report(folds) if len(folds) >= 2 else {"shipped_rule": {"quantile": 0.95, "min_confidence": 0.6}}
+    (out / "flag_rule.json").write_text(json.dumps(flags, indent=1) + "\n")
+    print("[flags] " + json.dumps(flags), flush=True)
+    report = {"flags": flags, "folds": {}}
+    for h in holdouts:
+        rule = next(iter(v for k, v in flags["chosen_per_fold"].items() if k != h))  # from another fold
+        paths = export_fold(out / f"fold_{h}", items, films, h, rule, args)
+        report["folds"][h] = {k: device_figures(p, items, h) for k, p in paths.items()}
+        for k, r in report["folds"][h].items():
+            print(f"[device {h}] {k}: " + json.dumps({s: round(v["top1"], 4) for s, v in r["per_site"].items()})
+                  + f" balanced {r.get('balanced_holdout_vs_rsna', float('nan')):.4f}", flush=True)
+        (out / "cross_source.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    if (out / "fold_none" / "scores.npz").exists():
+        paths = export_fold(out / "fold_none", items, films, "none", flags["shipped_rule"], args,
+                            formats=("tflite", "openvino", "onnx"))
+        report["pooled"] = {k: device_figures(p, items, "none") for k, p in paths.items()}
+        for k, r in report["pooled"].items():
+            print(f"[device pooled] {k}: top-1 {r['all']['top1']:.4f} " +
+                  json.dumps({s: round(v["top1"], 4) for s, v in r["per_site"].items()}), flush=True)
+    (out / "cross_source.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------------------- main
+
+@script_main
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgecell.convert.train_xray_mobilenet", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="data root holding both X-ray sets (default: EDGECELL_DATA or ../shared/data)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--folds", default="covid-padchest,covid-web,none",
+                   help="sites to hold out, one model each, comma-separated ('none' = the pooled model)")
+    p.add_argument("--weights", help="ImageNet MobileNet V1 0.25 no-top .h5 (default ../shared/weights)")
+    p.add_argument("--size", type=int, default=SIZE)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epoch-size", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calibration", type=int, default=160, help="INT8 calibration films (training split)")
+    p.add_argument("--finish", action="store_true", help="skip training: flag rule, export, device figures")
+    args = p.parse_args(argv)
+    from edgecell.convert.training import start_tensorflow
+
+    start_tensorflow(threads=args.threads, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = out / "xray_split.tsv"
+    if split.exists():
+        items = xdata.read_list(split, args.data)
+    else:
+        items, notes, _ = xdata.build(args.data, seed=args.seed)
+        xdata.write_list(split, items)
+        (out / "xray_split_notes.json").write_text(json.dumps(notes, indent=1) + "\n")
+    films = prepared(items, out / "films.npz")
+    print(f"[data] {len(items)} films prepared", flush=True)
+    if args.finish:
+        finish(args, items, films)
+        return 0
+    for holdout in args.folds.split(","):
+        if holdout != "none" and holdout not in xdata.SITES:
+            raise SystemExit(f"error: unknown site {holdout!r}; sites: {', '.join(xdata.SITES)}")
+        fold_dir = out / f"fold_{holdout}"
+        report = train_fold(items, films, holdout, fold_dir, args)
+        (fold_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(f"[{holdout}] top-1 {report['top1']:.3f} " + json.dumps(report["per_site"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
