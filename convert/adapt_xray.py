@@ -7,7 +7,7 @@ process (`python -m edgecell.convert.adapt_xray ...`) and the runtime never impo
 What it does:
 1. splits the labelled films (stratified by label, seeded): `--train` of them to adapt on, the rest
    to judge the result on (never seen by the adaptation);
-2. loads the float Keras model that ships beside MODEL (`settings["float_model"]`), and computes
+2. loads the float Keras model that ships beside MODEL (`settings["training"]["float_model"]`), and computes
    the pooled features of each training film and of `--copies` augmented copies of it (the same
    film preparation and augmentation as training; the backbone stays fixed: with a few dozen
    films, retraining it would learn the films, not the site);
@@ -94,7 +94,8 @@ def film_features(cam, films: Sequence[LabelledFilm], size: int, prep: dict, cop
 
 
 def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_train: int, seed: int = 0,
-          copies: int = 8, tie: float = 1e-2, keras_path: Path | None = None) -> dict:
+          copies: int = 8, tie: float = 1e-2, keras_path: Path | None = None,
+          formats: Sequence[str] = ("tflite", "openvino")) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -109,7 +110,7 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     if info.task != "xray" or not info.settings.get("film_prep"):
         raise EdgecellError(f"{model_path}: --adapt works on the MobileNet X-ray model (task xray with film_prep); "
                             f"this is {info.task} {info.name}")
-    keras_path = keras_path or model_path.parent / str(info.settings.get("float_model", ""))
+    keras_path = keras_path or model_path.parent / str((info.settings.get("training") or {}).get("float_model", ""))
     if not keras_path.is_file():
         raise EdgecellError(f"{keras_path}: the float Keras model to adapt is not there (it ships beside the "
                             "X-ray model; pass --keras PATH)")
@@ -142,14 +143,14 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     site_info = read_model_info(model_path)
     site_info.name = info.name + "-site"
     site_info.settings["gradcam_head"] = head_name
-    site_info.settings.pop("float_model", None)
+    site_info.settings.pop("training", None)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export_model(cam, site_info, list(originals), tmp, stem, formats=("tflite", "openvino"),
-                             precisions=("int8",))
+        paths = export_model(cam, site_info, list(originals), tmp, stem, formats=formats, precisions=("int8",))
         shutil.copyfile(paths["tflite-int8"], out / f"{stem}.tflite")
-        xml = paths["openvino-int8"]
-        shutil.copyfile(xml, out / f"{stem}.xml")
-        shutil.copyfile(xml.with_suffix(".bin"), out / f"{stem}.bin")
+        if "openvino-int8" in paths:
+            xml = paths["openvino-int8"]
+            shutil.copyfile(xml, out / f"{stem}.xml")
+            shutil.copyfile(xml.with_suffix(".bin"), out / f"{stem}.bin")
     write_sidecar(out / f"{stem}.tflite", site_info)
     before = commission_report(load_model(model_path), held)
     after = commission_report(load_model(out / f"{stem}.tflite"), held)
@@ -162,7 +163,8 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
                                             f"film, L2 tie {tie}); backbone fixed; site class means added to "
                                             "the unfamiliar statistics; INT8 re-quantized on the site films"}}
     write_sidecar(out / f"{stem}.tflite", site_info)
-    summary = {"model": str(out / f"{stem}.tflite"), "openvino": str(out / f"{stem}.xml"),
+    summary = {"model": str(out / f"{stem}.tflite"),
+               "openvino": str(out / f"{stem}.xml") if (out / f"{stem}.xml").exists() else None,
                "seconds": round(time.time() - t0, 1), **site_info.metrics["site"]}
     (out / f"{stem}_adapt.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

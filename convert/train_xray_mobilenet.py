@@ -175,7 +175,12 @@ def to_tensor(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) - 127.5) / 127.5
 
 
-def prepared(items: Sequence[xdata.Item], cache: Path) -> dict[str, np.ndarray]:
+#: Film preparation per recipe: "lungs" (the default: CLAHE and the margin cut) and "plain" (the
+#: ablation: borders trimmed and resized only), to measure what the steps against the shortcut buy.
+RECIPES = {"lungs": {}, "plain": {"clahe_clip": 0.0, "margin": 0.0}}
+
+
+def prepared(items: Sequence[xdata.Item], cache: Path, prep: dict | None = None) -> dict[str, np.ndarray]:
     """{rel: film_grey of the original file} (the device's first step), cached in `cache` (npz)."""
     from edgecell.images import decode_image
     from edgecell.tasks.xray import film_grey
@@ -188,17 +193,17 @@ def prepared(items: Sequence[xdata.Item], cache: Path) -> dict[str, np.ndarray]:
     out = {}
     t0 = time.time()
     for k, it in enumerate(items):
-        out[it.rel] = film_grey(decode_image(it.path))[0]
+        out[it.rel] = film_grey(decode_image(it.path), prep)[0]
         if (k + 1) % 500 == 0:
             print(f"[data] prepared {k + 1}/{len(items)} films ({time.time() - t0:.0f} s)", flush=True)
     np.savez(cache, **{k.replace("/", "|"): v for k, v in out.items()})
     return out
 
 
-def batch_tensor(greys: Sequence[np.ndarray], size: int) -> np.ndarray:
+def batch_tensor(greys: Sequence[np.ndarray], size: int, prep: dict | None = None) -> np.ndarray:
     from edgecell.tasks.xray import film_crop
 
-    return np.stack([to_tensor(film_crop(g, size)) for g in greys])
+    return np.stack([to_tensor(film_crop(g, size, prep)) for g in greys])
 
 
 # ----------------------------------------------------------------------------- training
@@ -220,10 +225,16 @@ def train_fold(items: Sequence[xdata.Item], films: dict[str, np.ndarray], holdou
     sched = keras.optimizers.schedules.CosineDecay(args.lr, steps_total, alpha=0.05, warmup_target=None)
     model.compile(optimizer=keras.optimizers.Adam(sched),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"])
-    sampler = SiteSampler(train_items, args.seed)
+    if args.recipe == "plain":  # the ablation: V-BreathNet's mild augmentation, class x age cells only
+        from edgecell.convert.train_xray import CellSampler
+        from edgecell.convert.train_xray import augment as aug
+
+        sampler = CellSampler(train_items, args.seed)
+    else:
+        sampler, aug = SiteSampler(train_items, args.seed), augment
     rng = np.random.default_rng(args.seed + 1)
     eye = np.eye(len(xdata.LABELS), dtype=np.float32)
-    x_val = batch_tensor([films[it.rel] for it in val_items], args.size)
+    x_val = batch_tensor([films[it.rel] for it in val_items], args.size, args.prep)
     y_val = np.array([it.label_index for it in val_items])
     history = []
     t_start = time.time()
@@ -233,7 +244,7 @@ def train_fold(items: Sequence[xdata.Item], films: dict[str, np.ndarray], holdou
         losses, accs = [], []
         for s in range(len(order) // args.batch):
             idx = order[s * args.batch:(s + 1) * args.batch]
-            xb = batch_tensor([augment(films[train_items[i].rel], rng) for i in idx], args.size)
+            xb = batch_tensor([aug(films[train_items[i].rel], rng) for i in idx], args.size, args.prep)
             yb = eye[[train_items[i].label_index for i in idx]]
             loss, acc = model.train_on_batch(xb, yb)[:2]
             losses.append(float(loss))
@@ -254,8 +265,8 @@ def pooled_features(cam_model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs, fmap.mean(axis=(1, 2))
 
 
-def rotated_tensor(greys: Sequence[np.ndarray], size: int, k: int) -> np.ndarray:
-    return batch_tensor([np.ascontiguousarray(np.rot90(g, -k)) for g in greys], size)
+def rotated_tensor(greys: Sequence[np.ndarray], size: int, k: int, prep: dict | None = None) -> np.ndarray:
+    return batch_tensor([np.ascontiguousarray(np.rot90(g, -k)) for g in greys], size, prep)
 
 
 def score_fold(model, items, films, holdout: str, out: Path, args) -> dict:
@@ -269,7 +280,7 @@ def score_fold(model, items, films, holdout: str, out: Path, args) -> dict:
     arrays = {}
     for name, group in groups.items():
         greys = [films[it.rel] for it in group]
-        probs, feats = pooled_features(cam, batch_tensor(greys, args.size))
+        probs, feats = pooled_features(cam, batch_tensor(greys, args.size, args.prep))
         arrays[f"{name}_probs"], arrays[f"{name}_feats"] = probs, feats
         arrays[f"{name}_y"] = np.array([it.label_index for it in group])
         arrays[f"{name}_site"] = np.array([xdata.site_of(it) for it in group])
@@ -277,7 +288,7 @@ def score_fold(model, items, films, holdout: str, out: Path, args) -> dict:
         if name in ("train", "test"):
             sub = greys if name == "test" else greys[::3]
             for k in (1, 2, 3):
-                arrays[f"{name}_rot{k}_feats"] = pooled_features(cam, rotated_tensor(sub, args.size, k))[1]
+                arrays[f"{name}_rot{k}_feats"] = pooled_features(cam, rotated_tensor(sub, args.size, k, args.prep))[1]
     np.savez(out / "scores.npz", **arrays)
     np.savez(out / "head.npz", **dense_head(model))
     return summarize_fold(arrays, holdout)
@@ -390,12 +401,12 @@ def flag_report(folds: dict[str, dict]) -> dict:
 # ----------------------------------------------------------------------------- export and device figures
 
 def calibration_tensors(items: Sequence[xdata.Item], films: dict[str, np.ndarray], holdout: str, n: int,
-                        size: int, seed: int) -> list[np.ndarray]:
+                        size: int, seed: int, prep: dict | None = None) -> list[np.ndarray]:
     """`n` training films of the fold, spread over cells and sites, prepared as on the device."""
     rng = np.random.default_rng(seed)
     pool = [it for it in items if it.split == "train" and xdata.site_of(it) != holdout]
     chosen = [pool[i] for i in sorted(rng.permutation(len(pool))[:n].tolist())]
-    return [batch_tensor([films[it.rel]], size) for it in chosen]
+    return [batch_tensor([films[it.rel]], size, prep) for it in chosen]
 
 
 def export_fold(fold_dir: Path, items, films, holdout: str, rule: dict, args, *, formats=("tflite",),
@@ -407,6 +418,7 @@ def export_fold(fold_dir: Path, items, films, holdout: str, rule: dict, args, *,
     import keras
 
     from edgecell.convert.quantize import export_model
+    from edgecell.tasks.xray import FILM_PREP
 
     model = keras.models.load_model(fold_dir / "model.keras", compile=False)
     arrays = load_fold(fold_dir)
@@ -416,11 +428,15 @@ def export_fold(fold_dir: Path, items, films, holdout: str, rule: dict, args, *,
     np.savez(export_dir / HEAD_FILE, **dense_head(model), **arrays["stats"], **rotation)
     model.save(export_dir / f"{STEM}_float.keras")
     limit = float(np.quantile(arrays["val_maha"], rule["quantile"]))
-    info = model_info(args.size, {"unfamiliar_threshold": round(limit, 2), "min_confidence": rule["min_confidence"],
-                                  "upright_min_probability": 0.5, "float_model": f"{STEM}_float.keras",
+    info = model_info(args.size, {"film_prep": {**FILM_PREP, **args.prep}, "unfamiliar_threshold": round(limit, 2),
+                                  "min_confidence": rule["min_confidence"],
+                                  "upright_min_probability": 0.5,
+                                  # a dict, not a file name: bundles carry the files a setting names and
+                                  # the device does not need the float model (only --adapt does)
+                                  "training": {"float_model": f"{STEM}_float.keras"},
                                   "flag_rule": {"quantile_of_validation_distances": rule["quantile"],
                                                 "min_confidence": rule["min_confidence"]}})
-    cal = calibration_tensors(items, films, holdout, args.calibration, args.size, args.seed)
+    cal = calibration_tensors(items, films, holdout, args.calibration, args.size, args.seed, args.prep)
     t0 = time.time()
     paths = export_model(with_feature_output(model), info, cal, export_dir, STEM, formats=formats, precisions=precisions,
                          progress=lambda name: print(f"[export {holdout}] {name} ({time.time() - t0:.0f} s)", flush=True))
@@ -471,7 +487,8 @@ def finish(args, items, films) -> dict:
     print("[flags] " + json.dumps(flags), flush=True)
     report = {"flags": flags, "folds": {}}
     for h in holdouts:
-        rule = next(iter(v for k, v in flags["chosen_per_fold"].items() if k != h))  # from another fold
+        others = [v for k, v in flags.get("chosen_per_fold", {}).items() if k != h]
+        rule = others[0] if others else flags["shipped_rule"]  # chosen on another fold's held-out site
         paths = export_fold(out / f"fold_{h}", items, films, h, rule, args)
         report["folds"][h] = {k: device_figures(p, items, h) for k, p in paths.items()}
         for k, r in report["folds"][h].items():
@@ -487,6 +504,39 @@ def finish(args, items, films) -> dict:
                   json.dumps({s: round(v["top1"], 4) for s, v in r["per_site"].items()}), flush=True)
     (out / "cross_source.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     return report
+
+
+# ----------------------------------------------------------------------------- commissioning as a new site
+
+def commission_study(args, items, holdout: str, sizes: Sequence[int] = (10, 25, 50)) -> dict:
+    """A held-out site commissions the fold's exported model: the site's films are the held-out
+    site's (all COVID) plus the held-out RSNA normals (the films a site would have of both
+    findings); for each size, `adapt` on that many and score the rest, before and after."""
+    from edgecell.convert.adapt_xray import adapt
+
+    fold_dir = Path(args.out) / f"fold_{holdout}"
+    site_dir = fold_dir / "site_films"
+    site_dir.mkdir(parents=True, exist_ok=True)
+    films = [it for it in items if xdata.site_of(it) == holdout or (xdata.site_of(it) == "rsna" and it.split == "test")]
+    rows = ["file,label"]
+    for it in films:
+        name = it.rel.replace("/", "__")
+        link = site_dir / name
+        if not link.exists():
+            link.symlink_to(it.path)
+        rows.append(f"{name},{it.label}")
+    (fold_dir / "site_labels.csv").write_text("\n".join(rows) + "\n")
+    study = {}
+    for n in sizes:
+        t0 = time.time()
+        summary = adapt(fold_dir / "export" / f"{STEM}_int8.tflite", site_dir, fold_dir / "site_labels.csv",
+                        fold_dir / f"site_{n}", n_train=n, seed=args.seed,
+                        formats=("tflite", "openvino") if n == max(sizes) else ("tflite",))
+        study[n] = {k: summary[k] for k in ("films_adapted_on", "films_evaluated", "before", "after", "seconds")}
+        print(f"[commission {holdout}] {n} films: {summary['before']['accuracy']:.4f} -> {summary['after']['accuracy']:.4f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        (fold_dir / "commission_study.json").write_text(json.dumps(study, indent=1) + "\n")
+    return study
 
 
 # ----------------------------------------------------------------------------- main
@@ -507,8 +557,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calibration", type=int, default=160, help="INT8 calibration films (training split)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="lungs",
+                   help="film preparation + augmentation + sampling: lungs (default) or plain (the ablation)")
+    p.add_argument("--measure", type=Path, metavar="MODEL",
+                   help="score MODEL on the held-out split per site through the device pipeline and exit")
+    p.add_argument("--commission-study", action="store_true",
+                   help="after --finish: each held-out site commissions its fold's model with 10/25/50 films")
     p.add_argument("--finish", action="store_true", help="skip training: flag rule, export, device figures")
     args = p.parse_args(argv)
+    args.prep = RECIPES[args.recipe]
     from edgecell.convert.training import start_tensorflow
 
     start_tensorflow(threads=args.threads, seed=args.seed)
@@ -521,8 +578,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         items, notes, _ = xdata.build(args.data, seed=args.seed)
         xdata.write_list(split, items)
         (out / "xray_split_notes.json").write_text(json.dumps(notes, indent=1) + "\n")
-    films = prepared(items, out / "films.npz")
+    if args.measure:
+        figures = device_figures(args.measure, items, "none")
+        (out / f"measure_{args.measure.stem}.json").write_text(json.dumps(figures, indent=1, default=float) + "\n")
+        print(json.dumps({k: v for k, v in figures.items() if k != "outcomes"}, default=float))
+        return 0
+    films = prepared(items, out / f"films_{args.recipe}.npz", args.prep)
     print(f"[data] {len(items)} films prepared", flush=True)
+    if args.commission_study:
+        for holdout in [h for h in args.folds.split(",") if h != "none"]:
+            commission_study(args, items, holdout)
+        return 0
     if args.finish:
         finish(args, items, films)
         return 0

@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from edgecell.commands import bench, evaluate, info, models, run
+from edgecell.commands import bench, commission, evaluate, info, models, run
 from edgecell.errors import EdgecellError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ COMMANDS = (
     ("models", models.models),
     ("eval", evaluate.evaluate),
     ("bench", bench.bench),
+    ("commission", commission.commission),
 )
 
 for _name, _command in COMMANDS:

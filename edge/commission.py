@@ -108,7 +108,7 @@ def score_films(model, films: Sequence[LabelledFilm], **options) -> tuple[list[F
             continue
         outcomes.append(FilmOutcome(film.file, film.label, result.label, float(result.confidence),
                                     bool(result.uncertain), bool(getattr(result, "unfamiliar", False)),
-                                    getattr(result, "unfamiliar_score", None), result.message))
+                                    getattr(result, "unfamiliar_score", None), getattr(result, "message", "")))
     return outcomes, errors
 
 

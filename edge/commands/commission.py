@@ -1,7 +1,7 @@
 """`edgecell commission MODEL DIR --labels labels.csv -o OUT`: local validation of a model at a new
 site, and with `--adapt` (training extra) a site-adapted model.
 
-The CLI owner calls `register(app)` from edgecell.cli. The report needs only the runtime
+The report needs only the runtime
 (`edgecell.commission`); `--adapt` runs `python -m edgecell.convert.adapt_xray` as a separate
 process, so the runtime never imports the training side and a device install without TensorFlow
 gets one clear line instead of an ImportError.
@@ -45,7 +45,7 @@ def commission(
     films: Path = typer.Argument(..., help="Folder of local films with known findings."),
     labels: Path = typer.Option(..., "--labels", help="CSV with columns file,label (labels as the model names them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (commission.json/.md, confusion.png, wrong.csv)."),
-    adapt: bool = typer.Option(False, "--adapt", help="Also fine-tune on part of the films and write OUT/<stem>_site.tflite "
+    adapt: bool = typer.Option(False, "--adapt", help="Also fine-tune on part of the films and write OUT/STEM_site.tflite "
                                                       "(+ OpenVINO IR); needs the training extra."),
     train: int = typer.Option(25, "--train", min=1, help="With --adapt: films to adapt on; the rest judge the result."),
     seed: int = typer.Option(0, "--seed", help="With --adapt: which films are chosen for adapting."),
@@ -77,7 +77,3 @@ def commission(
         print(f"adapted on {a['films_adapted_on']} films, judged on {a['films_evaluated']}: accuracy "
               f"{100 * b['accuracy']:.1f} % -> {100 * f['accuracy']:.1f} % (95 % CI {100 * f['ci95'][0]:.1f}-"
               f"{100 * f['ci95'][1]:.1f}); site model: {a['model']} (+ {Path(a['openvino']).name})")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="commission")(commission)
