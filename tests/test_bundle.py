@@ -504,12 +504,15 @@ def test_files_named_in_the_sidecar_travel_with_the_model(tmp_path):
     from edgecell.resources import shipped_path
 
     src = shipped_path("models")
-    for name in ("xray_int8.tflite", "xray_int8.json", "xray_gradcam_head.npz"):
+    settings = json.loads((src / "xray_int8.json").read_text())["settings"]
+    head, float_model = settings["gradcam_head"], settings["training"]["float_model"]
+    for name in ("xray_int8.tflite", "xray_int8.json", head, float_model):
         if not (src / name).is_file():
             pytest.fail(f"shipped {name} missing")
         shutil.copy(src / name, tmp_path / name)
     folder = build_bundle([tmp_path / "xray_int8.tflite"], profile="raspberry-pi", out=tmp_path / "out",
                           wheelhouse=False, archive=False)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert "models/xray_gradcam_head.npz" in manifest["files"]
+    assert f"models/{head}" in manifest["files"]
+    assert f"models/{float_model}" not in manifest["files"]  # only commission --adapt needs it, not the device
     assert verify_bundle(folder).ok
