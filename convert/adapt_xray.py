@@ -14,8 +14,9 @@ What it does:
 3. refits the dense head (softmax regression started at the shipped weights, L2-tied to them, so
    a handful of films moves it only as far as they agree), and adds the site's class means to the
    unfamiliar-film statistics (the site's own films are familiar from now on);
-4. re-quantizes through the shared converter (`edgecell.convert.quantize.export_model`: INT8 TFLite
-   and the OpenVINO IR sibling for the x86 cart), calibrated on the site's films;
+4. re-quantizes through the shared converter (`edgecell.convert.quantize.export_model`: INT8 TFLite,
+   calibrated on the site's films) and writes its OpenVINO IR sibling for the x86 cart
+   (`edgecell.convert.siblings`: the same INT8 arithmetic, float ports);
 5. scores the held-back films with the shipped model and with the site model through the device
    pipeline and writes OUT/<stem>_site.tflite, .xml/.bin, the head file and one sidecar recording
    the site data's hash, size and the before/after figures.
@@ -57,20 +58,20 @@ def split_films(films: Sequence[LabelledFilm], n_train: int, seed: int) -> tuple
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, *, tie: float = 1e-2,
-             lr: float = 0.5, steps: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax regression on pooled features, from (w0, b0), with an L2 pull back to w0 (`tie`);
-    full-batch gradient descent (a few hundred rows: milliseconds)."""
+             lr: float = 1.0, steps: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression on pooled features, from (w0, b0), minimising cross-entropy +
+    tie / 2 * |w - w0|^2 by full-batch gradient descent (a few hundred rows: milliseconds); the
+    step is scaled by the mean squared feature norm so it does not depend on the feature scale."""
     w, b = w0.astype(np.float64).copy(), b0.astype(np.float64).copy()
+    x = np.asarray(x, np.float64)
     onehot = np.eye(w.shape[1])[y]
-    scale = float(np.abs(x).mean()) or 1.0
-    xs = x / scale  # step size independent of the feature scale
+    step = lr / (float((x * x).sum(axis=1).mean()) + 1.0)
     for _ in range(steps):
-        z = xs @ (w * scale) + b
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
+        z = x @ w + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         g = (p - onehot) / len(x)
-        w -= lr * ((xs.T @ g) / scale + tie * (w - w0))
+        w -= step * (x.T @ g + tie * (w - w0))
         b -= lr * g.sum(axis=0)
     return w.astype(np.float32), b.astype(np.float32)
 
@@ -145,13 +146,13 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     site_info.settings["gradcam_head"] = head_name
     site_info.settings.pop("training", None)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export_model(cam, site_info, list(originals), tmp, stem, formats=formats, precisions=("int8",))
+        paths = export_model(cam, site_info, list(originals), tmp, stem, formats=("tflite",), precisions=("int8",))
         shutil.copyfile(paths["tflite-int8"], out / f"{stem}.tflite")
-        if "openvino-int8" in paths:
-            xml = paths["openvino-int8"]
-            shutil.copyfile(xml, out / f"{stem}.xml")
-            shutil.copyfile(xml.with_suffix(".bin"), out / f"{stem}.bin")
     write_sidecar(out / f"{stem}.tflite", site_info)
+    if "openvino" in formats:  # the same INT8 arithmetic in OpenVINO IR (the x86 cart profile's format)
+        from edgecell.convert.siblings import openvino_ir_from_tflite
+
+        openvino_ir_from_tflite(out / f"{stem}.tflite", out / f"{stem}.xml")
     before = commission_report(load_model(model_path), held)
     after = commission_report(load_model(out / f"{stem}.tflite"), held)
     figures = lambda r: {"accuracy": round(r.accuracy, 4), "ci95": [round(v, 4) for v in r.accuracy_ci95],  # noqa: E731

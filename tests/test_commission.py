@@ -83,3 +83,4 @@ def test_site_thresholds_keep_three_quarters_of_right_answers_unflagged():
     assert (right_scores > t["suggested_unfamiliar_threshold"]).mean() <= 0.25
     assert t["wrong_caught_at_suggested_unfamiliar"] == 0.5  # the far one, not the near one
     assert t["wrong_caught_at_suggested_min_confidence"] == 0.5
+
