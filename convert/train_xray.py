@@ -31,7 +31,6 @@ import cv2
 import numpy as np
 
 from edgecell.calibration import xray as xdata
-from edgecell.calibration.xray import heldout_folder
 from edgecell.modelinfo import ModelInfo
 
 STEM = "xray"

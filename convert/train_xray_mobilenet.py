@@ -600,28 +600,63 @@ def commission_study(args, items, holdout: str, sizes: Sequence[int] = (10, 25, 
 # ----------------------------------------------------------------------------- pooled figures and shipping
 
 def pooled_eval(args) -> dict:
-    """The pooled model's six files (TFLite, OpenVINO, ONNX x FP32, INT8) on the held-out split
-    through the device pipeline (`evaluate_classifier`), and end-to-end latency with Grad-CAM and
-    the flag (`train_xray.latency`, the V-BreathNet card's measurement)."""
+    """The pooled model on the held-out split through the device pipeline (`evaluate_classifier`):
+    TFLite FP32 and INT8, the OpenVINO IR and ONNX siblings of the INT8 file (`convert.siblings`:
+    the same INT8 arithmetic; kept at >= 99 % agreement with LiteRT on 60 held-out films) and the
+    FP32 IR and ONNX; end-to-end latency with Grad-CAM and the flag (`train_xray.latency`, the
+    V-BreathNet card's measurement) and the upright check."""
     import shutil
     from types import SimpleNamespace
 
     from edgecell.convert import train_xray
+    from edgecell.convert.siblings import make_siblings
     from edgecell.evaluation.classification import evaluate_classifier
 
     out = Path(args.out)
     fold = out / "fold_none"
+    export_dir = fold / "export"
     shutil.copyfile(out / "xray_split.tsv", fold / "xray_split.tsv")
     items = xdata.read_list(fold / "xray_split.tsv", args.data)
-    models = [fold / "export" / f"{STEM}_{p}{s}" for s in (".tflite", ".xml", ".onnx") for p in ("fp32", "int8")]
-    report = evaluate_classifier([m for m in models if m.exists()], xdata.heldout_folder(items, fold),
-                                 fold / "eval", split="test",
+    sib = export_dir / "siblings"
+    sib.mkdir(exist_ok=True)
+    for name in (f"{STEM}_int8.tflite", f"{STEM}_int8.json", HEAD_FILE):
+        shutil.copyfile(export_dir / name, sib / name)
+    test = [it.path for it in items if it.split == "test"]
+    check = [test[i] for i in np.random.default_rng(1).permutation(len(test))[:60]]
+    siblings = make_siblings(sib / f"{STEM}_int8.tflite", sib, check)
+    print("[siblings] " + json.dumps(siblings), flush=True)
+    models = [export_dir / f"{STEM}_fp32.tflite", export_dir / f"{STEM}_int8.tflite"]
+    models += [sib / r["file"] for r in siblings if r["kept"]]
+    models += [export_dir / f"{STEM}_fp32.xml", export_dir / f"{STEM}_fp32.onnx"]
+    report = evaluate_classifier(models, xdata.heldout_folder(items, fold), fold / "eval", split="test",
                                  title="X-ray MobileNet on the held-out split (pooled sites)")
     for key, r in report["models"].items():
-        print(f"[eval] {key:22s} top-1 {100 * r['top1']:.1f} %  macro-F1 {100 * r['macro']['f1']:.1f} %", flush=True)
+        print(f"[eval] {key:22s} {r['file']} top-1 {100 * r['top1']:.1f} %  macro-F1 {100 * r['macro']['f1']:.1f} %",
+              flush=True)
     lat = train_xray.latency(SimpleNamespace(out=str(fold), data=args.data))
-    return {"classification": report, "latency": lat,
-            "upright_check": upright_figures(fold / "export" / f"{STEM}_int8.tflite", items)}
+    for name in (f"{STEM}_int8.xml", f"{STEM}_int8.onnx"):
+        if (sib / name).exists():
+            lat.update(sibling_latency(sib / name, items))
+    return {"classification": report, "latency": lat, "siblings": siblings,
+            "upright_check": upright_figures(export_dir / f"{STEM}_int8.tflite", items)}
+
+
+def sibling_latency(path: Path, items, runs: int = 30) -> dict:
+    """End-to-end ms with Grad-CAM and the flag for one sibling file (as `train_xray.latency`)."""
+    from edgecell.images import decode_image
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+
+    image = decode_image(next(it.path for it in items if it.split == "test"))
+    model = load_model(path, threads=2)
+    for _ in range(5):
+        predict(model, image)
+    t = [predict(model, image)[1] for _ in range(runs)]
+    row = {"total_ms": round(float(np.median([x.total for x in t])), 2),
+           "p90_ms": round(float(np.percentile([x.total for x in t], 90)), 2),
+           "infer_ms": round(float(np.median([x.infer for x in t])), 2), "backend": model.session.backend}
+    print(f"[latency] sibling {path.name}: " + json.dumps(row), flush=True)
+    return {f"sibling-{path.suffix[1:]}-int8": row}
 
 
 def upright_figures(model_path: Path, items: Sequence[xdata.Item], n: int = 120) -> dict:

@@ -321,3 +321,16 @@ def test_turned_film_is_reported_with_a_plain_message():
     assert "does not look upright" in result.message and result.to_dict()["upright"] is False
     upright = xray.postprocess(_outputs(np.zeros((3, 3, 4))), ctx, _gap_info(upright_min_probability=0.9))
     assert upright.rotation == 0 and upright.upright  # equal odds: below the sidecar's probability
+
+
+def test_shipped_model_calls_a_non_chest_image_unfamiliar():
+    """A blood smear and a product photo (the other tasks' shipped samples) are not chest films: the
+    shipped model's answer on them must come flagged unfamiliar and uncertain, with the message."""
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+
+    model = load_model(SHIPPED)
+    for folder in ("bccd", "products"):
+        image = decode_image(sorted((REPO / "edge" / "samples" / folder).glob("*.jpg"))[0])
+        result, _ = predict(model, image)
+        assert result.unfamiliar and result.uncertain and "Unfamiliar film" in result.message
