@@ -47,7 +47,8 @@ def test_wheel_holds_every_subpackage_the_metadata_and_the_command(full_wheel):
 
 def test_models_not_asked_for_stay_out_but_the_samples_stay(tmp_path):
     names = _names(build_edgecell_wheel(tmp_path, keep_models={"xray"}))
-    assert "edgecell/models/xray_int8.tflite" in names and "edgecell/models/xray_gradcam_head.npz" in names
+    assert "edgecell/models/xray_int8.tflite" in names and "edgecell/models/xray_head.npz" in names
+    assert "edgecell/models/xray_float.keras" not in names  # only commission --adapt (training side) reads it
     assert "edgecell/models/cells_int8.tflite" not in names
     assert any(n.startswith("edgecell/samples/bccd/") and n.endswith(".jpg") for n in names)
 
