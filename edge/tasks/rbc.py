@@ -109,6 +109,51 @@ def trees_probability(features: np.ndarray, trees: dict) -> np.ndarray:
     return sigmoid(trees_decision(features, trees)).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- is this a smear?
+
+MAX_BACKGROUND_STD = 10.0  # a smear's background (brightest 40 % of pixels) is flat: Chula <= 8.4, BCCD <= 7.3
+MIN_CELL_COVERAGE = 0.5  # found cells x cell area / stained area; Chula >= 0.74, product photos median 0.14
+CHECK_SIZE = (160, 120)
+
+
+@dataclass
+class SmearCheck:
+    """Whether the field looks like what the models were trained on: a flat bright background with
+    stained cells, and the found cells explaining the stained area (see MAX_BACKGROUND_STD,
+    MIN_CELL_COVERAGE; measured on Chula, BCCD, product photos and chest X-rays, RBC_MODEL_CARD.md)."""
+
+    background_std: float
+    stained_fraction: float
+    coverage: float
+    familiar: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"background_std": round(self.background_std, 2), "stained_fraction": round(self.stained_fraction, 4),
+                "coverage": round(self.coverage, 3), "familiar": self.familiar}
+
+
+def check_smear(image: np.ndarray, n_cells: int, radius: float, settings: dict | None = None) -> SmearCheck:
+    """Background flatness and how much of the stained (darker) area the found cells account for."""
+    settings = settings or {}
+    max_std = float(settings.get("max_background_std", MAX_BACKGROUND_STD))
+    min_cov = float(settings.get("min_cell_coverage", MIN_CELL_COVERAGE))
+    small = cv2.resize(image, CHECK_SIZE, interpolation=cv2.INTER_AREA)
+    v = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[:, :, 2].astype(np.float32)
+    background = v >= np.percentile(v, 60)
+    std = float(v[background].std())
+    stained = float((v < np.median(v[background]) - 25).mean())
+    area = stained * image.shape[0] * image.shape[1]
+    coverage = n_cells * np.pi * radius ** 2 / area if area >= np.pi * radius ** 2 else float("inf")
+    if std > max_std:
+        return SmearCheck(std, stained, coverage, False, f"not a smear field like the training data: the "
+                          f"background varies (brightness std {std:.1f} > {max_std:g})")
+    if coverage < min_cov:
+        return SmearCheck(std, stained, coverage, False, f"not a smear field like the training data: the {n_cells} "
+                          f"cell-like spots found explain {coverage:.0%} of the stained area (< {min_cov:.0%})")
+    return SmearCheck(std, stained, coverage, True, "")
+
+
 # ----------------------------------------------------------------------------- results
 
 @dataclass
@@ -143,6 +188,7 @@ class RbcResult(TaskResult):
     uncertain: bool = False
     uncertain_reason: str = ""
     abnormal_threshold: float = 0.5
+    check: SmearCheck | None = None
 
     @property
     def total(self) -> int:
@@ -153,6 +199,7 @@ class RbcResult(TaskResult):
                 "abnormal_score": round(self.abnormal_score, 4), "reason": self.reason,
                 "abnormal_types": list(self.abnormal_types), "uncertain": self.uncertain,
                 "uncertain_reason": self.uncertain_reason, "image_size": list(self.image_size),
+                "smear_check": self.check.to_dict() if self.check else None,
                 "cells": [c.to_dict() for c in self.cells]}
 
     @property
@@ -271,10 +318,17 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
     abnormal = trees_probability(probs, info.settings["abnormal_trees"]) if len(probs) else np.zeros(0, np.float32)
     threshold = float(info.settings.get("abnormal_threshold", 0.5))
     image_size = context.image_size if context is not None else (0, 0)
+    counts = {name: 0 for name in classes}
+    check = None
+    if context is not None:
+        radius = float(info.settings.get("patch_crop", PATCH_CROP)) / 4
+        check = check_smear(context.image, len(outputs["centres"]), radius, info.settings.get("smear_check"))
+        if not check.familiar:  # say so; report no cells rather than invented ones
+            return RbcResult([], counts, False, 0.0, f"not assessed: {check.reason}", abnormal_types,
+                             tuple(image_size), True, check.reason, check=check)
     cells = [RbcCell(float(c[0]), float(c[1]), float(s), dict(zip(names, map(float, p))), classes[int(o.argmax())],
                      float(o.max()), float(a))
              for c, s, p, o, a in zip(outputs["centres"], outputs["scores"], probs, own, abnormal)]
-    counts = {name: 0 for name in classes}
     for c in cells:
         counts[c.cell_type] += 1
     flagged = abnormal >= threshold
@@ -289,7 +343,7 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
         reason = (f"{int(flagged.sum())} of {len(cells)} cells ({fraction:.0%}) in abnormal patches "
                   f"({'>=' if is_abnormal else '<'} {min_fraction:.0%}); abnormal types: {listed}")
     return RbcResult(cells, counts, is_abnormal, fraction, reason, abnormal_types, tuple(image_size),
-                     abnormal_threshold=threshold)
+                     abnormal_threshold=threshold, check=check)
 
 
 # ----------------------------------------------------------------------------- overlay

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -40,3 +41,32 @@ def test_model_without_rbc_settings_is_refused_with_the_fix():
     info = ModelInfo(task="rbc", name="bare", labels=["normal"])
     with pytest.raises(ModelError, match="re-export it with edgecell.convert.train_rbc"):
         rbc.check_info(info)
+
+
+def _smear(n_cells: int = 0, radius: int = 20) -> np.ndarray:
+    """A flat light background with `n_cells` pink discs on a grid."""
+    image = np.full((480, 640, 3), (200, 205, 215), np.uint8)
+    for k in range(n_cells):
+        cx, cy = 60 + (k % 6) * 100, 60 + (k // 6) * 90
+        cv2.circle(image, (cx, cy), radius, (170, 90, 120), -1)
+    return image
+
+
+def test_smear_whose_stain_the_found_cells_explain_is_familiar():
+    check = rbc.check_smear(_smear(24), n_cells=24, radius=20)
+    assert check.familiar and 0.8 < check.coverage < 1.3
+
+
+def test_stained_area_without_found_cells_is_unfamiliar():
+    check = rbc.check_smear(_smear(24), n_cells=2, radius=20)
+    assert not check.familiar and "stained area" in check.reason
+
+
+def test_varying_background_is_unfamiliar():
+    photo = np.tile(np.linspace(0, 255, 640, dtype=np.uint8)[None, :, None], (480, 1, 3))
+    check = rbc.check_smear(photo, n_cells=0, radius=20)
+    assert not check.familiar and "background varies" in check.reason
+
+
+def test_field_without_cells_is_familiar_and_empty():
+    assert rbc.check_smear(_smear(0), n_cells=0, radius=20).familiar
