@@ -15,7 +15,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "edge" / "samples"
 SHIPPED = sorted(MODELS.glob("*_int8.tflite"))
 #: every shipped model file: the INT8 .tflite files and their OpenVINO IR (.xml + .bin) and ONNX siblings
 MODEL_FILES = sorted(p for p in MODELS.iterdir() if p.suffix in (".tflite", ".xml", ".bin", ".onnx"))
-SAMPLE_FOR = {"cells": "bccd", "products": "products", "gate": "products", "xray": None}
+SAMPLE_FOR = {"cells": "bccd", "products": "products", "gate": "products", "xray": None, "rbc": "chula"}
 
 
 def test_the_default_cell_counter_ships():

@@ -286,13 +286,13 @@ def classify_patches(session, patches: np.ndarray, info: ModelInfo) -> np.ndarra
 
 def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext | None = None, **_: Any) -> dict:
     """Detect centres, cut a patch around each, classify the patches (batched)."""
-    from edgecell.tasks import cells
+    from edgecell.pipeline import predict
 
     check_info(info)
     image = tensor if context is None else context.image
     t0 = time.perf_counter()
     detector = detector_for(session, info)
-    found = cells.run_image(detector.session, image, detector.info)
+    found, _ = predict(detector, image)
     rbc = found.classes == found.labels.index("RBC") if "RBC" in found.labels else np.ones(len(found.classes), bool)
     boxes, scores = found.boxes[rbc], found.scores[rbc]
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -70,3 +72,58 @@ def test_varying_background_is_unfamiliar():
 
 def test_field_without_cells_is_familiar_and_empty():
     assert rbc.check_smear(_smear(0), n_cells=0, radius=20).familiar
+
+
+# ----------------------------------------------------------------------------- the shipped model
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "edge" / "models" / "rbc_int8.tflite"
+SAMPLES = REPO / "edge" / "samples"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from edgecell.model import load_model
+
+    if not SHIPPED.is_file():
+        pytest.skip("rbc model not shipped")
+    return load_model(SHIPPED)
+
+
+def _run(model, image):
+    from edgecell.pipeline import predict
+
+    return predict(model, image)[0]
+
+
+def test_stomatocyte_smear_is_flagged_with_its_type(shipped):
+    from edgecell.images import decode_image
+
+    result = _run(shipped, decode_image(SAMPLES / "chula" / "chula_302.jpg"))
+    assert result.abnormal and not result.uncertain and "stomatocyte" in result.reason
+    cell = result.to_dict()["cells"][0]
+    assert 0 <= cell["x"] < 640 and 0 <= cell["y"] < 480 and set(cell["types"]) == set(shipped.info.labels)
+
+
+def test_smear_without_red_cells_gives_no_cells_and_no_flag(shipped):
+    result = _run(shipped, _smear(0))
+    assert result.cells == [] and not result.abnormal and not result.uncertain
+
+
+def test_product_photo_is_uncertain_not_invented_cells(shipped):
+    from edgecell.images import decode_image
+
+    photo = next((SAMPLES / "products").glob("hat_*.jpg"))
+    result = _run(shipped, decode_image(photo))
+    assert result.uncertain and result.cells == [] and "not a smear" in result.uncertain_reason
+
+
+def test_patches_are_classified_independently_of_their_batch_neighbours(shipped):
+    from edgecell.images import decode_image
+
+    image = decode_image(SAMPLES / "chula" / "chula_12.jpg")
+    centres = np.array([[100 + 20 * k, 200] for k in range(rbc.patch_batch(shipped.info) + 1)], np.float32)
+    patches = rbc.cut_patches(image, centres)
+    together = rbc.classify_patches(shipped.session, patches, shipped.info)
+    last_alone = rbc.classify_patches(shipped.session, patches[-1:], shipped.info)
+    np.testing.assert_allclose(together[-1], last_alone[0], atol=1e-6)
