@@ -61,11 +61,9 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 
 def write_sidecar(model_path: str | os.PathLike, info: ModelInfo) -> Path:
-    path = sidecar_path(model_path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(info.to_json() + "\n")
-    os.replace(tmp, path)
-    return path
+    from edgecell.sinks import write_text_atomic  # the one temp-file-and-rename
+
+    return write_text_atomic(sidecar_path(model_path), info.to_json() + "\n")
 
 
 def read_model_info(model_path: str | os.PathLike, embedded: str | None = None) -> ModelInfo:
