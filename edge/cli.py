@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from edgecell.commands import bench, commission, evaluate, info, models, run
+from edgecell.commands import bench, commission, evaluate, fleet, info, models, run
 from edgecell.errors import EdgecellError
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ COMMANDS = (
 
 for _name, _command in COMMANDS:
     app.command(name=_name)(_command)
+app.add_typer(fleet.app, name="fleet")
 
 
 def _register_bundle_commands() -> None:

@@ -1,0 +1,115 @@
+"""`edgecell fleet deploy` and `fleet status` against three real sshd devices (see conftest):
+the rollout's steps run for real (copy, verify, install, health check, rollback); every device
+keeps a working version throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edgecell.bundle import build_bundle, verify_bundle
+from edgecell.fleet import SshSettings, deploy_bundle, fleet_status
+from edgecell.resources import resolve_model_path
+
+DEVICES = ("dev1", "dev2", "dev3")  # the conftest's sshd devices
+UNREACHABLE = "dev0"  # the inventory entry nothing answers
+
+
+def _bundle(out: Path, version: str) -> Path:
+    return build_bundle([resolve_model_path("cells")], profile="raspberry-pi", out=out, wheelhouse=False,
+                        name="cells", version=version)
+
+
+def _current(prefix: Path) -> str:
+    return os.readlink(prefix / "current").rsplit("/", 1)[-1]
+
+
+def _by_device(results) -> dict:
+    return {r.device: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles")
+    return {v: _bundle(out, v) for v in ("1.0", "2.0", "3.0")}
+
+
+@pytest.fixture(scope="module")
+def ssh(fleet):
+    return SshSettings(known_hosts=fleet.known_hosts)
+
+
+@pytest.fixture(scope="module")
+def first(fleet, bundles, ssh):
+    """1.0 to every device, all at once, the unreachable one included (--max-fail 100: go on)."""
+    return _by_device(deploy_bundle(bundles["1.0"], fleet.inventory("good"), max_fail=100, ssh=ssh))
+
+
+@pytest.fixture(scope="module")
+def again(fleet, bundles, ssh, first):
+    """The same bundle again, to the three reachable devices."""
+    return _by_device(deploy_bundle(bundles["1.0"], fleet.inventory("good"), limit=",".join(DEVICES), ssh=ssh))
+
+
+@pytest.fixture(scope="module")
+def broken(fleet, bundles, ssh, again):
+    """2.0 where dev3's edgecell installs but cannot run a model (its backend broken): dev3's
+    health check fails after its switch to 2.0."""
+    wrapper = fleet.root / "broken-edgecell"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = run ]; then echo "edgecell: error: backend broken" >&2; exit 2; fi\n'
+                       f'exec {fleet.edgecell} "$@"\n')
+    wrapper.chmod(0o755)
+    inventory = fleet.inventory("broken", {"dev3": {"edgecell_command": str(wrapper)}})
+    return _by_device(deploy_bundle(bundles["2.0"], inventory, limit=",".join(DEVICES), ssh=ssh))
+
+
+def test_deploy_installs_on_every_reachable_device(fleet, first):
+    assert [first[d].result for d in DEVICES] == ["ok"] * 3
+    assert all(_current(fleet.prefixes[d]).startswith("cells-1.0-") for d in DEVICES)
+    assert all(first[d].copied for d in DEVICES)
+
+
+def test_unreachable_device_is_reported_and_skipped(fleet, first):
+    assert first[UNREACHABLE].result == "unreachable"
+    assert not fleet.prefixes[UNREACHABLE].exists()
+
+
+def test_redeploy_copies_nothing_and_keeps_the_version(fleet, first, again):
+    assert [again[d].result for d in DEVICES] == ["ok"] * 3
+    assert [again[d].copied for d in DEVICES] == [False] * 3
+    assert [again[d].new_version for d in DEVICES] == [first[d].new_version for d in DEVICES]
+
+
+def test_failed_health_check_rolls_back_that_device_only(fleet, first, broken):
+    assert [broken[d].result for d in ("dev1", "dev2")] == ["ok", "ok"]
+    assert all(_current(fleet.prefixes[d]).startswith("cells-2.0-") for d in ("dev1", "dev2"))
+    assert broken["dev3"].result == "rolled-back"
+    assert "health" in broken["dev3"].error
+    assert _current(fleet.prefixes["dev3"]) == first["dev3"].new_version
+    assert verify_bundle(fleet.prefixes["dev3"] / "current").ok
+
+
+def test_max_fail_stops_the_rollout(fleet, bundles, ssh, broken):
+    results = deploy_bundle(bundles["3.0"], fleet.inventory("good"), serial=1, max_fail=0, ssh=ssh)
+    assert [r.result for r in results] == ["unreachable", "not-run", "not-run", "not-run"]
+    assert not any(_current(fleet.prefixes[d]).startswith("cells-3.0-") for d in DEVICES)
+
+
+def test_status_reports_each_device(fleet, ssh, broken):
+    found = {d.device: d for d in fleet_status(fleet.inventory("good"), ssh=ssh)}
+    assert found[UNREACHABLE].reachable is False
+    assert [found[d].version for d in DEVICES] == [_current(fleet.prefixes[d]) for d in DEVICES]
+    assert all(found[d].verified for d in DEVICES)
+    assert all(found[d].free_disk_mb > 0 for d in DEVICES)
+    assert json.loads(json.dumps(found["dev1"].to_dict()))["last_install"]["action"] == "install"
+
+
+def test_unknown_host_key_makes_a_device_unreachable(fleet, tmp_path):
+    strangers = tmp_path / "known_hosts"
+    strangers.write_text("")
+    found = fleet_status(fleet.inventory("good"), limit="dev1", ssh=SshSettings(known_hosts=strangers))
+    assert [d.reachable for d in found] == [False]
+    assert "host key" in (found[0].error or "").lower()
