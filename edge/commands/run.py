@@ -72,7 +72,9 @@ def run(
                                  "what a person must check: uncertain, retake, abnormal, gate-flagged), every:N "
                                  "(every N-th frame plus the flagged ones) or none. auto: all for images and "
                                  "folders, flagged for video, cameras and streams (a camera runs for months)."),
-    overlay_format: str = typer.Option("png", "--overlay-format", help="png (lossless) or jpg (about 5x smaller)."),
+    overlay_format: str = typer.Option("auto", "--overlay-format", help="png (lossless) or jpg (6x smaller, "
+                                       "70x faster to write). auto: png for images and folders, jpg for video, "
+                                       "cameras and streams."),
     overlay_budget: str = typer.Option("2GB", "--overlay-budget", help="Disk this run's overlays may take (e.g. "
                                        "500MB, 2GB); when reached they stop, with a message (results go on)."),
     overlay_rotate: bool = typer.Option(False, "--overlay-rotate", help="At the budget, delete this run's oldest "
@@ -136,7 +138,7 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
                 fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
                 min_confidence: Optional[float], show: bool, serve: Optional[str], gate: Optional[str],
                 gate_policy: str, gate_threshold: Optional[float], overlays: str = "auto",
-                overlay_format: str = "png", overlay_budget: str = "2GB", overlay_rotate: bool = False) -> None:
+                overlay_format: str = "auto", overlay_budget: str = "2GB", overlay_rotate: bool = False) -> None:
     """`edgecell run` once its options are known (from the command line, or a bundle's run)."""
     from edgecell.model import load_model
     from edgecell.pipeline import RunOptions, RunSummary, new_run_id, run_frames
@@ -171,8 +173,11 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
             raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
         gate_model = load_model(resolve_model_path(gate, backend), backend, threads=threads, device=device)
         require_task(gate_model.info, "gate")
+    files = kind in ("image", "folder")
     if overlays == "auto":  # a folder's overlays are bounded by the folder; a stream's are not
-        overlays = "all" if kind in ("image", "folder") else "flagged"
+        overlays = "all" if files else "flagged"
+    if overlay_format == "auto":  # a 640 x 480 overlay: PNG 0.41 MB in 57 ms, JPEG (q 90) 0.07 MB in 0.8 ms
+        overlay_format = "png" if files else "jpg"
     root = Path(source) if kind == "folder" else Path(source).parent if kind == "image" else None
     options = RunOptions(top_k=top_k, min_confidence=min_confidence, thresholds=thresholds, tiles=tiles,
                          gate_policy=gate_policy, gate_threshold=gate_threshold, out=out, run_id=new_run_id(),

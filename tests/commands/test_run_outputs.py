@@ -188,3 +188,17 @@ def test_budget_with_rotation_keeps_the_newest(real_jpeg, tmp_path):
 def test_bad_overlay_options_are_one_line(option, value, real_jpeg, tmp_path):
     out = edgecell("run", CLASSIFIER, real_jpeg, "-o", tmp_path, option, value)
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(f"edgecell: error: {option}")
+
+
+def test_a_video_writes_jpeg_overlays_of_flagged_frames_only_by_default(real_jpeg, tmp_path):
+    video = tmp_path / "clip.avi"
+    frame = cv2.resize(cv2.imread(str(real_jpeg)), (160, 120))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for _ in range(6):
+        writer.write(frame)
+    writer.release()
+    out = edgecell("run", CLASSIFIER, video, "-o", tmp_path / "out", "--min-confidence", "1")  # all uncertain
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == 6 and not list((tmp_path / "out").rglob("*.png"))
+    calm = edgecell("run", CLASSIFIER, video, "-o", tmp_path / "calm", "--min-confidence", "0")
+    assert calm.returncode == 0 and not list((tmp_path / "calm" / "overlays").rglob("*.*"))
