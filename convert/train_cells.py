@@ -368,7 +368,8 @@ def export(args) -> dict:
     return report
 
 
-FEATURES_LAYER = "head2_pw_relu"  # the head's last feature map, pooled: the unfamiliar-smear score
+FEATURES_LAYER = "fpn3_pw_relu"  # the stride-8 merged feature map, pooled: the unfamiliar-smear score (a probe of
+# four layers: it separated training smears from product photos and X-rays with the widest margin)
 
 
 def with_features(model, layer: str = FEATURES_LAYER):

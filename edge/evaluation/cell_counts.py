@@ -196,15 +196,18 @@ def detector(model_path, backend: str = "auto", threads: int | None = None):
 
     def detect(image: np.ndarray) -> Detections:
         r = cells.run_image(session, image, info, thresholds=floor)
+        detect.last = r  # the whole result (unfamiliar score) of the latest call
         return r.boxes, r.classes, r.scores
 
     return detect, info, session.backend
 
 
 def evaluate_counter(model_paths, data=None, backend: str = "auto", threads: int | None = None,
-                     sweep: bool = True, limit: int | None = None) -> dict:
+                     sweep: bool = True, limit: int | None = None, other_images: dict | None = None) -> dict:
     """Every model: both ground truths on Testing, Chula held-out counts and (sweep=True) the lab-shift
-    sweep, at each model's stored thresholds. `limit`: first N Testing images (quick checks)."""
+    sweep, at each model's stored thresholds; how often the unfamiliar flag fires on Testing, on
+    Chula and on each list of `other_images` ({name: paths}, e.g. non-smear photos).
+    `limit`: first N Testing images and Chula fields (quick checks)."""
     from edgecell.calibration import dataset_dir
     from edgecell.calibration.cell_labels import (COMPLETE_COVERAGE, chula_split, label_coverage,
                                                   load_chula_points, load_txl)
@@ -225,16 +228,47 @@ def evaluate_counter(model_paths, data=None, backend: str = "auto", threads: int
         detect, info, backend_name = detector(path, backend, threads)
         labels = cells.labels_of(info)
         thr = cells.thresholds_of(info)
-        preds = [detect(img) for img in images]
+        preds, familiar = [], {"testing": [], "chula_held_out": []}
+        for img in images:
+            preds.append(detect(img))
+            familiar["testing"].append(detect.last.unfamiliar)
+        chula_preds = []
+        for img in chula_images:
+            chula_preds.append(detect(img))
+            familiar["chula_held_out"].append(detect.last.unfamiliar)
+        for name, paths in (other_images or {}).items():
+            familiar[name] = []
+            for p in paths:
+                detect(decode_image(p))
+                familiar[name].append(detect.last.unfamiliar)
         entry = {"path": str(path), "backend": backend_name, "precision": info.precision,
                  "thresholds": dict(zip(labels, thr.tolist())),
                  "testing": against_both_truths(preds, complete, cbc, thr, labels),
-                 "chula": chula_counts([detect(img) for img in chula_images], held, coverage, float(thr[0]),
-                                       COMPLETE_COVERAGE)}
+                 "chula": chula_counts(chula_preds, held, coverage, float(thr[0]), COMPLETE_COVERAGE),
+                 "unfamiliar": {k: {"flagged": int(np.sum(v)), "images": len(v)} for k, v in familiar.items()}}
         if sweep:
             entry["lab_shift"] = lab_shift_sweep(detect, images, complete, thr, labels)
         report["models"][f"{backend_name}-{info.precision}-{len(report['models'])}"] = entry
     return report
+
+
+def non_smear_images(data=None, per_set: int = 60, seed: int = 0) -> dict[str, list]:
+    """Images that are not blood smears, for the unfamiliar flag: product photos (clothing test
+    split) and chest X-rays (validation splits), `per_set` of each drawn with a fixed seed."""
+    from edgecell.calibration import dataset_dir
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, ds, pattern in (("product photos", "clothing_small_subset", "test/*/*.jpg"),
+                              ("chest X-rays", "covid19_radiography_db_subset", "val/*/*.png"),
+                              ("chest X-rays (3-class set)", "chest_xray_covid19_3class", "*/val/*/*")):
+        try:
+            files = sorted(dataset_dir(ds, data).glob(pattern))
+        except Exception:  # a dataset not present here: that set is left out
+            continue
+        if files:
+            out[name] = [files[i] for i in sorted(rng.permutation(len(files))[:per_set])]
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -257,6 +291,9 @@ def markdown(report: dict) -> str:
             if m.get("images"):
                 lines.append(f"| {part} | {m['images']} | {m['estimated']}/{m['ground_truth']} | {100 * m['accuracy']:.2f} | "
                              f"{m['mae_per_image']:.2f} |")
+        if "unfamiliar" in e:
+            lines += ["", "| unfamiliar flag on | flagged / images |", "|---|---|"]
+            lines += [f"| {k} | {v['flagged']}/{v['images']} |" for k, v in e["unfamiliar"].items()]
         if "lab_shift" in e:
             names = list(e["thresholds"])
             lines += ["", "| condition | " + " | ".join(f"{c} acc %" for c in names) + " | RBC est/gt | RBC MAE |",

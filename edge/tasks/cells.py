@@ -255,8 +255,21 @@ def features_of(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo) ->
 def mahalanobis2(features: np.ndarray, stats: dict) -> float:
     """Squared Mahalanobis distance of pooled features to the training smears' mean (`stats`:
     "mean" (K,), "precision" (K x K), from the training side's `unfamiliar_stats`)."""
-    d = np.asarray(features, np.float64) - np.asarray(stats["mean"], np.float64)
-    return float(d @ np.asarray(stats["precision"], np.float64) @ d)
+    mean, precision = _stats_arrays(stats)
+    d = np.asarray(features, np.float64) - mean
+    return float(d @ precision @ d)
+
+
+_stats_cache: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}
+
+
+def _stats_arrays(stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The sidecar's lists as arrays, converted once per statistics dict (not per frame)."""
+    hit = _stats_cache.get(id(stats))
+    if hit is None or hit[0] is not stats:
+        hit = _stats_cache[id(stats)] = (stats, np.asarray(stats["mean"], np.float64),
+                                         np.asarray(stats["precision"], np.float64))
+    return hit[1], hit[2]
 
 
 def decode_centernet(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, floor: float = 0.005
@@ -356,6 +369,11 @@ class CellsResult(TaskResult):
     labels: list[str] = field(default_factory=lambda: list(CLASSES))
     image_size: tuple[int, int] = (0, 0)
     tiles: int = 1
+    #: the image lies far from the training smears (pooled-feature Mahalanobis score above the
+    #: model's threshold): counts are not to be trusted
+    unfamiliar: bool = False
+    unfamiliar_score: float | None = None  # None: the model carries no statistics for the check
+    message: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -374,6 +392,9 @@ class CellsResult(TaskResult):
             "total": int(len(self.classes)),
             "image_size": list(self.image_size),
             "tiles": self.tiles,
+            "unfamiliar": self.unfamiliar,
+            "unfamiliar_score": None if self.unfamiliar_score is None else round(self.unfamiliar_score, 2),
+            "message": self.message,
             "detections": [
                 {"label": self.labels[int(c)], "score": round(float(s), 4),
                  "box": [round(float(v), 1) for v in b]}
@@ -430,7 +451,28 @@ def postprocess(outputs: dict[str, np.ndarray], context: CellsContext, info: Mod
         boxes = _to_image(boxes, context)
         tiles = 1
     keep = select(boxes, classes, scores, thr, nms_iou, platelet_iou, labels)
-    return CellsResult(boxes[keep], classes[keep], scores[keep], labels, tuple(context.image_size), tiles)
+    result = CellsResult(boxes[keep], classes[keep], scores[keep], labels, tuple(context.image_size), tiles)
+    check_familiar(result, outputs, info)
+    return result
+
+
+UNFAMILIAR_MESSAGE = ("unfamiliar image: it does not look like the blood smears this model was trained on "
+                      "(score {score:.0f} > {threshold:.0f}); the counts are not to be trusted")
+
+
+def check_familiar(result: CellsResult, outputs: dict[str, np.ndarray], info: ModelInfo) -> None:
+    """Set `result.unfamiliar` from the model's pooled-feature output and the training smears'
+    statistics in its sidecar (`settings["unfamiliar"]`: mean, precision, threshold). A model
+    without them (the Tiny-YOLOv2 reproduction) leaves the score None. For a tiled smear the
+    features are those of the last tile."""
+    stats = info.settings.get("unfamiliar")
+    feats = features_of(outputs, info) if stats else None
+    if feats is None:
+        return
+    result.unfamiliar_score = mahalanobis2(feats, stats)
+    result.unfamiliar = result.unfamiliar_score > float(stats["threshold"])
+    if result.unfamiliar:
+        result.message = UNFAMILIAR_MESSAGE.format(score=result.unfamiliar_score, threshold=float(stats["threshold"]))
 
 
 # --------------------------------------------------------------------------- tiling
