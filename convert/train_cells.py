@@ -397,6 +397,32 @@ def unfamiliar_stats(features: np.ndarray, quantile: float = 99.5, shrink: float
     return stats
 
 
+#: magnifications the RBC threshold is chosen over (hold-out smears re-framed as
+#: `edgecell.evaluation.cell_counts.magnify` does for the sweep)
+RBC_SWEEP_SCALES = (0.5, 0.7, 1.0, 1.4)
+
+
+def rbc_threshold_across_scales(detect, images, annotations, scales=RBC_SWEEP_SCALES) -> dict:
+    """The RBC threshold (0.20-0.60, step 0.05) with the smallest mean relative error of the RBC
+    total over the hold-out smears re-framed at each magnification: a threshold that counts well
+    at one magnification only is not chosen."""
+    from edgecell.evaluation.cell_counts import magnify
+    from edgecell.evaluation.detection import SWEEP
+
+    per_scale = []
+    for sc in scales:
+        preds, gt = [], 0
+        for i in range(len(images)):
+            img, _, lab = magnify(images, annotations, i, sc) if sc != 1.0 else (images[i], None, annotations[i].labels)
+            _, c, s = detect(img)
+            preds.append(s[c == 0])
+            gt += int((lab == 0).sum())
+        per_scale.append((preds, gt))
+    error = {f"{t:.2f}": float(np.mean([abs(sum(int((s >= t).sum()) for s in preds) - gt) / max(gt, 1)
+                                       for preds, gt in per_scale])) for t in SWEEP}
+    return {"chosen": float(min((e, float(t)) for t, e in error.items())[1]), "error": error}
+
+
 def export_complete(args, src: Path, out: Path) -> dict:
     """Export the complete-label counter with the shared converter (a features output added),
     then per precision: thresholds by the Table 1 sweep on the TXL hold-out (WBC, platelets) and
@@ -439,28 +465,31 @@ def export_complete(args, src: Path, out: Path) -> dict:
     check_int8(paths, hold, out)
     labels = cells.labels_of(info)
     gt_hold = np.array([[int((a.labels == k).sum()) for k in range(len(labels))] for a in hold_anns])
+    txl_images = hold_images[: len(hold_anns)]
     for precision in ("fp32", "int8"):
         path = paths[f"tflite-{precision}"]
         session = load_session(path, threads=args.threads)
         meta = read_model_info(path, session.embedded_metadata)
-        preds, feats = [], []
-        for img in hold_images:
+        feats = []
+
+        def detect(img):
             r = cells.run_image(session, img, meta, thresholds=[FLOOR] * len(labels))
-            preds.append((r.boxes, r.classes, r.scores))
-        sw = threshold_sweep(preds[: len(hold_anns)], gt_hold, labels)
-        gt_all = np.concatenate([gt_hold[:, :1], np.array([[len(p.points)] for p in val_points])]).reshape(-1, 1)
-        rbc = threshold_sweep([(b[c == 0], c[c == 0], s[c == 0]) for b, c, s in preds], gt_all, labels[:1])
-        chosen = dict(sw["chosen"], **{labels[0]: rbc["chosen"][labels[0]]})
+            return r.boxes, r.classes, r.scores
+
+        sw = threshold_sweep([detect(img) for img in txl_images], gt_hold, labels)
+        rbc = rbc_threshold_across_scales(detect, txl_images, hold_anns)
+        chosen = dict(sw["chosen"], **{labels[0]: rbc["chosen"]})
         for p in train_paths:
             x, _ = cells.preprocess(decode_image(p), meta)
             feats.append(cells.features_of(session.run(x), meta))
         stats = unfamiliar_stats(np.array(feats))
         meta.settings["thresholds"] = chosen
         meta.settings["threshold_holdout"] = list(split["txl_holdout"])
-        meta.settings["threshold_holdout_chula"] = list(split["chula_val"])
-        meta.settings["thresholds_chosen_on"] = (f"Table 1 sweep (0.20-0.60): WBC and platelets on {len(hold_anns)} held-out "
-                                                 f"TXL training smears; RBC on those and {len(val_points)} fully labelled "
-                                                 f"Chula training fields kept out of training; LiteRT {precision}")
+        meta.settings["thresholds_chosen_on"] = (
+            f"{len(hold_anns)} held-out TXL training smears (complete labels), LiteRT {precision}: WBC and platelets "
+            f"by the Table 1 sweep (0.20-0.60); RBC by the smallest mean relative count error over magnifications "
+            f"{', '.join(f'{x:g}x' for x in RBC_SWEEP_SCALES)} (Chula's labels are incomplete, so not used)")
+        meta.settings["rbc_threshold_sweep"] = rbc["error"]
         meta.settings["unfamiliar"] = stats
         write_sidecar(path, meta)
         print(f"  {precision}: thresholds {chosen}; unfamiliar threshold {stats['threshold']}", flush=True)

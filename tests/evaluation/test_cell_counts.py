@@ -9,7 +9,8 @@ import numpy as np
 
 from edgecell.calibration.cell_labels import PointAnnotation
 from edgecell.calibration.voc import Annotation
-from edgecell.evaluation.cell_counts import Condition, against_both_truths, chula_counts, degrade, magnify
+from edgecell.evaluation.cell_counts import (Condition, against_both_truths, chula_counts, degrade, found_points,
+                                             magnify)
 
 LABELS = ("RBC", "WBC", "Platelets")
 
@@ -53,6 +54,7 @@ def test_zoom_out_tiles_neighbouring_smears():
     anns = [_ann(str(k), [[100, 100, 200, 200]], [0]) for k in range(4)]
     out, b, lab = magnify(imgs, anns, 1, 0.5)
     assert out[0, 0, 0] == 20 and out[0, 400, 0] == 30 and out[300, 0, 0] == 40 and out[300, 400, 0] == 10
+    assert out[100, 322, 0] == 114  # the grey gutter between two smears
     assert len(lab) == 4 and b[0].tolist() == [50, 50, 100, 100]
 
 
@@ -61,3 +63,9 @@ def test_degrade_is_deterministic_and_changes_pixels():
     cond = Condition("x", gains=(1.1, 1.0, 0.9), blur=1.0, noise=5, jpeg=50)
     a, b = degrade(img, cond, seed=3), degrade(img, cond, seed=3)
     assert (a == b).all() and not (a == img).all()
+
+
+def test_found_points_pairs_each_point_with_one_near_detection():
+    points = np.array([[10, 10], [50, 50], [200, 200]], np.float32)
+    boxes = np.array([[0, 0, 22, 22], [2, 2, 20, 20], [40, 40, 64, 64], [300, 300, 340, 340]], np.float32)
+    assert found_points(boxes, points, 15) == 2  # two detections near point 1 count once; point 3 unmatched
