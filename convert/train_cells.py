@@ -425,16 +425,17 @@ def rbc_threshold_across_scales(detect, images, annotations, scales=RBC_SWEEP_SC
 
 def export_complete(args, src: Path, out: Path) -> dict:
     """Export the complete-label counter with the shared converter (a features output added),
-    then per precision: thresholds by the Table 1 sweep on the TXL hold-out (WBC, platelets) and
-    the TXL hold-out + Chula validation fields (RBC), unfamiliar-smear statistics from the
-    training smears; stored in each sidecar."""
+    then per precision: thresholds on the TXL hold-out (Table 1 sweep for WBC and platelets,
+    `rbc_threshold_across_scales` for RBC) and unfamiliar-smear statistics from the training
+    smears, stored in each sidecar."""
     import keras
 
-    from edgecell.backends import load_session
-    from edgecell.calibration.cell_labels import load_chula_points, load_txl, point_boxes
-    from edgecell.convert.quantize import compare_outputs, export_model
-    from edgecell.evaluation.detection import FLOOR, threshold_sweep
+    from edgecell.calibration.cell_labels import load_chula_points, load_txl
+    from edgecell.convert.quantize import export_model
+    from edgecell.evaluation.cell_counts import detector
+    from edgecell.evaluation.detection import threshold_sweep
     from edgecell.images import decode_image
+    from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
     from edgecell.tasks import cells
 
@@ -468,21 +469,15 @@ def export_complete(args, src: Path, out: Path) -> dict:
     txl_images = hold_images[: len(hold_anns)]
     for precision in ("fp32", "int8"):
         path = paths[f"tflite-{precision}"]
-        session = load_session(path, threads=args.threads)
-        meta = read_model_info(path, session.embedded_metadata)
-        feats = []
-
-        def detect(img):
-            r = cells.run_image(session, img, meta, thresholds=[FLOOR] * len(labels))
-            return r.boxes, r.classes, r.scores
-
+        detect, _, _ = detector(path, threads=args.threads)
         sw = threshold_sweep([detect(img) for img in txl_images], gt_hold, labels)
         rbc = rbc_threshold_across_scales(detect, txl_images, hold_anns)
         chosen = dict(sw["chosen"], **{labels[0]: rbc["chosen"]})
-        for p in train_paths:
-            x, _ = cells.preprocess(decode_image(p), meta)
-            feats.append(cells.features_of(session.run(x), meta))
+        loaded = load_model(path, threads=args.threads)
+        feats = [cells.features_of(loaded.session.run(cells.preprocess(decode_image(p), loaded.info)[0]), loaded.info)
+                 for p in train_paths]
         stats = unfamiliar_stats(np.array(feats))
+        meta = read_model_info(path)
         meta.settings["thresholds"] = chosen
         meta.settings["threshold_holdout"] = list(split["txl_holdout"])
         meta.settings["thresholds_chosen_on"] = (

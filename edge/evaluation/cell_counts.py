@@ -211,22 +211,22 @@ def lab_shift_sweep(detect: Callable[[np.ndarray], Detections], images: list[np.
 def detector(model_path, backend: str = "auto", threads: int | None = None):
     """(detect(image) -> floor-threshold detections in image pixels, model info, backend name):
     the device pipeline with every class threshold at the floor, so counts can apply any threshold."""
-    from edgecell.backends import load_session
     from edgecell.evaluation.detection import FLOOR
-    from edgecell.modelinfo import read_model_info
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
     from edgecell.tasks import cells
 
-    session = load_session(model_path, backend, threads=threads)
-    info = read_model_info(model_path, session.embedded_metadata)
+    model = load_model(model_path, backend, threads=threads)
+    info = model.info
     cells.check_info(info)
     floor = [FLOOR] * len(cells.labels_of(info))
 
     def detect(image: np.ndarray) -> Detections:
-        r = cells.run_image(session, image, info, thresholds=floor)
+        r, _ = predict(model, image, thresholds=floor)
         detect.last = r  # the whole result (unfamiliar score) of the latest call
         return r.boxes, r.classes, r.scores
 
-    return detect, info, session.backend
+    return detect, info, model.session.backend
 
 
 def evaluate_counter(model_paths, data=None, backend: str = "auto", threads: int | None = None,

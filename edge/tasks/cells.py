@@ -383,7 +383,12 @@ class CellsResult(TaskResult):
         return self.counts
 
     def summary(self) -> str:
-        return ", ".join(f"{name} {n}" for name, n in self.counts.items())
+        counts = ", ".join(f"{name} {n}" for name, n in self.counts.items())
+        return f"{counts} (UNFAMILIAR: {self.message})" if self.unfamiliar else counts
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.unfamiliar
 
     def to_dict(self) -> dict:
         return {

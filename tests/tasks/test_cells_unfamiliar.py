@@ -72,12 +72,11 @@ def _shipped_with_statistics():
 @pytest.mark.parametrize("folder,expected", [("products", True), ("bccd", False)])
 def test_shipped_model_flags_photos_not_smears(folder, expected):
     _shipped_with_statistics()
-    from edgecell.backends import load_session
     from edgecell.images import decode_image
-    from edgecell.modelinfo import read_model_info
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
 
-    session = load_session(MODEL)
-    info = read_model_info(MODEL, session.embedded_metadata)
+    model = load_model(MODEL)
     for path in sorted((SAMPLES / folder).glob("*.jpg")):
-        r = cells.run_image(session, decode_image(path), info)
-        assert r.unfamiliar is expected, (path.name, r.unfamiliar_score)
+        r, _ = predict(model, decode_image(path))
+        assert r.unfamiliar is expected and r.needs_attention is expected, (path.name, r.unfamiliar_score)
