@@ -47,6 +47,9 @@ def print_eval_summary(report: dict) -> None:
             per = entry["counting"]["model_thresholds"]["per_class"]
             parts.append("counting accuracy " + ", ".join(
                 f"{c} {v['accuracy']:.1%}" if isinstance(v, dict) and "accuracy" in v else f"{c} {v}" for c, v in per.items()))
+        complete = (entry.get("complete_labels") or {}).get("testing", {}).get("counting")
+        if complete:  # cells: the complete labels (every cell boxed) beside the CBC figures above
+            parts.append("against complete labels " + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in complete.items()))
         if "exact_match" in entry:
             parts.append(f"mean AUC {entry['mean_auc']:.3f}, exact match {entry['exact_match']:.3f}, "
                          f"centre recall {entry['centre_recall']:.3f}, smear flag {entry['smear_accuracy']:.1%}")

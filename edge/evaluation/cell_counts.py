@@ -331,3 +331,55 @@ def markdown(report: dict) -> str:
                              f" | {m[names[0]]['estimated']}/{m[names[0]]['ground_truth']} | {m[names[0]]['mae_per_image']:.2f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def add_complete_labels(report: dict, model_paths, data, out_dir, backend: str = "auto") -> None:
+    """`edgecell eval cells`: beside the CBC report, each model's counts against the complete
+    labels, on Chula's held-out fields and the unfamiliar flag on non-smear images (no sweep;
+    `python -m edgecell.evaluation.cell_counts` runs it), in cell_counts.json/.md and in each
+    report entry under "complete_labels". Left out, with a note, when TXL or Chula data is absent."""
+    import json
+    from pathlib import Path
+
+    from edgecell.errors import EdgecellError
+
+    try:
+        counter = evaluate_counter(model_paths, data, backend=backend, sweep=False,
+                                   other_images=non_smear_images(data, per_set=20))
+    except EdgecellError as exc:
+        report["complete_labels_note"] = f"not evaluated: {exc}"
+        return
+    out_dir = Path(out_dir)
+    (out_dir / "cell_counts.json").write_text(json.dumps(counter, indent=1, default=float))
+    (out_dir / "cell_counts.md").write_text(markdown(counter))
+    for entry, extra in zip(report["models"].values(), counter["models"].values()):
+        entry["complete_labels"] = {"testing": extra["testing"]["complete"], "chula": {
+            k: v for k, v in extra["chula"].items() if k != "per_image"}, "unfamiliar": extra["unfamiliar"]}
+
+
+def main(argv=None) -> int:
+    """python -m edgecell.evaluation.cell_counts MODEL... [-o DIR] [--no-sweep]: the whole report."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("models", nargs="+")
+    p.add_argument("-o", "--out", default="cell-counts")
+    p.add_argument("--data")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-sweep", action="store_true")
+    a = p.parse_args(argv)
+    r = evaluate_counter(a.models, a.data, a.backend, a.threads, sweep=not a.no_sweep,
+                         other_images=non_smear_images(a.data))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cell_counts.json").write_text(json.dumps(r, indent=1, default=float))
+    (out / "cell_counts.md").write_text(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

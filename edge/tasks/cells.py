@@ -619,5 +619,10 @@ class CellsTask(Task):
         from edgecell.calibration import dataset_dir
         from edgecell.evaluation.detection import evaluate_cells
 
-        return evaluate_cells(model_paths, dataset_dir("cbc_bccd_cleaned", data), out, backend=backend,
-                              split=split or "Testing")
+        report = evaluate_cells(model_paths, dataset_dir("cbc_bccd_cleaned", data), out, backend=backend,
+                                split=split or "Testing")
+        if (split or "Testing") == "Testing":  # the complete labels (TXL) and the second lab, beside CBC's
+            from edgecell.evaluation.cell_counts import add_complete_labels
+
+            add_complete_labels(report, model_paths, data, out, backend=backend)
+        return report
