@@ -381,9 +381,11 @@ def with_features(model, layer: str = FEATURES_LAYER):
     return keras.Model(model.input, [model.output, pooled], name=model.name)
 
 
-def unfamiliar_stats(features: np.ndarray, quantile: float = 99.5, shrink: float = 0.1) -> dict:
+def unfamiliar_stats(features: np.ndarray, quantile: float = 100.0, shrink: float = 0.1) -> dict:
     """Mean and (shrunk) precision of training smears' pooled features; the threshold is the
-    `quantile` percentile of the training smears' own squared Mahalanobis distances."""
+    `quantile` percentile of the training smears' own squared Mahalanobis distances. Default 100:
+    unfamiliar = farther than every training smear (the 99.5th percentile flagged a paler batch
+    of the same lab's Testing smears, 4 of 60, and one shipped sample)."""
     from edgecell.tasks.cells import mahalanobis2
 
     mean = features.mean(0)

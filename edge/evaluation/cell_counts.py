@@ -349,12 +349,13 @@ def add_complete_labels(report: dict, model_paths, data, out_dir, backend: str =
     except EdgecellError as exc:
         report["complete_labels_note"] = f"not evaluated: {exc}"
         return
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir)  # cells_eval.json is written again below, with these entries
     (out_dir / "cell_counts.json").write_text(json.dumps(counter, indent=1, default=float))
     (out_dir / "cell_counts.md").write_text(markdown(counter))
     for entry, extra in zip(report["models"].values(), counter["models"].values()):
         entry["complete_labels"] = {"testing": extra["testing"]["complete"], "chula": {
             k: v for k, v in extra["chula"].items() if k != "per_image"}, "unfamiliar": extra["unfamiliar"]}
+    (out_dir / "cells_eval.json").write_text(json.dumps(report, indent=1, default=float))
 
 
 def main(argv=None) -> int:

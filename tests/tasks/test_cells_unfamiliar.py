@@ -62,16 +62,8 @@ def test_detection_map_is_picked_beside_a_features_output():
     assert out.shape == (40, 52, 7)
 
 
-def _shipped_with_statistics():
-    from edgecell.modelinfo import read_model_info
-
-    if "unfamiliar" not in read_model_info(MODEL).settings:
-        pytest.skip("shipped cells model carries no unfamiliar statistics")
-
-
 @pytest.mark.parametrize("folder,expected", [("products", True), ("bccd", False)])
 def test_shipped_model_flags_photos_not_smears(folder, expected):
-    _shipped_with_statistics()
     from edgecell.images import decode_image
     from edgecell.model import load_model
     from edgecell.pipeline import predict
