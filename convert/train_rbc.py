@@ -488,7 +488,8 @@ def export_rbc(args) -> None:
 
         x = normalise_float(train["x"][pick, m : m + PATCH_SIZE, m : m + PATCH_SIZE], [127.5], [127.5])
         cal = list(x.reshape(args.calibration, args.batch * PATCH_SIZE, PATCH_SIZE, 3))
-        paths = export_model(batched_model(core, PATCH_SIZE, args.batch), info, cal, out, stem)
+        paths = export_model(batched_model(core, PATCH_SIZE, args.batch), info, cal, out, stem,
+                             formats=args.formats.split(","))
         print(stem, ", ".join(sorted(paths)), flush=True)
     (out / "export_summary.json").write_text(json.dumps(summary, indent=1))
 
@@ -524,6 +525,7 @@ def get_args(argv=None):
     q.add_argument("--batch", type=int, default=PATCH_BATCH, help="patches per model call")
     q.add_argument("--calibration", type=int, default=60, help="calibration inputs (smears / patch batches)")
     q.add_argument("--abnormal-types", help=f"comma-separated (default {','.join(DEFAULT_ABNORMAL_TYPES)})")
+    q.add_argument("--formats", default="tflite,openvino,onnx", help="patch-model formats to write")
     q.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

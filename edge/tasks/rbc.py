@@ -365,7 +365,7 @@ def annotate(image: np.ndarray, result: RbcResult) -> np.ndarray:
         centre = (int(round(c.x)), int(round(c.y)))
         cv2.circle(out, centre, radius, ABNORMAL_COLOUR if bad else NORMAL_COLOUR, thick + bad, cv2.LINE_AA)
         if bad:
-            label = c.cell_type if c.cell_type != "normal" else max(
+            label = c.cell_type if c.cell_type in result.abnormal_types else max(
                 (t for t in result.abnormal_types if t in c.types), key=lambda t: c.types[t], default="abnormal")
             cv2.putText(out, label, (centre[0] - radius, centre[1] - radius - 2), cv2.FONT_HERSHEY_SIMPLEX,
                         0.4 * scale, ABNORMAL_COLOUR, thick, cv2.LINE_AA)
