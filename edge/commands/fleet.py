@@ -1,11 +1,11 @@
-"""`edgecell fleet init | status | deploy`: many devices at once, over SSH, on Ansible (the
+"""`edgecell fleet init | status | deploy | bench`: many devices at once, over SSH, on Ansible (the
 controller needs `pip install 'edgecell[fleet]'`; the devices need nothing more than SSH)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -95,4 +95,38 @@ def deploy(bundle: Path = typer.Argument(..., help="Bundle archive (.tar.gz) mad
                                        else None, r.service) if x)]
                 for r in results])
     if any(r.result != "ok" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench(models: Optional[List[str]] = typer.Argument(None, metavar="[MODEL]...", help="Shipped model names or "
+                                                       "paths on the devices. Default: the shipped models."),
+          inventory: Path = _INVENTORY, limit: Optional[str] = _LIMIT,
+          backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Only these backends (repeatable)."),
+          precision: Optional[List[str]] = typer.Option(None, "--precision", help="Only these precisions: fp32, int8."),
+          threads: Optional[List[int]] = typer.Option(None, "--threads", "-t", help="Thread counts (repeatable)."),
+          iterations: int = typer.Option(100, "--iterations", "-n", help="Timed runs per row."),
+          profile: Optional[str] = typer.Option(None, "--profile", help="One profile for every device (default: each "
+                                                "device's edgecell_profile from the inventory)."),
+          out: Path = typer.Option(Path("fleet-bench"), "--out", "-o", help="Folder for fleet-bench.json/csv/md/png."),
+          known_hosts: Optional[Path] = _KNOWN_HOSTS, as_json: bool = _JSON) -> None:
+    """`edgecell bench` on every device at once with its installed edgecell, gathered into one report:
+    rows device x model x backend x precision x threads, each device's CPU, ISA, board, temperature
+    and throttling, the papers' claims beside them; JSON, CSV, Markdown and a PNG comparing devices."""
+    from edgecell.benchmarks.fleet_report import fleet_result, markdown, write
+    from edgecell.fleet.bench import fleet_bench
+
+    args = [*(models or [])]
+    for flag, values in (("--backend", backend), ("--precision", precision), ("--threads", threads)):
+        for v in values or []:
+            args += [flag, str(v)]
+    args += ["--iterations", str(iterations)] + (["--profile", profile] if profile else [])
+    result = fleet_result(fleet_bench(inventory, args, limit=limit, ssh=_ssh(known_hosts)))
+    result["files"] = write(result, out)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(markdown(result))
+        print("written: " + ", ".join(v for k, v in result["files"].items() if not k.endswith("_error")))
+    if any(not d["ok"] for d in result["devices"]):
         raise typer.Exit(1)

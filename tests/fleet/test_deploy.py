@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,11 @@ def _bundle(out: Path, version: str) -> Path:
 
 def _current(prefix: Path) -> str:
     return os.readlink(prefix / "current").rsplit("/", 1)[-1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecell", "fleet", *args], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
 
 
 def _by_device(results) -> dict:
@@ -92,19 +99,23 @@ def test_failed_health_check_rolls_back_that_device_only(fleet, first, broken):
     assert verify_bundle(fleet.prefixes["dev3"] / "current").ok
 
 
-def test_max_fail_stops_the_rollout(fleet, bundles, ssh, broken):
-    results = deploy_bundle(bundles["3.0"], fleet.inventory("good"), serial=1, max_fail=0, ssh=ssh)
-    assert [r.result for r in results] == ["unreachable", "not-run", "not-run", "not-run"]
+def test_max_fail_stops_the_rollout(fleet, bundles, broken):
+    proc = _cli("deploy", str(bundles["3.0"]), "-i", str(fleet.inventory("good")), "--serial", "1", "--max-fail", "0",
+                "--known-hosts", str(fleet.known_hosts), "--json")
+    assert proc.returncode == 1
+    assert [r["result"] for r in json.loads(proc.stdout)] == ["unreachable", "not-run", "not-run", "not-run"]
     assert not any(_current(fleet.prefixes[d]).startswith("cells-3.0-") for d in DEVICES)
 
 
-def test_status_reports_each_device(fleet, ssh, broken):
-    found = {d.device: d for d in fleet_status(fleet.inventory("good"), ssh=ssh)}
-    assert found[UNREACHABLE].reachable is False
-    assert [found[d].version for d in DEVICES] == [_current(fleet.prefixes[d]) for d in DEVICES]
-    assert all(found[d].verified for d in DEVICES)
-    assert all(found[d].free_disk_mb > 0 for d in DEVICES)
-    assert json.loads(json.dumps(found["dev1"].to_dict()))["last_install"]["action"] == "install"
+def test_status_reports_each_device(fleet, broken):
+    proc = _cli("status", "-i", str(fleet.inventory("good")), "--known-hosts", str(fleet.known_hosts), "--json")
+    assert proc.returncode == 1  # one device unreachable
+    found = {d["device"]: d for d in json.loads(proc.stdout)}
+    assert found[UNREACHABLE]["reachable"] is False
+    assert [found[d]["version"] for d in DEVICES] == [_current(fleet.prefixes[d]) for d in DEVICES]
+    assert all(found[d]["verified"] for d in DEVICES)
+    assert all(found[d]["free_disk_mb"] > 0 for d in DEVICES)
+    assert all(found[d]["last_install"]["action"] in ("install", "rollback") for d in DEVICES)
 
 
 def test_unknown_host_key_makes_a_device_unreachable(fleet, tmp_path):
@@ -113,3 +124,17 @@ def test_unknown_host_key_makes_a_device_unreachable(fleet, tmp_path):
     found = fleet_status(fleet.inventory("good"), limit="dev1", ssh=SshSettings(known_hosts=strangers))
     assert [d.reachable for d in found] == [False]
     assert "host key" in (found[0].error or "").lower()
+
+
+def test_fleet_bench_gathers_rows_from_every_device(fleet, ssh, tmp_path, broken):
+    from edgecell.benchmarks.fleet_report import fleet_result, write
+    from edgecell.fleet.bench import fleet_bench
+
+    benches = fleet_bench(fleet.inventory("good"), ["cells", "-b", "litert", "--precision", "int8", "-t", "1",
+                                                    "-n", "3", "--warmup", "1"], ssh=ssh)
+    result = fleet_result(benches)
+    files = write(result, tmp_path)
+    assert {d["device"]: d["ok"] for d in result["devices"]} == {UNREACHABLE: False, **{d: True for d in DEVICES}}
+    assert sorted({r["fleet_device"] for r in result["rows"] if r["status"] == "ok"}) == list(DEVICES)
+    assert all(d["info"].get("isa") for d in result["devices"] if d["ok"])
+    assert Path(files["png"]).stat().st_size > 0 and Path(files["csv"]).read_text().count("\n") == 4
