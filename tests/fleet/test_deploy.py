@@ -138,3 +138,17 @@ def test_fleet_bench_gathers_rows_from_every_device(fleet, ssh, tmp_path, broken
     assert sorted({r["fleet_device"] for r in result["rows"] if r["status"] == "ok"}) == list(DEVICES)
     assert all(d["info"].get("isa") for d in result["devices"] if d["ok"])
     assert Path(files["png"]).stat().st_size > 0 and Path(files["csv"]).read_text().count("\n") == 4
+
+
+def test_status_table_says_why_a_device_is_unreachable(fleet):
+    proc = _cli("status", "-i", str(fleet.inventory("good")), "--limit", UNREACHABLE,
+                "--known-hosts", str(fleet.known_hosts))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert UNREACHABLE in proc.stdout and "no:" in proc.stdout
+
+
+def test_deploy_table_reports_an_unreachable_device(fleet, bundles):
+    proc = _cli("deploy", str(bundles["3.0"]), "-i", str(fleet.inventory("good")), "--limit", UNREACHABLE,
+                "--known-hosts", str(fleet.known_hosts))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert UNREACHABLE in proc.stdout and "unreachable" in proc.stdout
