@@ -12,7 +12,6 @@ import typer
 from edgecell.errors import EdgecellError
 
 DEFAULT_MODEL = "cells"
-DEFAULT_SAMPLES = "bccd"  # the shipped sample set (edgecell.resources)
 
 
 def _range(option: str, low, high=None, expected: str | None = None):
@@ -133,6 +132,18 @@ def parse_thresholds(values: list[str] | str | None) -> dict[str, float] | None:
     return out
 
 
+def default_sample_set(info) -> str:
+    """The shipped sample set for `edgecell run MODEL` without a source: the one that suits the
+    model's task; a model whose task has none (X-ray films cannot ship) is one line asking for input."""
+    from edgecell.tasks import get_task
+
+    samples = get_task(info.task).sample_set(info)
+    if samples is None:
+        raise EdgecellError(f"no shipped sample images for {info.task!r} models; give an image, a folder, "
+                            f"a video or --camera, e.g. edgecell run MODEL path/to/images")
+    return samples
+
+
 def run_command(model: str, source: Optional[str | int], camera: Optional[int], backend: str, threads: Optional[int],
                 device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
                 fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
@@ -149,15 +160,16 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
 
     if camera is not None:
         source = camera  # an int: a camera even where a folder has that name
-    if source is None:
-        source = str(shipped_samples(DEFAULT_SAMPLES))
-    kind = describe_source(source)
+    kind = describe_source(source) if source is not None else None
     if show or serve:
         from edgecell.live import check_display_options
 
         check_display_options(show=show, serve=serve)
     loaded = load_model(resolve_model_path(model, backend), backend, threads=threads, device=device,
                         providers=providers.split(",") if providers else None)
+    if source is None:  # the shipped samples of this model's task, never another task's images
+        source = str(shipped_samples(default_sample_set(loaded.info)))
+        kind = describe_source(source)
     thresholds = parse_thresholds(threshold)
     if thresholds:
         unknown = set(thresholds) - set(loaded.info.labels)

@@ -139,6 +139,14 @@ class Task(ABC):
 
     #: the name in a model's metadata (`"task": "cells"`) and in the registry
     name: ClassVar[str] = ""
+    #: the shipped sample set (`edgecell.resources.shipped_samples`) that `edgecell run MODEL` with
+    #: no source runs on; None where no images of this kind may ship (their licences)
+    samples: ClassVar[str | None] = None
+
+    def sample_set(self, info: "ModelInfo") -> str | None:
+        """Which shipped samples suit a model of this task (`edgecell run MODEL` without a source),
+        so a model is never shown another task's images by default."""
+        return self.samples
 
     def check(self, info: "ModelInfo", session: "Session") -> None:
         """Refuse at load time, with one line, a model whose metadata does not fit this task or

@@ -587,6 +587,7 @@ class CellsTask(Task):
     """Blood-cell counting: the module's functions behind the task contract."""
 
     name = TASK
+    samples = "bccd"
 
     def check(self, info: ModelInfo, session) -> None:
         check_info(info)

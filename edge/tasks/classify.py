@@ -81,6 +81,9 @@ class ClassifyTask(Task):
     def __init__(self, name: str = "classify"):
         self.name = name
 
+    def sample_set(self, info: ModelInfo) -> str | None:
+        return "products" if self.name == "products" else None
+
     def check(self, info: ModelInfo, session) -> None:
         check_label_count(info, session, output_size(session, info.settings.get("probs_output")), "class scores")
 

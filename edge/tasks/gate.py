@@ -108,6 +108,13 @@ class GateTask(Task):
 
     name = "gate"
 
+    def sample_set(self, info: ModelInfo) -> str | None:
+        """A gate is shown its task model's samples."""
+        from edgecell.tasks import get_task
+
+        for_task = info.settings.get("for_task")
+        return get_task(for_task).sample_set(info) if for_task and for_task != self.name else None
+
     def preprocess(self, image: np.ndarray, info: ModelInfo):
         return preprocess(image, info)
 

@@ -380,6 +380,7 @@ class RbcTask(Task):
     """Red-cell morphology: the module's functions behind the task contract."""
 
     name = TASK
+    samples = "chula"
 
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, RbcContext]:
         return preprocess(image, info)
