@@ -185,6 +185,11 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
             raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
         gate_model = load_model(resolve_model_path(gate, backend), backend, threads=threads, device=device)
         require_task(gate_model.info, "gate")
+        from edgecell.tasks.gate import task_model_mismatch
+
+        mismatch = task_model_mismatch(gate_model.info, loaded.path)
+        if mismatch:
+            _stderr_console().print(f"edgecell: warning: {mismatch}", highlight=False, soft_wrap=True)
     files = kind in ("image", "folder")
     if overlays == "auto":  # a folder's overlays are bounded by the folder; a stream's are not
         overlays = "all" if files else "flagged"

@@ -72,6 +72,26 @@ def gate_pixels(image: np.ndarray, info: ModelInfo) -> np.ndarray:
     return resize(pixels, tuple(info.input_size), antialias=False)  # bit-exact bilinear, as trained
 
 
+def task_model_mismatch(gate_info: ModelInfo, task_model_path) -> str | None:
+    """Why a gate does not fit the task model in front of which it runs, or None.
+
+    A gate is trained on the answers of one task model (its sidecar records that file's SHA-256):
+    in front of another model its decisions and the figures in its card are unmeasured, so the
+    user is told rather than left to trust them."""
+    import hashlib
+    from pathlib import Path
+
+    expected = (gate_info.metrics or {}).get("task_model_sha256")
+    if not expected:
+        return None
+    digest = hashlib.sha256(Path(task_model_path).read_bytes()).hexdigest()
+    if digest == expected:
+        return None
+    trained_for = (gate_info.metrics or {}).get("task_model", "another model")
+    return (f"gate {gate_info.name or 'model'} was trained for {trained_for} (SHA-256 {expected[:12]}...), not "
+            f"{Path(task_model_path).name} ({digest[:12]}...): its decisions are unmeasured for this model")
+
+
 def preprocess(image: np.ndarray, info: ModelInfo):
     require_task(info, "gate")
     tensor, _ = to_input_tensor(gate_pixels(image, info), info)  # already at size: no second resize
