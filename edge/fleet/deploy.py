@@ -116,7 +116,8 @@ def deploy_bundle(bundle: Path, inventory: Path, *, limit: str | None = None, se
         raise FleetError(f"{inventory}: no device matches {limit or 'all'}")
     size = serial if serial > 0 else len(devices)
     extra = {"bundle": str(bundle.absolute()), "bundle_sha256": sha256_file(bundle), "bundle_file": bundle.name,
-             "health_image": str(image) if image else "", "expected": expected}
+             "health_image": str(image) if image else "", "health_image_sha256": sha256_file(image) if image else "",
+             "expected": expected}
     results: list[DeviceDeploy] = []
     for start in range(0, len(devices), size):
         batch = devices[start:start + size]
