@@ -18,9 +18,9 @@ PACKAGES = {"edge": "edgecell", "convert": "edgecell.convert", "calibration": "e
 CLI = ("edge/cli.py", "edge/commands/", "edge/cli_bundle.py", "edge/__main__.py")
 #: arrows that still run up, not yet cleaned up (remove entries, never add): the bundle builder
 #: checks `--run` options against the real `run` command
-KNOWN_UPWARD = {("edge/bundle/build.py", "edgecell.cli")}
+KNOWN_UPWARD: set = set()  # was bundle/build.py -> edgecell.cli; keep it empty
 #: private names imported across files that are not yet cleaned up (remove entries, never add)
-KNOWN_PRIVATE = {"edge/bundle/verify.py", "edge/bundle/install.py", "edge/bundle/signing.py", "edge/bundle/build.py"}
+KNOWN_PRIVATE: set = set()
 
 
 def imports(path: Path) -> list[ast.ImportFrom | ast.Import]:

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterable
 from edgecell import __version__
 from edgecell.backends import BACKENDS, BY_SUFFIX, REGISTRY
 from edgecell.bundle.common import (BUNDLE_FORMAT, CRYPTOGRAPHY_REQ, GATE_POLICIES, INSTALL_SCRIPT, MANIFEST,
-                                    RUN_CONFIG, SIGNATURE, BundleError, RunSettings, _fsync_dir, _last_error_line,
-                                    _now, _safe_name, companion_files, sha256_file)
+                                    RUN_CONFIG, SIGNATURE, BundleError, RunSettings, fsync_dir, last_error_line,
+                                    utc_now, safe_name, companion_files, sha256_file)
 from edgecell.bundle.profiles import BundleProfile, get_profile
-from edgecell.bundle.signing import _load_private_key, key_fingerprint
-from edgecell.bundle.verify import _walk_files, verify_bundle
+from edgecell.bundle.signing import load_private_key, key_fingerprint
+from edgecell.bundle.verify import walk_files, verify_bundle
 from edgecell.bundle.wheel import build_edgecell_wheel, model_family
 from edgecell.resources import MODELS, shipped_path, source_checkout
 
@@ -148,7 +148,7 @@ def download_wheels(requirements: list[str], dest: Path, profile: BundleProfile,
         if re.search(r"(?i)(connection|network|resolve|timed out|proxy|temporary failure)", text):
             hint = " (is PyPI reachable? build with --no-wheels to make a bundle without the wheelhouse)"
         raise BundleError(f"downloading wheels for {profile.name} (Python {python_version}) failed: "
-                          f"{_last_error_line(text)}{hint}")
+                          f"{last_error_line(text)}{hint}")
     return sorted(dest.glob("*.whl"))
 
 
@@ -244,10 +244,10 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run: RunSetting
         if isinstance(gate_policy, str) and gate_policy not in GATE_POLICIES:
             raise BundleError(f"gate policy {gate_policy!r}: expected one of {', '.join(GATE_POLICIES)}")
     main_info = mains[0][2]
-    name = _safe_name(name or main_info.name or mains[0][0].stem)
-    created = _now()
-    version = _safe_name(version or created.strftime("%Y.%m.%d.%H%M%S"))
-    signer = _load_private_key(sign_key) if sign_key else None
+    name = safe_name(name or main_info.name or mains[0][0].stem)
+    created = utc_now()
+    version = safe_name(version or created.strftime("%Y.%m.%d.%H%M%S"))
+    signer = load_private_key(sign_key) if sign_key else None
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run: RunSetting
             script.chmod(0o755)
 
         file_table = {}
-        for rel in sorted(_walk_files(root)):
+        for rel in sorted(walk_files(root)):
             p = root / rel
             if p.is_symlink():
                 raise BundleError(f"{rel}: a link inside the bundle; bundles hold regular files only")
@@ -340,7 +340,7 @@ def build_bundle(models: list[Path], *, profile: str, out: Path, run: RunSetting
             os.replace(tmp_archive, final_archive)
         else:
             os.rename(root, final_dir)
-        _fsync_dir(out)
+        fsync_dir(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final

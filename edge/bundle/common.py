@@ -66,15 +66,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _now() -> _dt.datetime:
+def utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-.") or "bundle"
 
 
-def _write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> Path:
+def write_durable(path: Path, data: bytes, mode: int | None = None) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -86,7 +86,7 @@ def _write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> Pat
     return path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -99,7 +99,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _is_safe_relpath(name: str) -> bool:
+def is_safe_relpath(name: str) -> bool:
     """A relative POSIX path that stays inside its root: no absolute path, no '..', no NUL."""
     if not name or "\x00" in name or "\\" in name:
         return False
@@ -111,13 +111,13 @@ def _is_safe_relpath(name: str) -> bool:
 
 
 
-def _last_error_line(text: str) -> str:
+def last_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("ERROR")]
     return (errors or lines or ["(no output)"])[-1][:400]
 
 
-def _pinned_key_path(prefix: Path) -> Path:
+def pinned_key_path(prefix: Path) -> Path:
     return Path(prefix) / TRUSTED_KEY
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from edgecell.bundle.common import (HISTORY, LOCAL_DIRS, BundleError, BundleVerificationError,
-                                    _fsync_dir, _last_error_line, _now, _pinned_key_path, _safe_name,
-                                    _write_bytes_atomic)
+                                    fsync_dir, last_error_line, utc_now, pinned_key_path, safe_name,
+                                    write_durable)
 from edgecell.bundle.signing import key_fingerprint, load_public_key, public_key_bytes
-from edgecell.bundle.verify import _bundle_root, read_manifest, safe_extract, verify_bundle
+from edgecell.bundle.verify import bundle_root, read_manifest, safe_extract, verify_bundle
 
 
 # install, rollback, systemd
@@ -34,7 +34,7 @@ def _read_history(prefix: Path) -> list[dict[str, Any]]:
 
 
 def _append_history(prefix: Path, entry: dict[str, Any]) -> None:
-    line = json.dumps({"time": _now().isoformat(timespec="seconds"), **entry}) + "\n"
+    line = json.dumps({"time": utc_now().isoformat(timespec="seconds"), **entry}) + "\n"
     fd = os.open(Path(prefix) / HISTORY, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, line.encode())
@@ -60,7 +60,7 @@ def _activate(prefix: Path, target: Path) -> None:
         tmp.unlink()
     os.symlink(rel, tmp)
     os.replace(tmp, prefix / "current")
-    _fsync_dir(prefix)
+    fsync_dir(prefix)
 
 
 def _die_with_parent() -> None:
@@ -111,7 +111,7 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
         proc = _run_child([py, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
     if proc.returncode != 0:
-        raise BundleError(f"creating the virtual environment failed: {_last_error_line(proc.stderr + proc.stdout)}"
+        raise BundleError(f"creating the virtual environment failed: {last_error_line(proc.stderr + proc.stdout)}"
                           " (on Debian: apt install python3-venv)")
     wheels = version_dir / "wheels"
     what = (["--no-deps", *map(str, sorted(wheels.glob("*.whl")))] if info.get("no_deps")
@@ -119,11 +119,11 @@ def _create_env(version_dir: Path, manifest: dict[str, Any], python: str | None)
     proc = _run_child([*pip, "install", "--no-index", "--find-links", str(wheels), "--disable-pip-version-check",
                        "-q", *what], env=env)
     if proc.returncode != 0:
-        raise BundleError(f"offline install from the wheelhouse failed: {_last_error_line(proc.stderr + proc.stdout)}")
+        raise BundleError(f"offline install from the wheelhouse failed: {last_error_line(proc.stderr + proc.stdout)}")
     modules = info.get("check_imports") or ["edgecell"]
     proc = _run_child([str(venv / "bin" / "python"), "-c", "import " + ", ".join(modules)], env=env)
     if proc.returncode != 0:
-        raise BundleError(f"the installed environment does not import: {_last_error_line(proc.stderr)}")
+        raise BundleError(f"the installed environment does not import: {last_error_line(proc.stderr)}")
     return venv
 
 
@@ -175,7 +175,7 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
     prefix = Path(prefix).absolute()
     versions = prefix / "versions"
     versions.mkdir(parents=True, exist_ok=True)
-    pinned = _pinned_key_path(prefix)
+    pinned = pinned_key_path(prefix)
     key = None
     if trust is not None:
         key = load_public_key(trust)
@@ -187,19 +187,19 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
     if not bundle.exists():
         raise BundleError(f"{bundle}: no such bundle")
     _remove_leftovers(prefix)
-    stamp = _now().strftime("%Y%m%dT%H%M%S")
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
     target: Path | None = None
     try:
         if bundle.is_file():
             root = safe_extract(bundle, staging)
         else:
-            src_root = _bundle_root(bundle)
+            src_root = bundle_root(bundle)
             root = staging / "bundle"
             shutil.copytree(src_root, root, symlinks=True,
                             ignore=lambda d, names: [n for n in names if Path(d) == src_root and n in LOCAL_DIRS])
         manifest = read_manifest(root)
-        base = f"{_safe_name(manifest.get('name', 'bundle'))}-{_safe_name(manifest.get('version', '0'))}-{stamp}"
+        base = f"{safe_name(manifest.get('name', 'bundle'))}-{safe_name(manifest.get('version', '0'))}-{stamp}"
         target = versions / base
         n = 1
         while target.exists():
@@ -222,7 +222,7 @@ def _install(bundle, *, prefix: Path, trust: Path | None = None, create_env: boo
             shutil.rmtree(target, ignore_errors=True)
         raise
     if trust is not None and not pinned.is_file():
-        _write_bytes_atomic(pinned, public_key_bytes(key))
+        write_durable(pinned, public_key_bytes(key))
     _prune(prefix, keep)
     return target
 
@@ -284,7 +284,7 @@ def _rollback(prefix: Path) -> Path:
     if current.name not in names or names.index(current.name) == 0:
         raise BundleError(f"{prefix}: no earlier version to roll back to (current: {current.name})")
     target = versions[names.index(current.name) - 1]
-    pinned = _pinned_key_path(prefix)
+    pinned = pinned_key_path(prefix)
     result = verify_bundle(target, public_key=pinned if pinned.is_file() else None)
     if not result.ok:
         raise BundleVerificationError(f"cannot roll back to {target.name}: {result.message()}")

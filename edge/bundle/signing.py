@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgecell.bundle.common import BundleError, _write_bytes_atomic
+from edgecell.bundle.common import BundleError, write_durable
 
 
 # --------------------------------------------------------------------------------------------
 # signing (ed25519 through `cryptography`, imported only when used)
 
 
-def _crypto():
+def crypto_api():
     try:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import serialization
@@ -27,21 +27,21 @@ def _crypto():
 
 def generate_keypair(private_path: Path, public_path: Path) -> None:
     """Write a new ed25519 key pair (PEM). Keep the private key off the devices."""
-    ed25519, serialization, _ = _crypto()
+    ed25519, serialization, _ = crypto_api()
     key = ed25519.Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(Path(private_path), key.private_bytes(
+    write_durable(Path(private_path), key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
-    _write_bytes_atomic(Path(public_path), public_key_bytes(key.public_key()))
+    write_durable(Path(public_path), public_key_bytes(key.public_key()))
 
 
 def public_key_bytes(public_key) -> bytes:
-    _, serialization, _ = _crypto()
+    _, serialization, _ = crypto_api()
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _load_private_key(path: Path):
-    ed25519, serialization, _ = _crypto()
+def load_private_key(path: Path):
+    ed25519, serialization, _ = crypto_api()
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -59,7 +59,7 @@ def _load_private_key(path: Path):
 
 def load_public_key(key) -> Any:
     """An ed25519 public key from a path, PEM/raw bytes, or a key object."""
-    ed25519, serialization, _ = _crypto()
+    ed25519, serialization, _ = crypto_api()
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -87,7 +87,7 @@ def load_public_key(key) -> Any:
 
 
 def key_fingerprint(public_key) -> str:
-    _, serialization, _ = _crypto()
+    _, serialization, _ = crypto_api()
     raw = load_public_key(public_key).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgecell.bundle.common import (BUNDLE_FORMAT, LOCAL_DIRS, MANIFEST, RUN_CONFIG, SIGNATURE, BundleError,
-                                    BundleVerificationError, UnsafeArchiveError, _is_safe_relpath,
-                                    _pinned_key_path, sha256_file)
-from edgecell.bundle.signing import _crypto, key_fingerprint, load_public_key
+                                    BundleVerificationError, UnsafeArchiveError, is_safe_relpath,
+                                    pinned_key_path, sha256_file)
+from edgecell.bundle.signing import crypto_api, key_fingerprint, load_public_key
 
 
 # safe extraction
@@ -31,7 +31,7 @@ def check_archive_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     names = set()
     for m in members:
         name = m.name
-        if not _is_safe_relpath(name):
+        if not is_safe_relpath(name):
             raise UnsafeArchiveError(f"refusing archive: member {name!r} has an absolute path or '..'")
         if m.issym():
             target = m.linkname
@@ -39,7 +39,7 @@ def check_archive_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
                     or ".." in target.split("/")):
                 raise UnsafeArchiveError(f"refusing archive: link {name!r} -> {target!r} points outside the bundle")
         elif m.islnk():
-            if not _is_safe_relpath(m.linkname) or posixpath.normpath(m.linkname) not in names:
+            if not is_safe_relpath(m.linkname) or posixpath.normpath(m.linkname) not in names:
                 raise UnsafeArchiveError(f"refusing archive: hard link {name!r} -> {m.linkname!r} "
                                          "points outside the bundle")
         elif not (m.isfile() or m.isdir()):
@@ -73,10 +73,10 @@ def safe_extract(archive: Path, dest: Path) -> Path:
                 tar.extractall(dest, members=members)
         except (tarfile.TarError, OSError) as exc:
             raise BundleError(f"{archive}: cannot unpack ({exc})") from None
-    return _bundle_root(dest)
+    return bundle_root(dest)
 
 
-def _bundle_root(folder: Path) -> Path:
+def bundle_root(folder: Path) -> Path:
     if (folder / MANIFEST).is_file():
         return folder
     subs = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
@@ -155,7 +155,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
-def _walk_files(root: Path) -> Iterable[str]:
+def walk_files(root: Path) -> Iterable[str]:
     """Every file and link under root as a POSIX relative path (links are not followed)."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = Path(dirpath).relative_to(root)
@@ -188,7 +188,7 @@ def verify_bundle(path, *, public_key=None) -> VerifyResult:
         result.errors.append(f"{path}: no such bundle folder or archive")
         return result
     try:
-        root = _bundle_root(path)
+        root = bundle_root(path)
         manifest = read_manifest(root)
     except BundleError as exc:
         result.errors.append(str(exc))
@@ -197,7 +197,7 @@ def verify_bundle(path, *, public_key=None) -> VerifyResult:
     result.profile = str((manifest.get("profile") or {}).get("name", ""))
     listed = manifest["files"]
     for rel, meta in sorted(listed.items()):
-        if not _is_safe_relpath(rel) or rel in (MANIFEST, SIGNATURE):
+        if not is_safe_relpath(rel) or rel in (MANIFEST, SIGNATURE):
             result.errors.append(f"manifest lists an unsafe path {rel!r}")
             continue
         p = root / rel
@@ -213,14 +213,14 @@ def verify_bundle(path, *, public_key=None) -> VerifyResult:
             continue
         result.files += 1
         result.bytes += size
-    for rel in _walk_files(root):
+    for rel in walk_files(root):
         if rel not in listed and rel not in (MANIFEST, SIGNATURE):
             result.extra.append(rel)
     sig_path = root / SIGNATURE
     if public_key is not None:
         try:
             pub = load_public_key(public_key)
-            _, _, InvalidSignature = _crypto()
+            _, _, InvalidSignature = crypto_api()
         except BundleError as exc:
             result.errors.append(str(exc))
             pub = None
@@ -269,10 +269,10 @@ def open_bundle(path, *, public_key=None) -> tuple[Path, dict[str, Any]]:
         _EXTRACTED.append(tmp)  # lives as long as the process: the model is read from it
         root = safe_extract(p, Path(tmp.name))
     else:
-        root = _bundle_root(p)
+        root = bundle_root(p)
     real = root.resolve()
     if public_key is None and real.parent.name == "versions":
-        pinned = _pinned_key_path(real.parent.parent)
+        pinned = pinned_key_path(real.parent.parent)
         if pinned.is_file():
             public_key = pinned
     verify_bundle(root, public_key=public_key).raise_for_failure()
