@@ -126,18 +126,16 @@ def test_unknown_host_key_makes_a_device_unreachable(fleet, tmp_path):
     assert "host key" in (found[0].error or "").lower()
 
 
-def test_fleet_bench_gathers_rows_from_every_device(fleet, ssh, tmp_path, broken):
-    from edgecell.benchmarks.fleet_report import fleet_result, write
-    from edgecell.fleet.bench import fleet_bench
-
-    benches = fleet_bench(fleet.inventory("good"), ["cells", "-b", "litert", "--precision", "int8", "-t", "1",
-                                                    "-n", "3", "--warmup", "1"], ssh=ssh)
-    result = fleet_result(benches)
-    files = write(result, tmp_path)
+def test_fleet_bench_gathers_rows_from_every_device(fleet, tmp_path, broken):
+    proc = _cli("bench", "cells", "-i", str(fleet.inventory("good")), "-b", "litert", "--precision", "int8",
+                "-t", "1", "-n", "3", "--known-hosts", str(fleet.known_hosts), "-o", str(tmp_path), "--json")
+    assert proc.returncode == 1  # the unreachable device was not measured
+    result = json.loads(proc.stdout)
     assert {d["device"]: d["ok"] for d in result["devices"]} == {UNREACHABLE: False, **{d: True for d in DEVICES}}
     assert sorted({r["fleet_device"] for r in result["rows"] if r["status"] == "ok"}) == list(DEVICES)
     assert all(d["info"].get("isa") for d in result["devices"] if d["ok"])
-    assert Path(files["png"]).stat().st_size > 0 and Path(files["csv"]).read_text().count("\n") == 4
+    assert Path(result["files"]["png"]).stat().st_size > 0
+    assert Path(result["files"]["csv"]).read_text().count("\n") == 4
 
 
 def test_status_table_says_why_a_device_is_unreachable(fleet):
