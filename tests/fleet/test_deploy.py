@@ -150,3 +150,37 @@ def test_deploy_table_reports_an_unreachable_device(fleet, bundles):
                 "--known-hosts", str(fleet.known_hosts))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert UNREACHABLE in proc.stdout and "unreachable" in proc.stdout
+
+
+SHIFT_COUNTS = """import json, sys
+shift = int(sys.argv[1])
+for line in sys.stdin:
+    if line.startswith("{"):
+        record = json.loads(line)
+        counts = (record.get("result") or {}).get("counts")
+        if counts:
+            counts[sorted(counts)[0]] += shift
+        line = json.dumps(record) + "\\n"
+    sys.stdout.write(line)
+"""
+
+
+def _counts_off_by(fleet, shift: int) -> Path:
+    """An edgecell whose `run` answers with one class count moved by `shift` cells, as another
+    backend (or a broken one) would."""
+    script = fleet.root / "shift_counts.py"
+    script.write_text(SHIFT_COUNTS)
+    wrapper = fleet.root / f"edgecell-off-by-{shift}"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = run ]; then {fleet.edgecell} "$@" | {sys.executable} {script} {shift}; '
+                       f'exit 0; fi\nexec {fleet.edgecell} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_health_check_accepts_one_cell_of_backend_difference_and_rolls_back_more(fleet, ssh, tmp_path):
+    inventory = fleet.inventory("shifted", {"dev1": {"edgecell_command": str(_counts_off_by(fleet, 1))},
+                                            "dev2": {"edgecell_command": str(_counts_off_by(fleet, 3))}})
+    done = _by_device(deploy_bundle(_bundle(tmp_path, "4.0"), inventory, limit="dev1,dev2", max_fail=100, ssh=ssh))
+    assert done["dev1"].result == "ok", done["dev1"].error
+    assert done["dev2"].result == "rolled-back"
+    assert "health" in done["dev2"].error
