@@ -357,9 +357,9 @@ def _task_feeds(model, image: np.ndarray, row: dict) -> dict[str, np.ndarray]:
     from edgecell.tasks import get_task
 
     task = get_task(model.info.task)
-    row["input_sha1"] = tensor_sha1({model.session.inputs[0].name:
-                                     task.preprocess(image, replace(model.info, input_quantization=None))[0]})
-    return {model.session.inputs[0].name: task.preprocess(image, model.info)[0]}
+    row["input_sha1"] = tensor_sha1({model.session.inputs[0].name: task.model_input(
+        model.session, image, replace(model.info, input_quantization=None))})
+    return {model.session.inputs[0].name: task.model_input(model.session, image, model.info)}
 
 
 def reference_of(path: Path) -> Path | None:

@@ -161,6 +161,12 @@ class Task(ABC):
         """Model outputs by name (float). One `session.run` unless a task needs more (tiles, Grad-CAM)."""
         return session.run(tensor)
 
+    def model_input(self, session: "Session", image: np.ndarray, info: "ModelInfo") -> np.ndarray:
+        """The input of one bare model call made from `image`, for the benchmarks' timing of the
+        backend alone. Default: the pre-processed image; a task whose model runs on something else
+        (rbc: a batch of patches around detected cells) makes that."""
+        return self.preprocess(image, info)[0]
+
     @abstractmethod
     def postprocess(self, outputs: dict[str, np.ndarray], context: Any, info: "ModelInfo",
                     **options: Any) -> TaskResult:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -267,35 +267,56 @@ def detector_for(session, info: ModelInfo):
     return _DETECTORS[key]
 
 
-def classify_patches(session, patches: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """N x (types + classes) logits: `patch_batch` patches per model call, the last call padded."""
-    n, size = len(patches), int(info.input_size[0])
-    batch = patch_batch(info)
-    out = []
-    for i in range(0, n, batch):
+def patch_inputs(patches: np.ndarray, info: ModelInfo) -> Iterator[np.ndarray]:
+    """The model inputs for `patches`: `patch_batch` patches per model call, the last call padded."""
+    size, batch = int(info.input_size[0]), patch_batch(info)
+    for i in range(0, len(patches), batch):
         chunk = patches[i : i + batch]
         if len(chunk) < batch:
             chunk = np.concatenate([chunk, np.full((batch - len(chunk), *chunk.shape[1:]), PAD_VALUE, np.uint8)])
-        x = normalise(chunk.reshape(batch * size, size, 3), info)[None]
-        y = next(iter(session.run(x).values()))
-        out.append(np.asarray(y, np.float32).reshape(batch, -1))
+        yield normalise(chunk.reshape(batch * size, size, 3), info)[None]
+
+
+def classify_patches(session, patches: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """N x (types + classes) logits, batched as `patch_inputs` cuts them."""
+    n, batch = len(patches), patch_batch(info)
+    out = [np.asarray(next(iter(session.run(x).values())), np.float32).reshape(batch, -1)
+           for x in patch_inputs(patches, info)]
     if not out:
         return np.zeros((0, len(info.labels) + len(info.settings["classes"])), np.float32)
     return np.concatenate(out)[:n]
 
 
-def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext | None = None, **_: Any) -> dict:
-    """Detect centres, cut a patch around each, classify the patches (batched)."""
+def find_centres(session, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Red-cell centres (N x 2, input-image pixels) and their scores, from the sidecar's detector."""
     from edgecell.pipeline import predict
 
+    found, _ = predict(detector_for(session, info), image)
+    rbc = found.classes == found.labels.index("RBC") if "RBC" in found.labels else np.ones(len(found.classes), bool)
+    boxes, scores = found.boxes[rbc], found.scores[rbc]
+    return (boxes[:, :2] + boxes[:, 2:]) / 2, scores
+
+
+def model_input(session, image: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The first patch batch of `image` (a padded batch where no cell is found): what one bare call
+    of the patch model sees, for the benchmarks."""
+    from edgecell.tasks.cells import as_rgb
+
+    image = as_rgb(image)
+    centres, _ = find_centres(session, image, info)
+    crop, size = int(info.settings.get("patch_crop", PATCH_CROP)), int(info.input_size[0])
+    patches = cut_patches(image, centres, crop=crop, size=size)
+    if not len(patches):
+        patches = np.full((1, size, size, 3), PAD_VALUE, np.uint8)
+    return next(patch_inputs(patches, info))
+
+
+def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext | None = None, **_: Any) -> dict:
+    """Detect centres, cut a patch around each, classify the patches (batched)."""
     check_info(info)
     image = tensor if context is None else context.image
     t0 = time.perf_counter()
-    detector = detector_for(session, info)
-    found, _ = predict(detector, image)
-    rbc = found.classes == found.labels.index("RBC") if "RBC" in found.labels else np.ones(len(found.classes), bool)
-    boxes, scores = found.boxes[rbc], found.scores[rbc]
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    centres, scores = find_centres(session, image, info)
     t1 = time.perf_counter()
     crop = int(info.settings.get("patch_crop", PATCH_CROP))
     patches = cut_patches(image, centres, crop=crop, size=int(info.input_size[0]))
@@ -387,6 +408,9 @@ class RbcTask(Task):
 
     def infer(self, session, tensor: np.ndarray, info: ModelInfo, *, context: Any = None, **options: Any) -> dict:
         return infer(session, tensor, info, context=context, **options)
+
+    def model_input(self, session, image: np.ndarray, info: ModelInfo) -> np.ndarray:
+        return model_input(session, image, info)
 
     def postprocess(self, outputs: dict, context: Any, info: ModelInfo, **options: Any) -> RbcResult:
         return postprocess(outputs, context, info, **options)
