@@ -14,19 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgecell.bundle import open_bundle, read_manifest, sha256_file
+from edgecell.bundle import run_bundle_args, safe_extract, sha256_file
 from edgecell.fleet.ansible import FleetError, PlaybookRun, SshSettings, list_devices, run_playbook
 from edgecell.resources import shipped_samples
 
-#: a task's sample set among the shipped samples: the health check runs the bundle on one of them
-SAMPLE_SETS = {"cells": "bccd", "products": "products"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
 class DeviceDeploy:
     """One device's deploy: `result` is ok, failed, rolled-back, unreachable or not-run (the
-    rollout stopped before its batch); `copied` False means the device already held the bundle."""
+    rollout stopped before its batch); `copied` False means the device already held the bundle.
+    A first install that fails after its switch is removed again (nothing to roll back to): failed,
+    `new_version` None, the device without a version as before."""
     device: str
     result: str
     old_version: str | None = None
@@ -40,8 +40,14 @@ class DeviceDeploy:
         return asdict(self)
 
 
-def _sample_image(task: str) -> Path | None:
-    subset = SAMPLE_SETS.get(task)
+def health_image(model: Path) -> Path | None:
+    """The shipped sample the health check runs `model` on: the first image of its task's sample
+    set (the task registry's `sample_set`); None where the task ships no images (X-ray films)."""
+    from edgecell.modelinfo import read_model_info
+    from edgecell.tasks import get_task, task_names
+
+    info = read_model_info(model)
+    subset = get_task(info.task).sample_set(info) if info.task in task_names() else None
     if subset is None:
         return None
     images = sorted(p for p in shipped_samples(subset).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -56,7 +62,8 @@ def result_summary(result: dict[str, Any]) -> Any:
 
 def expected_health(bundle: Path, image: Path) -> Any:
     """The bundle's model on `image`, here on the controller, through the same `edgecell run` the
-    device uses: what the device must answer after its install."""
+    device uses: what the device must answer after its install. `bundle`: an archive, or the
+    folder it was unpacked to (one unpacking less)."""
     with tempfile.TemporaryDirectory(prefix="edgecell-fleet-health-") as out:
         proc = subprocess.run([sys.executable, "-m", "edgecell", "run", str(bundle), str(image), "--max-frames", "1",
                                "--json", "--out", out], capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -64,7 +71,7 @@ def expected_health(bundle: Path, image: Path) -> Any:
     line = json.loads(lines[0]) if lines else {}
     if proc.returncode != 0 or not line.get("ok"):
         tail = (proc.stderr.strip().splitlines() or [line.get("error", "no result")])[-1]
-        raise FleetError(f"{bundle}: the bundle does not run its own sample here ({tail}); not deploying it")
+        raise FleetError(f"{Path(bundle).name}: the bundle does not run its own sample here ({tail}); not deploying it")
     return result_summary(line["result"])
 
 
@@ -89,10 +96,14 @@ def _device_result(run: PlaybookRun, host: str, seconds: float) -> DeviceDeploy:
     dev.service = (service.stdout.strip() or None) if service is not None and not service.skipped else None
     failed = run.task(host, "failed")
     if failed is not None and failed.failed:
-        rolled = run.task(host, "roll back")
+        rolled, withdrawn = run.task(host, "roll back"), run.task(host, "withdraw")
         dev.error = str(failed.result.get("msg", "failed"))[:300]
         dev.new_version = dev.old_version if rolled is not None and not rolled.skipped else dev.new_version
         dev.result = "rolled-back" if rolled is not None and not rolled.skipped and not rolled.failed else "failed"
+        if withdrawn is not None and not withdrawn.skipped:
+            dev.new_version = None if not withdrawn.failed else dev.new_version
+            dev.error += ("; first install: nothing to roll back to, " + ("the new version was removed (none active)"
+                          if not withdrawn.failed else "removing it failed too: check the device"))
     elif failed is None and run.error(host):
         dev.result, dev.error = "failed", run.error(host)
     return dev
@@ -107,10 +118,12 @@ def deploy_bundle(bundle: Path, inventory: Path, *, limit: str | None = None, se
     bundle = Path(bundle)
     if not (bundle.is_file() and bundle.name.endswith(".tar.gz")):
         raise FleetError(f"{bundle}: expected a bundle archive (.tar.gz) made by `edgecell bundle`")
-    root, _ = open_bundle(bundle)  # refuses a bundle that does not verify here, before any device sees it
-    manifest = read_manifest(root)
-    image = _sample_image(str((manifest.get("task") or {}).get("task", "")))
-    expected = expected_health(bundle, image) if image else None
+    with tempfile.TemporaryDirectory(prefix="edgecell-fleet-bundle-") as unpacked:
+        # refuses a bundle that does not verify here, before any device sees it
+        root = safe_extract(bundle, Path(unpacked))
+        model, _, _ = run_bundle_args(root)
+        image = health_image(model)
+        expected = expected_health(root, image) if image else None
     devices = list_devices(inventory, limit)
     if not devices:
         raise FleetError(f"{inventory}: no device matches {limit or 'all'}")

@@ -61,15 +61,19 @@ def again(fleet, bundles, ssh, first):
     return _by_device(deploy_bundle(bundles["1.0"], fleet.inventory("good"), limit=",".join(DEVICES), ssh=ssh))
 
 
-@pytest.fixture(scope="module")
-def broken(fleet, bundles, ssh, again):
-    """2.0 where dev3's edgecell installs but cannot run a model (its backend broken): dev3's
-    health check fails after its switch to 2.0."""
+def _broken_edgecell(fleet) -> Path:
+    """An edgecell that installs but cannot run a model (its backend broken)."""
     wrapper = fleet.root / "broken-edgecell"
     wrapper.write_text(f'#!/bin/sh\nif [ "$1" = run ]; then echo "edgecell: error: backend broken" >&2; exit 2; fi\n'
                        f'exec {fleet.edgecell} "$@"\n')
     wrapper.chmod(0o755)
-    inventory = fleet.inventory("broken", {"dev3": {"edgecell_command": str(wrapper)}})
+    return wrapper
+
+
+@pytest.fixture(scope="module")
+def broken(fleet, bundles, ssh, again):
+    """2.0 where dev3's edgecell is broken: dev3's health check fails after its switch to 2.0."""
+    inventory = fleet.inventory("broken", {"dev3": {"edgecell_command": str(_broken_edgecell(fleet))}})
     return _by_device(deploy_bundle(bundles["2.0"], inventory, limit=",".join(DEVICES), ssh=ssh))
 
 
@@ -97,6 +101,17 @@ def test_failed_health_check_rolls_back_that_device_only(fleet, first, broken):
     assert "health" in broken["dev3"].error
     assert _current(fleet.prefixes["dev3"]) == first["dev3"].new_version
     assert verify_bundle(fleet.prefixes["dev3"] / "current").ok
+
+
+def test_failed_first_install_is_removed_and_reported(fleet, bundles, ssh, tmp_path):
+    prefix = tmp_path / "new-device"
+    inventory = fleet.inventory("first-broken", {"dev1": {"edgecell_prefix": str(prefix),
+                                                          "edgecell_command": str(_broken_edgecell(fleet))}})
+    [done] = deploy_bundle(bundles["1.0"], inventory, limit="dev1", ssh=ssh)
+    assert (done.result, done.old_version, done.new_version) == ("failed", None, None)
+    assert "health" in done.error and "nothing to roll back to" in done.error
+    assert not (prefix / "current").is_symlink() and list((prefix / "versions").iterdir()) == []
+    assert json.loads((prefix / "history.jsonl").read_text().splitlines()[-1])["action"] == "withdraw"
 
 
 def test_max_fail_stops_the_rollout(fleet, bundles, broken):
@@ -184,3 +199,10 @@ def test_health_check_accepts_one_cell_of_backend_difference_and_rolls_back_more
     assert done["dev1"].result == "ok", done["dev1"].error
     assert done["dev2"].result == "rolled-back"
     assert "health" in done["dev2"].error
+
+
+def test_health_image_is_from_the_task_registrys_sample_set():
+    from edgecell.fleet.deploy import health_image
+
+    assert health_image(resolve_model_path("products")).parent.name == "products"
+    assert health_image(resolve_model_path("xray")) is None  # X-ray films cannot ship
