@@ -13,7 +13,7 @@ points; no re-quantization, no calibration):
 
 Both readers keep the file's int8 input and output ports, which neither IR nor ONNX can label with
 a scale and zero point (edgecell refuses such files rather than guess). So the siblings get float
-ports: the input is quantized inside the model (x / scale, round half to even, + zero point,
+ports: the input is quantized inside the model (x * (1 / scale) in float32, round half to even, + zero point,
 saturate: what LiteRT's caller does) and the outputs dequantized ((q - zero point) * scale). Any
 OpenVINO or ONNX Runtime user then feeds floats and gets floats, with no side contract.
 
@@ -120,8 +120,16 @@ def onnx_from_tflite(src: str | os.PathLike, out_onnx: str | os.PathLike, *, ops
         if t is None or not _quantized(t) or value.type.tensor_type.elem_type != onnx_type[t.dtype]:
             continue
         rename(value.name, f"{value.name}/quantized")
-        head.append(helper.make_node("QuantizeLinear", [value.name, *constants(t)], [f"{value.name}/quantized"],
-                                     name=f"{value.name}/quantize"))
+        # x * (1 / scale), then QuantizeLinear with scale 1: the runtime's quantizer (edgecell's input
+        # table, the IR sibling) multiplies by the reciprocal, QuantizeLinear divides; for the usual
+        # (pixel - 127.5) / 127.5 input every value is a .5 tie and the two round 7 % of pixels apart
+        scale, zero = constants(t)
+        reciprocal, one = f"{t.name}/reciprocal_scale", f"{t.name}/one"
+        graph.initializer.extend([numpy_helper.from_array(np.array(1.0 / t.scale, np.float32), reciprocal),
+                                  numpy_helper.from_array(np.array(1.0, np.float32), one)])
+        head += [helper.make_node("Mul", [value.name, reciprocal], [f"{value.name}/scaled"], name=f"{value.name}/scale"),
+                 helper.make_node("QuantizeLinear", [f"{value.name}/scaled", one, zero], [f"{value.name}/quantized"],
+                                  name=f"{value.name}/quantize")]
         value.type.tensor_type.elem_type = TensorProto.FLOAT
     for value in graph.output:
         t = next((o for o in outputs if o.name == value.name), None)

@@ -71,3 +71,28 @@ def test_a_refused_onnx_sibling_leaves_the_ir_weights(tmp_path, real_jpeg, monke
     rows = make_siblings(FIXTURE, tmp_path, [real_jpeg], ["onnx"])
     assert not rows[0]["kept"] and not (tmp_path / "tiny_classifier_int8.onnx").exists()
     assert (tmp_path / "tiny_classifier_int8.bin").is_file()
+
+
+def test_onnx_sibling_quantizes_its_input_as_the_runtime_table_does(tmp_path):
+    """Every pixel value, .5 ties included ((p - 127.5) / 127.5 at scale 2/255 lands on ties),
+    becomes the integer edgecell's input table gives LiteRT, not one rounding step away."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgecell.backends.tflite_file import read_io
+    from edgecell.convert.siblings import onnx_from_tflite
+    from edgecell.model import load_model
+    from edgecell.tasks.common import normalise, normalise_float
+
+    pytest.importorskip("tf2onnx")
+    src = Path(__file__).resolve().parents[2] / "edge" / "models" / "rbc_int8.tflite"
+    t = read_io(src)[0][0]
+    model = onnx.load(str(onnx_from_tflite(src, tmp_path / "rbc_int8.onnx")))
+    quantized = next(n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(quantized, onnx.TensorProto.INT8, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = np.resize(np.arange(256, dtype=np.uint8), t.shape)
+    got = session.run([quantized], {t.name: normalise_float(pixels, [127.5], [127.5])})[0]
+    expected = normalise(pixels[0], load_model(src, "litert").info)  # what LiteRT is fed
+    assert t.scale == pytest.approx(2 / 255) and np.array_equal(got[0], expected)
