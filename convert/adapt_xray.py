@@ -104,7 +104,7 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     from edgecell.convert.train_xray_mobilenet import with_feature_output
     from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
-    from edgecell.tasks.xray import load_head
+    from edgecell.tasks.xray import film_prep_of, load_head
 
     t0 = time.time()
     info = read_model_info(model_path)
@@ -124,7 +124,7 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     model = keras.models.load_model(keras_path, compile=False)
     cam = with_feature_output(model)
     size = int(info.input_size[0])
-    feats, originals = film_features(cam, train, size, info.settings["film_prep"], copies, seed)
+    feats, originals = film_features(cam, train, size, film_prep_of(info), copies, seed)
     y = np.repeat([labels.index(f.label) for f in train], copies + 1)
     dense = model.get_layer("scores")
     w0, b0 = (np.asarray(v, np.float32) for v in dense.get_weights())

@@ -20,8 +20,8 @@ Against the shortcut (public COVID X-ray models learn the hospital, not the lung
 
 The unfamiliar score is the Mahalanobis distance of the film's pooled features (mean of the last
 feature map) to the nearest class mean of the training films (shared covariance, shrunk); its
-threshold is a quantile of the in-distribution validation scores, the quantile chosen on the
-held-out sites of the folds (see `flag_report`).
+threshold is a quantile of the in-distribution validation scores; beside it the features' second
+opinion (`FLAG_RULE`, chosen by `edgecell.convert.xray_flag_study`).
 """
 
 from __future__ import annotations
@@ -323,6 +323,10 @@ def score_fold(model, items, films, holdout: str, out: Path, args) -> dict:
         arrays[f"{name}_y"] = np.array([it.label_index for it in group])
         arrays[f"{name}_site"] = np.array([xdata.site_of(it) for it in group])
         arrays[f"{name}_rel"] = np.array([it.rel for it in group])
+        if name in ("val", "test"):  # mirrored films: test-time disagreement, a candidate flag signal
+            flipped = [np.ascontiguousarray(g[:, ::-1]) for g in greys]
+            arrays[f"{name}_flip_probs"], arrays[f"{name}_flip_feats"] = pooled_features(
+                cam, batch_tensor(flipped, args.size, args.prep))
         if name in ("train", "test"):
             sub = greys if name == "test" else greys[::3]
             for k in (1, 2, 3):
@@ -377,76 +381,34 @@ def summarize_fold(arrays: dict, holdout: str) -> dict:
 
 # ----------------------------------------------------------------------------- the flag rule
 
-QUANTILES = (0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
-CONFIDENCES = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+#: The flag rule, calibrated on the training side only (the fold's validation films, of the sites
+#: it was trained on; never the held-out site): `unfamiliar` above this quantile of their nearest-
+#: class distances; `disagrees` above this quantile of their disagreement scores (the features'
+#: second opinion, `edgecell.tasks.xray.disagreement_score`); `uncertain` also under this
+#: confidence. Why these signals: `python -m edgecell.convert.xray_flag_study` (XRAY_MODEL_CARD.md).
+FLAG_RULE = {"unfamiliar_quantile": 0.99, "disagreement_quantile": 0.90, "min_confidence": 0.5}
 
 
 def load_fold(fold_dir: Path) -> dict:
+    """The fold's scores, its Mahalanobis statistics and the validation films' flag scores."""
+    from edgecell.tasks.xray import class_distances, disagreement_score
+
     with np.load(fold_dir / "scores.npz") as z:
         arrays = {k: z[k] for k in z.files}
     arrays["stats"] = fit_mahalanobis(arrays["train_feats"], arrays["train_y"], len(xdata.LABELS))
-    arrays["val_maha"] = mahalanobis(arrays["val_feats"], arrays["stats"])
-    arrays["test_maha"] = mahalanobis(arrays["test_feats"], arrays["stats"])
+    distances = np.stack([class_distances(f, arrays["stats"]) for f in arrays["val_feats"]])
+    arrays["val_maha"] = distances.min(1)
+    arrays["val_disagreement"] = np.array([disagreement_score(d, int(p))[0]
+                                           for d, p in zip(distances, arrays["val_probs"].argmax(1))])
     return arrays
 
 
-def flag_shares(arrays: dict, holdout: str, limit: float, min_conf: float) -> dict:
-    """On the held-out site's films: share of wrong answers and of right answers flagged
-    (unfamiliar: distance above `limit`; or confidence under `min_conf`)."""
-    m = arrays["test_site"] == holdout
-    probs, y, d = arrays["test_probs"][m], arrays["test_y"][m], arrays["test_maha"][m]
-    right = probs.argmax(1) == y
-    flagged = (d > limit) | (probs.max(1) < min_conf)
-    share = lambda mask: float(flagged[mask].mean()) if mask.any() else float("nan")  # noqa: E731
-    return {"films": int(m.sum()), "wrong": int((~right).sum()), "wrong_flagged": share(~right),
-            "right_flagged": share(right), "unfamiliar": float((d > limit).mean())}
-
-
-def choose_rule(arrays: dict, holdout: str) -> dict:
-    """The (quantile of in-distribution validation distances, confidence floor) that flags most
-    wrong answers on this fold's held-out site while flagging at most a quarter of the right ones;
-    ties: the fewer right answers flagged."""
-    best = None
-    for q in QUANTILES:
-        limit = float(np.quantile(arrays["val_maha"], q))
-        for c in CONFIDENCES:
-            r = flag_shares(arrays, holdout, limit, c)
-            if not r["right_flagged"] <= 0.25:
-                continue
-            key = (r["wrong_flagged"], -r["right_flagged"])
-            if best is None or key > best[0]:
-                best = (key, {"quantile": q, "min_confidence": c, **r})
-    return best[1] if best else {"quantile": 0.99, "min_confidence": 0.0}
-
-
-def flag_report(folds: dict[str, dict]) -> dict:
-    """Each fold's rule chosen on its own held-out site, applied to the other folds' held-out sites
-    (the honest figure), and the rule for the shipped model (`joint_rule`)."""
-    chosen = {h: choose_rule(a, h) for h, a in folds.items()}
-    cross = {}
-    for h, a in folds.items():
-        for other, rule in chosen.items():
-            if other == h:
-                continue
-            limit = float(np.quantile(a["val_maha"], rule["quantile"]))
-            cross[f"rule from {other} on {h}"] = flag_shares(a, h, limit, rule["min_confidence"])
-    return {"chosen_per_fold": chosen, "cross_fold": cross, "shipped_rule": joint_rule(folds)}
-
-
-def joint_rule(folds: dict[str, dict]) -> dict:
-    """The rule for the shipped model, calibrated on every fold's held-out site at once: the most
-    wrong answers flagged on the worst fold while no fold flags more than a quarter of its right
-    answers."""
-    best = None
-    for q in QUANTILES:
-        for c in CONFIDENCES:
-            rows = {h: flag_shares(a, h, float(np.quantile(a["val_maha"], q)), c) for h, a in folds.items()}
-            if max(r["right_flagged"] for r in rows.values()) > 0.25:
-                continue
-            key = (min(r["wrong_flagged"] for r in rows.values()), -max(r["right_flagged"] for r in rows.values()))
-            if best is None or key > best[0]:
-                best = (key, {"quantile": q, "min_confidence": c, "per_fold": rows})
-    return best[1] if best else {"quantile": 0.99, "min_confidence": 0.0}
+def flag_thresholds(arrays: dict, rule: dict = FLAG_RULE) -> dict:
+    """The sidecar settings of `rule` for this fold (thresholds from its validation films)."""
+    return {"unfamiliar_threshold": round(float(np.quantile(arrays["val_maha"], rule["unfamiliar_quantile"])), 2),
+            "disagreement_threshold": round(float(np.quantile(arrays["val_disagreement"],
+                                                              rule["disagreement_quantile"])), 3),
+            "min_confidence": rule["min_confidence"], "flag_rule": dict(rule)}
 
 
 # ----------------------------------------------------------------------------- export and device figures
@@ -460,12 +422,11 @@ def calibration_tensors(items: Sequence[xdata.Item], films: dict[str, np.ndarray
     return [batch_tensor([films[it.rel]], size, prep) for it in chosen]
 
 
-def export_fold(fold_dir: Path, items, films, holdout: str, rule: dict, args, *, formats=("tflite",),
+def export_fold(fold_dir: Path, items, films, holdout: str, args, *, formats=("tflite",),
                 precisions=("fp32", "int8")) -> dict[str, Path]:
     """The fold's model as the device gets it: [scores, feature map] through the shared converter,
     the head file (dense weights, unfamiliar statistics, upright check) and the sidecar with the
-    flag thresholds (`rule`: a quantile of the fold's in-distribution validation distances and a
-    confidence floor)."""
+    flag thresholds (`FLAG_RULE` on the fold's validation films)."""
     import keras
 
     from edgecell.convert.quantize import export_model
@@ -478,15 +439,11 @@ def export_fold(fold_dir: Path, items, films, holdout: str, rule: dict, args, *,
     export_dir.mkdir(parents=True, exist_ok=True)
     np.savez(export_dir / HEAD_FILE, **dense_head(model), **arrays["stats"], **rotation)
     model.save(export_dir / f"{STEM}_float.keras")
-    limit = float(np.quantile(arrays["val_maha"], rule["quantile"]))
-    info = model_info(args.size, {"film_prep": {**FILM_PREP, **args.prep}, "unfamiliar_threshold": round(limit, 2),
-                                  "min_confidence": rule["min_confidence"],
+    info = model_info(args.size, {"film_prep": {**FILM_PREP, **args.prep}, **flag_thresholds(arrays),
                                   "upright_min_probability": 0.5,
                                   # a dict, not a file name: bundles carry the files a setting names and
                                   # the device does not need the float model (only --adapt does)
-                                  "training": {"float_model": f"{STEM}_float.keras"},
-                                  "flag_rule": {"quantile_of_validation_distances": rule["quantile"],
-                                                "min_confidence": rule["min_confidence"]}})
+                                  "training": {"float_model": f"{STEM}_float.keras", "recipe": args.recipe}})
     cal = calibration_tensors(items, films, holdout, args.calibration, args.size, args.seed, args.prep)
     t0 = time.time()
     paths = export_model(with_feature_output(model), info, cal, export_dir, STEM, formats=formats, precisions=precisions,
@@ -530,32 +487,23 @@ def args_threads() -> int:
 def finish(args, items, films) -> dict:
     """After training: the flag rule across folds, each fold exported (TFLite FP32 + INT8) and
     scored through the device pipeline, the pooled model exported in every format."""
+    from edgecell.convert.xray_flag_study import study_fold
+
     out = Path(args.out)
     holdouts = [h for h in args.folds.split(",") if h != "none" and (out / f"fold_{h}" / "scores.npz").exists()]
-    folds = {h: load_fold(out / f"fold_{h}") for h in holdouts}
     previous = json.loads((out / "cross_source.json").read_text()) if (out / "cross_source.json").exists() else {}
-    if len(folds) >= 2:
-        flags = flag_report(folds)
-        (out / "flag_rule.json").write_text(json.dumps(flags, indent=1) + "\n")
-    elif (out / "flag_rule.json").exists():  # the folds were finished in an earlier call
-        flags = json.loads((out / "flag_rule.json").read_text())
-    else:
-        flags = {"shipped_rule": {"quantile": 0.95, "min_confidence": 0.6}}
-    print("[flags] " + json.dumps(flags), flush=True)
-    report = {"flags": flags, "folds": previous.get("folds", {}) if not holdouts else {},
+    report = {"flag_rule": FLAG_RULE, "folds": previous.get("folds", {}) if not holdouts else {},
               **{k: v for k, v in previous.items() if k == "pooled"}}
     for h in holdouts:
-        others = [v for k, v in flags.get("chosen_per_fold", {}).items() if k != h]
-        rule = others[0] if others else flags["shipped_rule"]  # chosen on another fold's held-out site
-        paths = export_fold(out / f"fold_{h}", items, films, h, rule, args)
+        report.setdefault("flag_study", {})[h] = study_fold(out / f"fold_{h}", h)["auc_wrong_vs_right"]
+        paths = export_fold(out / f"fold_{h}", items, films, h, args)
         report["folds"][h] = {k: device_figures(p, items, h) for k, p in paths.items()}
         for k, r in report["folds"][h].items():
             print(f"[device {h}] {k}: " + json.dumps({s: round(v["top1"], 4) for s, v in r["per_site"].items()})
                   + f" balanced {r.get('balanced_holdout_vs_rsna', float('nan')):.4f}", flush=True)
         (out / "cross_source.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     if "none" in args.folds.split(",") and (out / "fold_none" / "scores.npz").exists():
-        paths = export_fold(out / "fold_none", items, films, "none", flags["shipped_rule"], args,
-                            formats=("tflite", "openvino", "onnx"))
+        paths = export_fold(out / "fold_none", items, films, "none", args, formats=("tflite", "openvino", "onnx"))
         report["pooled"] = {k: device_figures(p, items, "none") for k, p in paths.items()}
         for k, r in report["pooled"].items():
             print(f"[device pooled] {k}: top-1 {r['all']['top1']:.4f} " +

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from edgecell.errors import ModelError
+from edgecell.images import resize
 from edgecell.modelinfo import ModelInfo
 from edgecell.quality import Quality, check_quality, chest_crop, to_grey
 from edgecell.tasks.base import Task, TaskResult, check_label_count
@@ -136,7 +137,18 @@ def _normalised_cam(a: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- film preparation
 
 #: Defaults of the film preparation (`settings["film_prep"]` of the sidecar overrides them).
-FILM_PREP = {"harmonise": 224, "clahe_clip": 2.0, "clahe_tiles": 4, "margin": 0.06}
+#: `resize`: "exact" (the bit-exact bilinear of `edgecell.images.resize`, the same bytes on every
+#: CPU) or "area" (OpenCV INTER_AREA, what models trained before the key existed used: a sidecar
+#: whose `film_prep` lacks the key is read as "area", see `preprocess`).
+FILM_PREP = {"harmonise": 224, "clahe_clip": 2.0, "clahe_tiles": 4, "margin": 0.06, "resize": "exact"}
+
+
+def _film_resize(grey: np.ndarray, size: int, how: str) -> np.ndarray:
+    """`grey` to size x size by the preparation's resize (`FILM_PREP["resize"]`)."""
+    if how == "exact":
+        return resize(grey, (size, size))
+    h, w = grey.shape[:2]
+    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR)
 
 
 def film_grey(image: np.ndarray, prep: dict | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -147,9 +159,7 @@ def film_grey(image: np.ndarray, prep: dict | None = None) -> tuple[np.ndarray, 
     p = {**FILM_PREP, **(prep or {})}
     grey = to_grey(image)
     grey, box = chest_crop(grey)
-    n = int(p["harmonise"])
-    h, w = grey.shape[:2]
-    grey = cv2.resize(grey, (n, n), interpolation=cv2.INTER_AREA if h > n or w > n else cv2.INTER_LINEAR)
+    grey = _film_resize(grey, int(p["harmonise"]), p["resize"])
     if p["clahe_clip"]:
         tiles = int(p["clahe_tiles"])
         grey = cv2.createCLAHE(clipLimit=float(p["clahe_clip"]), tileGridSize=(tiles, tiles)).apply(grey)
@@ -163,7 +173,8 @@ def film_crop(grey: np.ndarray, size: int, prep: dict | None = None) -> np.ndarr
     h, w = grey.shape[:2]
     my, mx = int(round(h * p["margin"])), int(round(w * p["margin"]))
     inner = grey[my:h - my, mx:w - mx] if h - 2 * my > 8 and w - 2 * mx > 8 else grey
-    small = cv2.resize(inner, (size, size), interpolation=cv2.INTER_AREA)
+    small = resize(inner, (size, size)) if p["resize"] == "exact" else \
+        cv2.resize(inner, (size, size), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
 
 
@@ -177,20 +188,48 @@ def film_pixels(image: np.ndarray, size: int, prep: dict | None = None) -> tuple
     return film_crop(grey, size, prep), (x0 + mx, y0 + my, x1 - mx, y1 - my)
 
 
+def film_prep_of(info: ModelInfo) -> dict | None:
+    """The film preparation a model was trained with (`settings["film_prep"]`), None for models
+    without one; a sidecar written before the `resize` key existed was trained with INTER_AREA."""
+    prep = info.settings.get("film_prep")
+    return None if prep is None else {"resize": "area", **prep}
+
+
 # ----------------------------------------------------------------------------- unfamiliar films
 
-def unfamiliar_score(pooled: np.ndarray, stats: dict[str, np.ndarray]) -> float:
-    """Mahalanobis distance (squared) of a film's pooled features to the nearest class mean of the
-    training films, under their shared covariance (`maha_means` C x K, `maha_precision` K x K in the
-    head file). Large = the film lies far from anything the model was trained on."""
+def class_distances(pooled: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """Squared Mahalanobis distance of a film's pooled features to each class mean of the training
+    films, under their shared within-class covariance (`maha_means` C x K, `maha_precision` K x K
+    in the head file)."""
     d = np.asarray(pooled, np.float32).reshape(1, -1) - stats["maha_means"]
-    return float(np.einsum("ck,kl,cl->c", d, stats["maha_precision"], d).min())
+    return np.einsum("ck,kl,cl->c", d, stats["maha_precision"], d)
+
+
+def unfamiliar_score(pooled: np.ndarray, stats: dict[str, np.ndarray]) -> float:
+    """Distance (`class_distances`) to the nearest class mean. Large = the film lies far from
+    anything the model was trained on."""
+    return float(class_distances(pooled, stats).min())
+
+
+def disagreement_score(distances: np.ndarray, answer: int) -> tuple[float, int]:
+    """A second opinion from the same features: distance to the answered class's mean minus the
+    distance to the nearest other class's mean (positive: the features lie nearer another class
+    than the one the network answered), and that other class. On sources held out from training
+    the network's wrong answers are mostly confident; this score is what tells them apart (the
+    within-class covariance discounts the directions in which one class's sources differ; see
+    XRAY_MODEL_CARD.md)."""
+    others = np.where(np.arange(distances.size) == answer, np.inf, distances)
+    other = int(np.argmin(others))
+    return float(distances[answer] - others[other]), other
 
 
 # ----------------------------------------------------------------------------- result
 
 UNFAMILIAR_MESSAGE = ("Unfamiliar film: unlike the films this model learnt from (another hospital, scanner, "
                       "view or not a chest X-ray?); do not trust the answer, have it read by a person.")
+DISAGREEMENT_MESSAGE = ("Uncertain answer: by its overall appearance this film resembles the training films of "
+                        "{other} more than those of {label}; have it read by a person.")
+LOW_CONFIDENCE_MESSAGE = "Uncertain answer: confidence {confidence:.2f} is below {floor:.2f}; have it read by a person."
 ROTATED_MESSAGE = "The film does not look upright (turned by about {degrees} degrees?): rotate it and run again."
 
 @dataclass
@@ -209,6 +248,10 @@ class XrayResult(TaskResult):
     unfamiliar: bool = False  # the film lies far from the training films (score above the threshold)
     unfamiliar_score: float | None = None  # None: the model carries no statistics for the check
     rotation: int | None = None  # degrees clockwise the film seems turned by (0 = upright); None: not checked
+    disagreement_score: float | None = None  # `disagreement_score`; None: the model carries no statistics
+    disagrees: bool = False  # the score is above the sidecar's `disagreement_threshold`
+    nearest_other: str | None = None  # the class the features lie nearest to, after the answer
+    confidence_floor: float = 0.0  # `min_confidence` the answer was held to
 
     @property
     def retake(self) -> bool:
@@ -226,6 +269,10 @@ class XrayResult(TaskResult):
             parts.append(ROTATED_MESSAGE.format(degrees=self.rotation))
         if self.unfamiliar:
             parts.append(UNFAMILIAR_MESSAGE)
+        elif self.disagrees:
+            parts.append(DISAGREEMENT_MESSAGE.format(other=self.nearest_other, label=self.label))
+        elif self.confidence < self.confidence_floor:
+            parts.append(LOW_CONFIDENCE_MESSAGE.format(confidence=self.confidence, floor=self.confidence_floor))
         return " ".join(parts)
 
     def to_dict(self) -> dict:
@@ -235,6 +282,8 @@ class XrayResult(TaskResult):
             "uncertain": self.uncertain, "retake": self.retake, "message": self.message,
             "unfamiliar": self.unfamiliar,
             "unfamiliar_score": None if self.unfamiliar_score is None else round(self.unfamiliar_score, 2),
+            "disagrees": self.disagrees,
+            "disagreement_score": None if self.disagreement_score is None else round(self.disagreement_score, 2),
             "upright": None if self.rotation is None else self.upright,
             "quality": self.quality.to_dict() if self.quality is not None else None,
         }
@@ -283,7 +332,7 @@ def preprocess(image: np.ndarray, info: ModelInfo, *, crop: bool | None = None, 
     thresholds = dict(info.settings.get("quality") or {})
     quality = check_quality(image, **thresholds)
     box = None
-    prep = info.settings.get("film_prep")
+    prep = film_prep_of(info)
     if prep is not None:
         pixels, box = film_pixels(image, int(info.input_size[0]), prep)
         tensor, _ = to_input_tensor(pixels, info)
@@ -347,11 +396,13 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
     result = XrayResult(label=labels[best], index=best, confidence=float(scores[best]),
                         probabilities={labels[i]: float(scores[i]) for i in range(scores.size)},
                         quality=context.quality if isinstance(context, XrayContext) else None,
-                        crop=context.crop if isinstance(context, XrayContext) else None)
+                        crop=context.crop if isinstance(context, XrayContext) else None,
+                        confidence_floor=float(threshold or 0.0))
     head = load_head(head_path) if head_path else (context.head if isinstance(context, XrayContext) else None)
     if features is not None and head is not None:
         check_familiar(result, features, head, info)
-    result.uncertain = bool(scores[best] < threshold or result.unfamiliar or result.retake or not result.upright)
+    result.uncertain = bool(scores[best] < result.confidence_floor or result.unfamiliar or result.disagrees
+                            or result.retake or not result.upright)
     if not gradcam:
         return result
     if features is None:
@@ -370,15 +421,22 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
 
 
 def check_familiar(result: XrayResult, features: np.ndarray, head: dict[str, np.ndarray], info: ModelInfo) -> None:
-    """The unfamiliar-film flag and the upright check from the pooled feature map, where the head
-    file carries their statistics (`maha_*`, `rot_*`) and the sidecar their thresholds
-    (`unfamiliar_threshold`; `upright_min_probability`: a turn is reported when the rotation
-    classifier gives a non-zero turn at least this probability)."""
+    """The unfamiliar-film flag, the features' second opinion and the upright check from the pooled
+    feature map, where the head file carries their statistics (`maha_*`, `rot_*`) and the sidecar
+    their thresholds (`unfamiliar_threshold`; `disagreement_threshold`; `upright_min_probability`:
+    a turn is reported when the rotation classifier gives a non-zero turn at least this
+    probability)."""
     pooled = np.asarray(features, np.float32).reshape(-1, features.shape[-1]).mean(axis=0)
     if "maha_means" in head and "maha_precision" in head:
-        result.unfamiliar_score = unfamiliar_score(pooled, head)
+        distances = class_distances(pooled, head)
+        result.unfamiliar_score = float(distances.min())
         limit = info.settings.get("unfamiliar_threshold")
         result.unfamiliar = limit is not None and result.unfamiliar_score > float(limit)
+        if distances.size > 1:
+            result.disagreement_score, other = disagreement_score(distances, result.index)
+            result.nearest_other = (info.labels or [str(i) for i in range(distances.size)])[other]
+            limit = info.settings.get("disagreement_threshold")
+            result.disagrees = limit is not None and result.disagreement_score > float(limit)
     if "rot_w" in head and "rot_b" in head:
         p = softmax(pooled @ head["rot_w"] + head["rot_b"])
         k = int(np.argmax(p))

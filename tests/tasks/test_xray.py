@@ -334,3 +334,37 @@ def test_shipped_model_calls_a_non_chest_image_unfamiliar():
         image = decode_image(sorted((REPO / "edge" / "samples" / folder).glob("*.jpg"))[0])
         result, _ = predict(model, image)
         assert result.unfamiliar and result.uncertain and "Unfamiliar film" in result.message
+
+
+def test_answer_whose_features_lie_nearer_another_class_is_uncertain_with_a_plain_message():
+    """The features' second opinion: the network says COVID-19 (0.9) but the pooled features sit on
+    the Normal mean: uncertain, with the message naming the class the film resembles."""
+    stats = {"maha_means": np.array([[0, 0, 0, 0], [4, 0, 0, 0], [0, 4, 0, 0]], np.float32),
+             "maha_precision": np.eye(4, dtype=np.float32)}
+    ctx = xray.XrayContext(quality=None, head=_gap_head(**stats))
+    info = _gap_info(disagreement_threshold=0.0, unfamiliar_threshold=100.0)
+    on_normal = np.zeros((3, 3, 4))
+    on_normal[..., 0] = 4.0
+    result = xray.postprocess(_outputs(on_normal), ctx, info, gradcam=False)
+    assert result.label == "COVID-19" and result.disagrees and result.uncertain and not result.unfamiliar
+    assert result.disagreement_score == pytest.approx(16.0) and result.nearest_other == "Normal"
+    assert "resembles the training films of Normal more than those of COVID-19" in result.message
+    assert result.to_dict()["disagrees"] is True
+    agreeing = xray.postprocess(_outputs(np.zeros((3, 3, 4))), ctx, info, gradcam=False)
+    assert not agreeing.disagrees and not agreeing.uncertain and agreeing.message == ""
+
+
+def test_low_confidence_answer_says_why_it_is_uncertain():
+    result = xray.postprocess(_outputs(np.zeros((3, 3, 4)), scores=(0.45, 0.35, 0.2)), None,
+                              _gap_info(min_confidence=0.5), gradcam=False)
+    assert result.uncertain and result.message == ("Uncertain answer: confidence 0.45 is below 0.50; "
+                                                   "have it read by a person.")
+
+
+def test_sidecar_without_a_resize_key_keeps_the_resize_its_model_was_trained_with():
+    """Models trained before the bit-exact film resize (`resize` absent) keep INTER_AREA; new ones
+    write "exact" (`edgecell.images.resize`, the same bytes on every CPU)."""
+    legacy = _gap_info(film_prep={"harmonise": 224, "clahe_clip": 2.0, "clahe_tiles": 4, "margin": 0.06})
+    assert xray.film_prep_of(legacy)["resize"] == "area"
+    assert xray.film_prep_of(_gap_info(film_prep=dict(xray.FILM_PREP)))["resize"] == "exact"
+    assert xray.film_prep_of(_gap_info()) is None
