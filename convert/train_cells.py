@@ -71,6 +71,13 @@ def get_args(argv=None):
     p.add_argument("--txl-repeat", type=int, default=2, help="with --labels txl: TXL images per epoch, in copies")
     p.add_argument("--crop", type=parse_size, default=None, help="train on random W x H crops of the model input "
                    "(multiples of 32; fully convolutional, so fewer pixels per step at the same cell size)")
+    p.add_argument("--init", metavar="WEIGHTS", help="with --labels txl: start from these weights (a fine-tune; "
+                   "e.g. a previous run's last.weights.h5) instead of ImageNet alone")
+    p.add_argument("--pseudo", metavar="MODEL", help="with --labels txl: also train on the CBC-only Training smears "
+                   "(no TXL labels), labelled by this counter (device pipeline, stored thresholds) plus the CBC "
+                   "white-cell and platelet boxes it missed")
+    p.add_argument("--platelet-weight", type=float, default=1.0, help="with --labels txl: weight of the platelet "
+                   "positives in the heatmap loss (platelets are few: ~1 per smear)")
     return p.parse_args(argv)
 
 
@@ -278,6 +285,35 @@ class Fitter:
         return run, parts, lr
 
 
+def run_epochs(fit: Fitter, model, args, out: Path, validate) -> tuple[float, int, int]:
+    """Epochs until the wall-clock budget (or --max-steps, --epochs) is spent; after each,
+    `validate()` -> (score, log fields, summary line): a line in train_log.jsonl, best/last weights
+    in `out`. Loads the best weights at the end; returns (best score, epochs, steps)."""
+    best, epoch_times, epoch = -1.0, [], 0
+    with open(out / "train_log.jsonl", "a") as log:
+        for epoch in range(1, args.epochs + 1):
+            te = time.time()
+            run, parts, lr = fit.epoch(epoch)
+            score, fields, line = validate()
+            epoch_times.append(time.time() - te)
+            elapsed = time.time() - fit.t0
+            log.write(json.dumps({"epoch": epoch, "step": fit.step, "train_loss": float(np.mean(run)), **fields,
+                                  "score": score, "lr": lr, "elapsed_s": round(elapsed, 1),
+                                  "parts": {k: float(v) for k, v in parts.items()}}) + "\n")
+            log.flush()
+            improved = score > best
+            if improved:
+                best = score
+                model.save_weights(out / "best.weights.h5")
+            model.save_weights(out / "last.weights.h5")
+            progress(epoch, fit.steps_per_epoch, fit.steps_per_epoch, float(np.mean(run)), lr, elapsed, fit.budget, end="\n")
+            print(f"  {line}; epoch {epoch_times[-1]:.0f} s{'  *best*' if improved else ''}", flush=True)
+            if (args.max_steps and fit.step >= args.max_steps) or elapsed + np.mean(epoch_times[-3:]) > fit.budget:
+                break
+    model.load_weights(out / "best.weights.h5")
+    return best, epoch, fit.step
+
+
 def progress(epoch, step, total, loss, lr, elapsed, budget, end="\r"):
     n = 24
     done = int(n * step / total)
@@ -399,6 +435,17 @@ def unfamiliar_stats(features: np.ndarray, quantile: float = 100.0, shrink: floa
     return stats
 
 
+#: white cells that cannot be one (`edgecell.tasks.cells.plausible_wbc`), measured on the 157 TXL
+#: Training smears through the shipped counter: every whole detected white cell that matches a
+#: labelled one is >= 1.14 x the smear's median red cell, every false one <= 0.90 x; a second box on
+#: one white cell lies >= 0.61 inside it, two labelled white cells overlap by <= 0.26 (0.34 detected)
+WBC_RULES = {"min_rbc_size": 1.0, "max_inside": 0.5}
+#: count again on 2 x 2 enlarged tiles when the median red cell is below `below_rbc_px` in the model
+#: input (`edgecell.tasks.cells.infer`): on the 20 hold-out smears re-framed at 0.5x-1.25x, tiles
+#: (overlap 0.4) count better at 0.5x and 0.6x (median red cell 32.5 and 37.3 px) and no better from
+#: 0.7x (41.5 px); the cut is the midpoint of 37.3 and 41.5
+AUTO_SCALE = {"below_rbc_px": 39.4, "tiles": 2, "overlap": 0.4, "min_cells": 10}
+
 #: magnifications the RBC threshold is chosen over (hold-out smears re-framed as
 #: `edgecell.evaluation.cell_counts.magnify` does for the sweep)
 RBC_SWEEP_SCALES = (0.5, 0.7, 1.0, 1.4)
@@ -457,6 +504,8 @@ def export_complete(args, src: Path, out: Path) -> dict:
     cal = [cells.preprocess(decode_image(p), info)[0] for p in cal_paths]
     info.settings["features_output"] = "features"
     info.settings["features_layer"] = FEATURES_LAYER
+    info.settings["wbc_rules"] = dict(WBC_RULES)  # thresholds below are chosen with both steps on
+    info.settings["auto_scale"] = dict(AUTO_SCALE)
     print(f"calibration: {len(cal)} training images ({n_txl} TXL, {len(cal) - n_txl} Chula); exporting ...", flush=True)
     t0 = time.time()
     paths = export_model(with_features(model), info, cal, out, args.stem,
@@ -553,8 +602,39 @@ def _centernet_setup(args, keras):
 #: TXL boxes every cell; a fully labelled Chula field labels every red cell by a point (no size,
 #: no WBC/platelet labels); a sparsely labelled one (morphology examples only) teaches positives only
 WEIGHTS = {"txl": np.array([1, 1, 1, 1, 1, 1, 1], np.float32),
+           "pseudo": np.array([1, 1, 1, 1, 1, 1, 1], np.float32),
            "chula-complete": np.array([1, 0, 0, 1, 0, 0, 0], np.float32),
            "chula-sparse": np.array([1, 0, 0, 0, 0, 0, 0], np.float32)}
+
+
+def pseudo_labels(model_path, data=None) -> list[tuple]:
+    """The CBC-only Training smears (no TXL labels; never trained on by a `--labels txl` model)
+    labelled by a counter: its detections through the device pipeline at its stored thresholds, plus
+    each CBC white-cell or platelet box that no detection of its class overlaps (IoU >= 0.3), as the
+    counter misses more of those than it invents. (image, boxes, labels) per smear."""
+    from edgecell.calibration import dataset_dir
+    from edgecell.calibration.cell_labels import load_txl
+    from edgecell.calibration.voc import CELL_CLASSES, load_split
+    from edgecell.images import decode_image
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+    from edgecell.tasks.boxes import box_iou
+
+    complete = {a.stem for a in load_txl("Training", data)}
+    model = load_model(model_path)
+    out = []
+    for a in load_split(dataset_dir("cbc_bccd_cleaned", data), "Training"):
+        if a.stem in complete:
+            continue
+        img = decode_image(a.image_path)
+        r, _ = predict(model, img)
+        boxes, labels = [r.boxes.astype(np.float32)], [r.classes.astype(np.int64)]
+        for k in (CELL_CLASSES.index("WBC"), CELL_CLASSES.index("Platelets")):
+            human, found = a.boxes[a.labels == k], r.boxes[r.classes == k]
+            missed = human if len(found) == 0 else human[box_iou(human, found).max(1) < 0.3]
+            boxes.append(missed.astype(np.float32)), labels.append(np.full(len(missed), k, np.int64))
+        out.append((img, np.concatenate(boxes).reshape(-1, 4), np.concatenate(labels)))
+    return out
 
 
 def complete_data(args):
@@ -568,9 +648,12 @@ def complete_data(args):
     rng = np.random.default_rng(args.seed)
     hold = set(sorted(txl[i].stem for i in rng.permutation(len(txl))[: args.holdout]))
     items = []
+    platelets = np.array([1, 1, args.platelet_weight, 1, 1, 1, 1], np.float32)  # positive weight of class 2
     for a in txl:
         if a.stem not in hold:
-            items += [(decode_image(a.image_path), a.boxes.copy(), a.labels.copy(), WEIGHTS["txl"], "txl")] * args.txl_repeat
+            items += [(decode_image(a.image_path), a.boxes.copy(), a.labels.copy(), WEIGHTS["txl"] * platelets, "txl")] * args.txl_repeat
+    if args.pseudo:
+        items += [(img, b, lab, WEIGHTS["pseudo"] * platelets, "pseudo") for img, b, lab in pseudo_labels(args.pseudo, args.data)]
     chula_train, chula_held = chula_split(load_chula_points(args.data)) if args.chula > 0 else ([], [])
     chula_train = [chula_train[i] for i in sorted(rng.permutation(len(chula_train))[: round(args.chula * len(chula_train))])]
     coverage, chula_val, chula_used = {}, [], []
@@ -588,7 +671,9 @@ def complete_data(args):
              "chula_train": chula_used, "chula_val": [pa.stem for pa, _ in chula_val],
              "chula_held_out": [pa.stem for pa in chula_held], "chula_coverage": coverage,
              "chula_cell_diameter": CHULA_CELL_DIAMETER, "complete_coverage": COMPLETE_COVERAGE,
-             "cbc_only_training_smears": "left out (their RBC and platelet labels are incomplete)"}
+             "cbc_only_training_smears": (f"pseudo-labelled by {Path(args.pseudo).name} (+ CBC WBC/platelet boxes it missed)"
+                                          if args.pseudo else "left out (their RBC and platelet labels are incomplete)"),
+             "platelet_weight": args.platelet_weight, "init": Path(args.init).name if args.init else None}
     return items, [a for a in txl if a.stem in hold], chula_val, split
 
 
@@ -646,47 +731,27 @@ def train_complete(args, tf, keras, out):
             model.set_weights(train_model.get_weights())
         m = map50(detections(hold_x), list(zip(hold_b, hold_l)), CELL_CLASSES)
         est = np.array([int(((c == 0) & (s >= 0.5)).sum()) for _, c, s in detections(chula_x)]) if chula_x else None
-        acc = counting_accuracy(est.sum(), chula_gt.sum()) if chula_x else float("nan")
+        chula_acc = counting_accuracy(est.sum(), chula_gt.sum()) if chula_x else float("nan")
         txl_rbc = sum(int(((c == 0) & (s >= 0.5)).sum()) for _, c, s in detections(hold_x))
         txl_acc = counting_accuracy(txl_rbc, sum(int((lab == 0).sum()) for lab in hold_l))
-        return m, acc, txl_acc
+        score = 0.5 * m["map"] + 0.5 * (chula_acc if chula_x else m["map"])
+        line = (f"TXL hold-out mAP@0.5 {m['map']:.4f} (" + " ".join(f"{k} {v:.3f}" for k, v in m["ap"].items()) +
+                f"), RBC acc@0.5 {txl_acc:.3f}; Chula val RBC acc@0.5 {chula_acc:.3f}")
+        return score, {"val_map50": m["map"], "val_ap": m["ap"], "txl_rbc_acc": txl_acc, "chula_rbc_acc": chula_acc}, line
 
     batches = Batches(items, info, targets, args.batch, args.seed, args.mosaic, 0.1 if args.grey is None else args.grey,
                       strong=True, crop=None if crop == (in_w, in_h) else crop)
+    if args.init:
+        train_model.load_weights(args.init)
+        print(f"fine-tune: starting from {args.init}", flush=True)
     fit = Fitter(tf, keras, train_model, loss_fn, args, batches)
-    spe, budget, t0 = fit.steps_per_epoch, fit.budget, fit.t0
-    best, log, epoch_times = -1.0, open(out / "train_log.jsonl", "a"), []
-    for epoch in range(1, args.epochs + 1):
-        te = time.time()
-        run, parts, lr = fit.epoch(epoch)
-        step = fit.step
-        m, chula_acc, txl_acc = validate()
-        score = 0.5 * m["map"] + 0.5 * (chula_acc if chula_x else m["map"])
-        epoch_times.append(time.time() - te)
-        elapsed = time.time() - t0
-        log.write(json.dumps({"epoch": epoch, "step": step, "train_loss": float(np.mean(run)), "val_map50": m["map"],
-                              "val_ap": m["ap"], "txl_rbc_acc": txl_acc, "chula_rbc_acc": chula_acc, "score": score,
-                              "lr": lr, "elapsed_s": round(elapsed, 1),
-                              "parts": {k: float(v) for k, v in parts.items()}}) + "\n")
-        log.flush()
-        improved = score > best
-        if improved:
-            best = score
-            model.save_weights(out / "best.weights.h5")
-        model.save_weights(out / "last.weights.h5")
-        progress(epoch, spe, spe, float(np.mean(run)), lr, elapsed, budget, end="\n")
-        print(f"  TXL hold-out mAP@0.5 {m['map']:.4f} (" + " ".join(f"{k} {v:.3f}" for k, v in m["ap"].items()) +
-              f"), RBC acc@0.5 {txl_acc:.3f}; Chula val RBC acc@0.5 {chula_acc:.3f}; epoch {epoch_times[-1]:.0f} s"
-              f"{'  *best*' if improved else ''}", flush=True)
-        if (args.max_steps and step >= args.max_steps) or elapsed + np.mean(epoch_times[-3:]) > budget:
-            break
-    model.load_weights(out / "best.weights.h5")
+    best, epoch, step = run_epochs(fit, model, args, out, validate)
     keras_path = out / "cells_centernet.keras"
     model.save(keras_path)
     info.metrics = {"selection_score": round(best, 4), "epochs": epoch, "steps": step,
-                    "train_minutes": round((time.time() - t0) / 60, 1)}
+                    "train_minutes": round((time.time() - fit.t0) / 60, 1)}
     write_sidecar(keras_path, info)
-    print(f"done: {epoch} epochs, {step} steps, {(time.time() - t0) / 60:.1f} min, best score {best:.4f}; "
+    print(f"done: {epoch} epochs, {step} steps, {(time.time() - fit.t0) / 60:.1f} min, best score {best:.4f}; "
           f"model {keras_path}", flush=True)
 
 
@@ -759,45 +824,19 @@ def main(argv=None):
                 keep = cells.nms_per_class(b, c, s)
                 preds.append((b[keep], c[keep], s[keep]))
         m = map50(preds, list(zip(hold_b, hold_l)), CELL_CLASSES)
-        return sum(losses) / len(hold_x), m
+        vloss = sum(losses) / len(hold_x)
+        line = f"val loss {vloss:.3f}  mAP@0.5 {m['map']:.4f}  AP " + " ".join(f"{k} {v:.3f}" for k, v in m["ap"].items())
+        return m["map"], {"val_loss": vloss, "val_map50": m["map"], "val_ap": m["ap"]}, line
 
     batches = Batches(train_data, info, targets, args.batch, args.seed, args.mosaic, grey)
     fit = Fitter(tf, keras, model, loss_fn, args, batches)
-    spe, budget, t0 = fit.steps_per_epoch, fit.budget, fit.t0
-    best_map, log, epoch_times = -1.0, open(out / "train_log.jsonl", "a"), []
-    for epoch in range(1, args.epochs + 1):
-        te = time.time()
-        run, parts, lr = fit.epoch(epoch)
-        step = fit.step
-        vloss, m = validate()
-        epoch_times.append(time.time() - te)
-        elapsed = time.time() - t0
-        rec = {"epoch": epoch, "step": step, "train_loss": float(np.mean(run)), "val_loss": vloss,
-               "val_map50": m["map"], "val_ap": m["ap"], "lr": lr, "elapsed_s": round(elapsed, 1),
-               "parts": {k: float(v) for k, v in parts.items()}}
-        log.write(json.dumps(rec) + "\n"), log.flush()
-        improved = m["map"] > best_map
-        if improved:
-            best_map = m["map"]
-            model.save_weights(out / "best.weights.h5")
-        model.save_weights(out / "last.weights.h5")
-        if epoch % 20 == 0:
-            model.save_weights(out / f"epoch{epoch:03d}.weights.h5")
-        progress(epoch, spe, spe, float(np.mean(run)), lr, elapsed, budget, end="\n")
-        print(f"  val loss {vloss:.3f}  mAP@0.5 {m['map']:.4f}  AP " +
-              " ".join(f"{k} {v:.3f}" for k, v in m["ap"].items()) +
-              f"  epoch {epoch_times[-1]:.0f} s{'  *best*' if improved else ''}", flush=True)
-        if args.max_steps and step >= args.max_steps:
-            break
-        if elapsed + np.mean(epoch_times[-3:]) > budget:
-            break
-    model.load_weights(out / "best.weights.h5")
+    best_map, epoch, step = run_epochs(fit, model, args, out, validate)
     keras_path = out / f"cells_{args.arch.replace('-', '_')}.keras"
     model.save(keras_path)
     info.metrics = {"holdout_map50": round(best_map, 4), "epochs": epoch, "steps": step,
-                    "train_minutes": round((time.time() - t0) / 60, 1)}
+                    "train_minutes": round((time.time() - fit.t0) / 60, 1)}
     write_sidecar(keras_path, info)
-    print(f"done: {epoch} epochs, {step} steps, {(time.time() - t0) / 60:.1f} min, best hold-out mAP@0.5 {best_map:.4f}; "
+    print(f"done: {epoch} epochs, {step} steps, {(time.time() - fit.t0) / 60:.1f} min, best hold-out mAP@0.5 {best_map:.4f}; "
           f"model {keras_path}", flush=True)
 
 

@@ -13,12 +13,16 @@ Pipeline, one function each, shared by training, calibration, evaluation and the
     annotate    circles (centre and radius from the box) coloured by class, counts in a corner
     infer       N x N overlapping tiles for smears much larger than the model input; detections
                 are kept only in the tile whose core holds their centre, then merged by NMS, so a
-                cell on a seam is counted once
+                cell on a seam is counted once. Auto-scale (`auto_scale`): when the first pass's
+                red cells are small in the model input (a lower magnification), the smear is
+                counted again on 2 x 2 overlapping tiles, i.e. enlarged
 
 Settings read from the model's sidecar (`info.settings`): `head` ("yolov2" when absent),
 `anchors` (YOLOv2: A x 2, model-input pixels), `stride`, `offset_scale`, `size_scale` (CenterNet),
 `interpolation` ("linear": one INTER_LINEAR resize straight into a reused canvas; absent: INTER_AREA
-as the Tiny-YOLOv2 was trained), `thresholds` ({class: confidence}), `nms_iou`, `platelet_iou`.
+as the Tiny-YOLOv2 was trained), `thresholds` ({class: confidence}), `nms_iou`, `platelet_iou`,
+`wbc_rules` ({"min_rbc_size", "max_inside"}: `plausible_wbc`), `auto_scale` ({"below_rbc_px",
+"tiles", "overlap", "min_cells"}: `infer`). A sidecar without the last two gets neither step.
 """
 
 from __future__ import annotations
@@ -108,6 +112,9 @@ class CellsContext:
     image: np.ndarray | None = None  # kept for tiling; not serialised
     #: set by `infer` when it ran N x N tiles: their merged detections, already in image pixels
     tiled: "TiledDetections | None" = None
+    #: set by `infer` when it decoded the one pass itself (auto-scale's size cue): boxes in
+    #: model-input pixels, classes, scores, so postprocess does not decode twice
+    decoded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -358,6 +365,69 @@ def platelet_dedupe(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_
     return np.asarray(kept, dtype=np.int64)
 
 
+# --------------------------------------------------------------------------- white cells
+def box_sides(boxes: np.ndarray) -> np.ndarray:
+    """Square root of each box's area: one size per box, whatever its aspect."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return np.sqrt(np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0))
+
+
+def median(values: np.ndarray) -> float:
+    """np.median for the few dozen values of one smear, without its overhead (~10x faster)."""
+    s = np.sort(np.asarray(values, np.float32).ravel())
+    n = s.size
+    return float(s[n // 2]) if n % 2 else float(0.5 * (s[n // 2 - 1] + s[n // 2]))
+
+
+def touches_frame(boxes: np.ndarray, image_size: tuple[int, int], margin: float = 2.0) -> np.ndarray:
+    """Boxes within `margin` pixels of the image border (cells cut by the frame)."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    w, h = image_size
+    return (b[:, 0] <= margin) | (b[:, 1] <= margin) | (b[:, 2] >= w - margin) | (b[:, 3] >= h - margin)
+
+
+#: red cells (whole ones) needed before their median size is used as the smear's scale
+MIN_SCALE_CELLS = 5
+
+
+def plausible_wbc(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, idx: np.ndarray, labels,
+                  image_size: tuple[int, int], min_rbc_size: float, max_inside: float,
+                  reference: np.ndarray) -> np.ndarray:
+    """`idx` (highest score first) without white-cell detections that cannot be a white cell:
+    a whole (not frame-cut) one smaller than `min_rbc_size` x the median whole red cell of the same
+    smear (a white cell is larger than a red one; the size is relative, so any magnification), and
+    one with more than `max_inside` of its area inside a higher-scoring white cell (a second box on
+    one cell's nucleus lobes). On the 157 TXL Training smears every labelled whole white cell is
+    >= 1.11 x the median red cell and two white cells overlap by <= 0.26 of the smaller one.
+    The red cells measured and the white cells compared with are those above `reference` (the
+    model's own thresholds), so a call with lower thresholds (evaluation sweeps) drops the same
+    white cells as the default call."""
+    if "WBC" not in labels or "RBC" not in labels or idx.size == 0:
+        return idx
+    wbc, rbc = labels.index("WBC"), labels.index("RBC")
+    w = idx[classes[idx] == wbc]
+    if w.size == 0:
+        return idx
+    drop = set()
+    red = idx[(classes[idx] == rbc) & (scores[idx] >= reference[rbc])]
+    red = red[~touches_frame(boxes[red], image_size)]
+    if red.size >= MIN_SCALE_CELLS:
+        small = (box_sides(boxes[w]) < min_rbc_size * median(box_sides(boxes[red]))) & ~touches_frame(boxes[w], image_size)
+        drop.update(w[small].tolist())
+    b = boxes[w]
+    area = np.maximum(box_sides(b) ** 2, 1e-6)
+    counted = scores[w] >= reference[wbc]
+    for k in range(1, w.size):  # w is in score order: compare each with the higher-scoring ones kept
+        ahead = [j for j in range(k) if counted[j] and int(w[j]) not in drop]
+        if not ahead:
+            continue
+        iw = np.clip(np.minimum(b[ahead, 2], b[k, 2]) - np.maximum(b[ahead, 0], b[k, 0]), 0, None)
+        ih = np.clip(np.minimum(b[ahead, 3], b[k, 3]) - np.maximum(b[ahead, 1], b[k, 1]), 0, None)
+        if float((iw * ih).max()) > max_inside * area[k]:
+            drop.add(int(w[k]))
+    return idx if not drop else np.asarray([i for i in idx if int(i) not in drop], dtype=np.int64)
+
+
 # --------------------------------------------------------------------------- result
 @dataclass
 class CellsResult(TaskResult):
@@ -415,8 +485,11 @@ def count_cells(classes: np.ndarray, labels: list[str] | tuple[str, ...] = CLASS
 
 def select(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
            nms_iou: float = DEFAULT_NMS_IOU, platelet_iou: float = DEFAULT_PLATELET_IOU,
-           labels: list[str] | tuple[str, ...] = CLASSES) -> np.ndarray:
-    """Indices kept after per-class thresholds, per-class NMS and platelet de-duplication."""
+           labels: list[str] | tuple[str, ...] = CLASSES, wbc_rules: dict | None = None,
+           image_size: tuple[int, int] | None = None, reference: np.ndarray | None = None) -> np.ndarray:
+    """Indices kept after per-class thresholds, per-class NMS, platelet de-duplication and (with
+    `wbc_rules` and `image_size`) `plausible_wbc`, whose `reference` thresholds default to
+    `thresholds`."""
     idx = np.nonzero(scores >= thresholds[classes])[0] if len(scores) else np.zeros(0, np.int64)
     if idx.size == 0:
         return idx
@@ -427,7 +500,11 @@ def select(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, threshold
         if pl.size > 1:
             drop = set(pl.tolist()) - set(pl[platelet_dedupe(boxes[pl], scores[pl], platelet_iou)].tolist())
             idx = np.asarray([i for i in idx if i not in drop], dtype=np.int64)
-    return idx[np.argsort(-scores[idx], kind="stable")]
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    if wbc_rules and image_size is not None:
+        idx = plausible_wbc(boxes, classes, scores, idx, list(labels), image_size, float(wbc_rules["min_rbc_size"]),
+                            float(wbc_rules["max_inside"]), thresholds if reference is None else reference)
+    return idx
 
 
 def _to_image(boxes: np.ndarray, ctx: CellsContext) -> np.ndarray:
@@ -452,10 +529,11 @@ def postprocess(outputs: dict[str, np.ndarray], context: CellsContext, info: Mod
         tiled = context.tiled
         boxes, classes, scores, tiles = tiled.boxes, tiled.classes.astype(np.int64), tiled.scores, tiled.tiles
     else:
-        boxes, classes, scores = decode(outputs, info, floor=float(thr.min()))
+        boxes, classes, scores = context.decoded or decode(outputs, info, floor=float(thr.min()))
         boxes = _to_image(boxes, context)
         tiles = 1
-    keep = select(boxes, classes, scores, thr, nms_iou, platelet_iou, labels)
+    keep = select(boxes, classes, scores, thr, nms_iou, platelet_iou, labels, info.settings.get("wbc_rules"),
+                  tuple(context.image_size), thresholds_of(info))
     result = CellsResult(boxes[keep], classes[keep], scores[keep], labels, tuple(context.image_size), tiles)
     check_familiar(result, outputs, info)
     return result
@@ -534,18 +612,8 @@ def merge_tiles(per_tile: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tiles
     return boxes[keep], classes[keep], scores[keep]
 
 
-def infer(session, tensor: np.ndarray, info: ModelInfo, context: CellsContext | None = None,
-          tiles: int | str | None = "auto", overlap: float = 0.2, thresholds: Any = None, **_: Any) -> dict:
-    """Run the model once, or on N x N overlapping tiles when the smear is much larger than the
-    model input (`tiles="auto"`, or an int N; pass `context` from preprocess for tiling). A tiled
-    run leaves its merged detections in `context.tiled` (and returns the last tile's outputs)."""
-    check_info(info)
-    if context is None or context.image is None:
-        return session.run(tensor)
-    n = auto_tiles(context.image_size, tuple(info.input_size)) if tiles in ("auto", None) else int(tiles)
-    if n <= 1:
-        return session.run(tensor)
-    thr = thresholds_of(info, thresholds)
+def run_tiles(session, context: CellsContext, info: ModelInfo, n: int, overlap: float, thr: np.ndarray) -> dict:
+    """The smear on N x N overlapping tiles, merged into `context.tiled`; the last tile's outputs."""
     grid = tile_grid(context.image_size, n, overlap)
     per_tile = []
     outputs: dict = {}
@@ -560,6 +628,48 @@ def infer(session, tensor: np.ndarray, info: ModelInfo, context: CellsContext | 
         per_tile.append((boxes, classes, scores))
     boxes, classes, scores = merge_tiles(per_tile, grid, float(info.settings.get("nms_iou", DEFAULT_NMS_IOU)))
     context.tiled = TiledDetections(boxes, classes, scores, n)
+    return outputs
+
+
+def red_cell_size(detections: tuple[np.ndarray, np.ndarray, np.ndarray], info: ModelInfo,
+                  min_cells: int = MIN_SCALE_CELLS) -> float | None:
+    """Median size (square root of box area) of the red cells among one pass's decoded detections
+    above the model's own RBC threshold (whatever the call's thresholds: the scale of a smear does
+    not depend on them); None when fewer than `min_cells` (no reliable scale)."""
+    labels = labels_of(info)
+    if "RBC" not in labels:
+        return None
+    rbc = labels.index("RBC")
+    boxes, classes, scores = detections
+    red = boxes[(classes == rbc) & (scores >= thresholds_of(info)[rbc])]
+    return median(box_sides(red)) if len(red) >= min_cells else None
+
+
+def infer(session, tensor: np.ndarray, info: ModelInfo, context: CellsContext | None = None,
+          tiles: int | str | None = "auto", overlap: float = 0.2, thresholds: Any = None, **_: Any) -> dict:
+    """Run the model once, or on N x N overlapping tiles when the smear is much larger than the
+    model input (`tiles="auto"`, or an int N; pass `context` from preprocess for tiling). A tiled
+    run leaves its merged detections in `context.tiled` (and returns the last tile's outputs).
+
+    Auto-scale (`tiles="auto"` and the sidecar's `auto_scale`): when one pass finds red cells
+    smaller than `below_rbc_px` in the model input (median), the smear was taken at a lower
+    magnification than the model counts well at; it is counted again on `tiles` x `tiles` tiles
+    (`overlap`), each enlarged to the model input. The first pass's outputs are returned (its
+    pooled features judge the whole smear for the unfamiliar flag)."""
+    check_info(info)
+    if context is None or context.image is None:
+        return session.run(tensor)
+    n = auto_tiles(context.image_size, tuple(info.input_size)) if tiles in ("auto", None) else int(tiles)
+    thr = thresholds_of(info, thresholds)
+    if n > 1:
+        return run_tiles(session, context, info, n, overlap, thr)
+    outputs = session.run(tensor)
+    auto = info.settings.get("auto_scale")
+    if auto and tiles in ("auto", None):
+        context.decoded = decode(outputs, info, floor=float(thr.min()))  # postprocess reuses it
+        size = red_cell_size(context.decoded, info, int(auto.get("min_cells", MIN_SCALE_CELLS)))
+        if size is not None and size < float(auto["below_rbc_px"]):
+            run_tiles(session, context, info, int(auto["tiles"]), float(auto["overlap"]), thr)
     return outputs
 
 
