@@ -448,7 +448,35 @@ def export_fold(fold_dir: Path, items, films, holdout: str, args, *, formats=("t
     t0 = time.time()
     paths = export_model(with_feature_output(model), info, cal, export_dir, STEM, formats=formats, precisions=precisions,
                          progress=lambda name: print(f"[export {holdout}] {name} ({time.time() - t0:.0f} s)", flush=True))
+    if "tflite-int8" in paths:  # its OpenVINO / ONNX siblings (same INT8 arithmetic) share its sidecar
+        add_feature_correction(paths["tflite-int8"], model, cal)
     return paths
+
+
+def add_feature_correction(int8_path: Path, model, cal: Sequence[np.ndarray]) -> dict:
+    """Fit the per-channel affine map of the INT8 file's pooled features onto the float model's on
+    the calibration films (least squares per channel) and write it into the file's sidecar
+    (`feature_correction`, read by `edgecell.tasks.xray.pooled_features`)."""
+    from edgecell.model import load_model
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    reference = pooled_features(with_feature_output(model), np.concatenate(cal))[1]
+    session = load_model(int8_path, threads=args_threads()).session
+    quantized = []
+    for x in cal:
+        fmap = sorted(session.run(x).values(), key=lambda v: v.size)[1]
+        quantized.append(fmap.reshape(-1, fmap.shape[-1]).mean(0))
+    quantized = np.stack(quantized)
+    q0, r0 = quantized - quantized.mean(0), reference - reference.mean(0)
+    scale = np.where((q0 * q0).sum(0) > 1e-9, (q0 * r0).sum(0) / np.maximum((q0 * q0).sum(0), 1e-9), 1.0)
+    offset = reference.mean(0) - scale * quantized.mean(0)
+    info = read_model_info(int8_path)
+    info.settings["feature_correction"] = {"scale": np.round(scale, 5).tolist(), "offset": np.round(offset, 5).tolist(),
+                                           "fitted_on": f"{len(cal)} calibration films"}
+    write_sidecar(int8_path, info)
+    shift = float(((quantized - reference).mean(0) @ (dense_head(model)["w"][:, 0] - dense_head(model)["w"][:, 1])))
+    print(f"[export] {int8_path.name}: feature correction fitted (COVID-Normal logit shift before: {shift:+.3f})", flush=True)
+    return info.settings["feature_correction"]
 
 
 def device_figures(model_path: Path, items: Sequence[xdata.Item], holdout: str) -> dict:

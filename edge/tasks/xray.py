@@ -390,6 +390,10 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
     """Class, probabilities, quality flags and (unless gradcam=False) the Grad-CAM heatmap of the
     predicted class (or `gradcam_class`, an index or a label)."""
     scores, features = split_outputs(outputs, info)
+    head = load_head(head_path) if head_path else (context.head if isinstance(context, XrayContext) else None)
+    pooled = None if features is None else pooled_features(features, info)
+    if pooled is not None and head is not None and head.get("kind") == "gap_dense" and "feature_correction" in info.settings:
+        scores = softmax(pooled @ head["w"] + head["b"])  # the answer from the corrected features
     labels = info.labels or [str(i) for i in range(scores.size)]
     best = int(np.argmax(scores))
     threshold = min_confidence if min_confidence is not None else info.settings.get("min_confidence", 0.0)
@@ -398,9 +402,8 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
                         quality=context.quality if isinstance(context, XrayContext) else None,
                         crop=context.crop if isinstance(context, XrayContext) else None,
                         confidence_floor=float(threshold or 0.0))
-    head = load_head(head_path) if head_path else (context.head if isinstance(context, XrayContext) else None)
-    if features is not None and head is not None:
-        check_familiar(result, features, head, info)
+    if pooled is not None and head is not None:
+        check_familiar(result, pooled, head, info)
     result.uncertain = bool(scores[best] < result.confidence_floor or result.unfamiliar or result.disagrees
                             or result.retake or not result.upright)
     if not gradcam:
@@ -420,13 +423,29 @@ def postprocess(outputs: dict[str, np.ndarray], context: XrayContext | None, inf
     return result
 
 
-def check_familiar(result: XrayResult, features: np.ndarray, head: dict[str, np.ndarray], info: ModelInfo) -> None:
+def pooled_features(features: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The feature map averaged to one vector per film; for an INT8 file whose sidecar carries a
+    `feature_correction` ({"scale": [K], "offset": [K]}), mapped onto the FP32 model's features.
+
+    Why: INT8 rounding moves the pooled features of every film a little in the same direction
+    (measured: the COVID-minus-Normal logit +0.6 on average, training films and new sources
+    alike); films of a new hospital sit near the decision boundary, so the FP32 and INT8 files
+    answered 4-10 % of them differently. The per-channel affine map is fitted by the exporter on
+    the INT8 calibration films (empirical bias correction); the answer, the flags and the
+    statistics they are compared with then see FP32-like features."""
+    pooled = np.asarray(features, np.float32).reshape(-1, features.shape[-1]).mean(axis=0)
+    fix = info.settings.get("feature_correction")
+    if fix:
+        pooled = pooled * np.asarray(fix["scale"], np.float32) + np.asarray(fix["offset"], np.float32)
+    return pooled
+
+
+def check_familiar(result: XrayResult, pooled: np.ndarray, head: dict[str, np.ndarray], info: ModelInfo) -> None:
     """The unfamiliar-film flag, the features' second opinion and the upright check from the pooled
-    feature map, where the head file carries their statistics (`maha_*`, `rot_*`) and the sidecar
+    features (`pooled_features`), where the head file carries their statistics (`maha_*`, `rot_*`) and the sidecar
     their thresholds (`unfamiliar_threshold`; `disagreement_threshold`; `upright_min_probability`:
     a turn is reported when the rotation classifier gives a non-zero turn at least this
     probability)."""
-    pooled = np.asarray(features, np.float32).reshape(-1, features.shape[-1]).mean(axis=0)
     if "maha_means" in head and "maha_precision" in head:
         distances = class_distances(pooled, head)
         result.unfamiliar_score = float(distances.min())

@@ -368,3 +368,18 @@ def test_sidecar_without_a_resize_key_keeps_the_resize_its_model_was_trained_wit
     assert xray.film_prep_of(legacy)["resize"] == "area"
     assert xray.film_prep_of(_gap_info(film_prep=dict(xray.FILM_PREP)))["resize"] == "exact"
     assert xray.film_prep_of(_gap_info()) is None
+
+
+def test_int8_feature_correction_maps_pooled_features_before_the_answer_and_the_flags():
+    """An INT8 sidecar's `feature_correction` (per-channel scale and offset) is applied to the
+    pooled features; the answer then comes from the head on the corrected features, not from the
+    file's own scores, and the distances are measured on them too."""
+    stats = {"maha_means": np.zeros((3, 4), np.float32), "maha_precision": np.eye(4, dtype=np.float32)}
+    ctx = xray.XrayContext(quality=None, head=_gap_head(**stats))
+    fix = {"scale": [1.0, 1.0, 1.0, 1.0], "offset": [-1.0, 1.0, 0.0, 0.0]}
+    features = np.zeros((3, 3, 4))
+    features[..., 0] = 0.5  # raw: COVID-19 (the scores say so too); corrected: [-0.5, 1, 0, 0] -> Normal
+    plain = xray.postprocess(_outputs(features), ctx, _gap_info(), gradcam=False)
+    fixed = xray.postprocess(_outputs(features), ctx, _gap_info(feature_correction=fix), gradcam=False)
+    assert plain.label == "COVID-19" and fixed.label == "Normal"
+    assert fixed.unfamiliar_score == pytest.approx(0.25 + 1.0)
