@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,30 @@ def test_health_image_is_from_the_task_registrys_sample_set():
 
     assert health_image(resolve_model_path("products")).parent.name == "products"
     assert health_image(resolve_model_path("xray")) is None  # X-ray films cannot ship
+
+
+def test_SLOW_device_from_nothing_gets_its_first_edgecell_from_the_bundle(fleet, ssh, tmp_path):
+    """SLOW (about 1-2 minutes: a real wheelhouse, two offline venvs): a device with SSH and Python
+    but no edgecell at all is bootstrapped by the bundle's own install.sh, then installs the
+    bundle with that edgecell, as the README's "device from nothing" says."""
+    from edgecell.benchmarks.local_fleet import DEVICE_PYTHON
+    from edgecell.bundle import BundleError
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the x86-legacy wheelhouse installs on x86-64 only")
+    python = subprocess.run([DEVICE_PYTHON, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                            capture_output=True, text=True)
+    if python.returncode != 0:
+        pytest.skip(f"{DEVICE_PYTHON} cannot make a venv (Debian: apt install python3-venv)")
+    try:
+        bundle = build_bundle([resolve_model_path("cells")], profile="x86-legacy", out=tmp_path / "b",
+                              python_version=python.stdout.strip(), name="cells", version="from-nothing")
+    except BundleError as exc:
+        pytest.skip(f"no wheelhouse for the bundle: {exc}")
+    prefix = tmp_path / "blank-device"
+    # no edgecell_command and none on the device's PATH: a device from nothing
+    inventory = fleet.inventory("from-nothing", {"dev2": {"edgecell_prefix": str(prefix), "edgecell_command": "''"}})
+    [done] = deploy_bundle(bundle, inventory, limit="dev2", ssh=ssh)
+    assert done.result == "ok", done.error
+    assert (prefix / "incoming" / "bootstrap-venv" / "bin" / "edgecell").is_file()
+    assert _current(prefix) == done.new_version and (prefix / "current" / "venv" / "bin" / "edgecell").is_file()
