@@ -101,7 +101,7 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     import keras
 
     from edgecell.convert.quantize import export_model
-    from edgecell.convert.train_xray_mobilenet import with_feature_output
+    from edgecell.convert.train_xray_mobilenet import add_feature_correction, with_feature_output
     from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
     from edgecell.tasks.xray import film_prep_of, load_head
@@ -135,7 +135,10 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     if "maha_means" in head:
         plain = feats[:: copies + 1]
         y_plain = y[:: copies + 1]
-        local = [plain[y_plain == c].mean(axis=0) for c in range(len(labels)) if (y_plain == c).any()]
+        present = [c for c in range(len(labels)) if (y_plain == c).any()]
+        local = [plain[y_plain == c].mean(axis=0) for c in present]
+        rows = head.get("maha_classes", np.arange(len(head["maha_means"])))
+        head["maha_classes"] = np.concatenate([np.asarray(rows, np.int32), np.asarray(present, np.int32)])
         head["maha_means"] = np.concatenate([head["maha_means"], np.stack(local)]).astype(np.float32)
     stem = model_path.stem.replace("_int8", "").replace("_fp32", "") + "_site"
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,9 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
         paths = export_model(cam, site_info, list(originals), tmp, stem, formats=("tflite",), precisions=("int8",))
         shutil.copyfile(paths["tflite-int8"], out / f"{stem}.tflite")
     write_sidecar(out / f"{stem}.tflite", site_info)
+    if "feature_correction" in info.settings:  # re-quantized on the site films: its own correction
+        add_feature_correction(out / f"{stem}.tflite", model, list(originals))
+        site_info = read_model_info(out / f"{stem}.tflite")
     if "openvino" in formats:  # the same INT8 arithmetic in OpenVINO IR (the x86 cart profile's format)
         from edgecell.convert.siblings import openvino_ir_from_tflite
 

@@ -1,22 +1,21 @@
-"""The default X-ray model: ImageNet MobileNet V1 0.25 trained against the source shortcut, measured
-across sources (a whole site held out), with the statistics the device needs for the "unfamiliar
-film" flag and the upright check. V-BreathNet (`edgecell.convert.train_xray`) stays as the
-paper's reproduction.
+"""The default X-ray model: ImageNet MobileNet V1 0.25, measured across sources (a whole site held
+out), with the statistics the device needs for the "unfamiliar film" and "uncertain" flags and the
+upright check. V-BreathNet (`edgecell.convert.train_xray`) stays as the paper's reproduction.
 
     python -m edgecell.convert.train_xray_mobilenet --out DIR --folds covid-padchest,covid-web,none
 
 Each fold trains one model on every site but the held-out one (`none`: the pooled model that
 ships) and scores it on the held-out site whole plus the held-out split of the other sites.
 
-Against the shortcut (public COVID X-ray models learn the hospital, not the lungs):
-- film preparation on the device and in training by the same functions
-  (`edgecell.tasks.xray.film_grey` / `film_crop`): borders trimmed, one size, CLAHE, a margin cut
-  from every side (burnt-in text, markers, collimator edges);
-- sampling: a quarter of every batch per class x age cell, and within a cell every site equally,
-  so that the site says nothing about the class where two sites give one class;
-- strong augmentation: rotation, scale, aspect, shift, gamma/contrast/brightness, blur, noise,
-  random erasing of patches and bright text-like strips, random black frames;
-- ImageNet-pretrained backbone (general image features, less room to memorise site marks).
+Two recipes (`--recipe`), measured against each other on both held-out-site folds (model card):
+- `plain` (the shipped model's): borders trimmed and one size (`film_grey`, bit-exact resize),
+  V-BreathNet's mild augmentation, class x age sampling;
+- `lungs` (the previous default, against the source shortcut): CLAHE and a margin cut from every
+  side (`film_grey` / `film_crop`), a quarter of every batch per class x age cell with every site
+  equal within a cell, strong augmentation (geometry, intensity, blur, noise, random erasing,
+  text-like strips, black frames).
+Both: ImageNet-pretrained backbone, quantization-aware fine-tuning, the same film preparation
+functions on the device and in training.
 
 The unfamiliar score is the Mahalanobis distance of the film's pooled features (mean of the last
 feature map) to the nearest class mean of the training films (shared covariance, shrunk); its
@@ -60,7 +59,7 @@ def model_info(size: int = SIZE, settings: dict | None = None, metrics: dict | N
             "architecture": f"mobilenet-v1 {ALPHA} (ImageNet) + global average pool + dense 3",
             "note": "research use only; not a medical device"}
     base.update(settings or {})
-    return ModelInfo(task="xray", name=f"xray-mobilenet-v1-{ALPHA}-{size}", version="2", labels=list(xdata.LABELS),
+    return ModelInfo(task="xray", name=f"xray-mobilenet-v1-{ALPHA}-{size}", version="3", labels=list(xdata.LABELS),
                      input_size=(size, size), channels=3, mean=list(MEAN), std=list(STD), resize="stretch",
                      settings=base, metrics=metrics or {})
 
@@ -460,11 +459,12 @@ def add_feature_correction(int8_path: Path, model, cal: Sequence[np.ndarray]) ->
     from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
 
-    reference = pooled_features(with_feature_output(model), np.concatenate(cal))[1]
+    batch = np.stack([np.asarray(x, np.float32).reshape(np.shape(x)[-3:]) for x in cal])
+    reference = pooled_features(with_feature_output(model), batch)[1]
     session = load_model(int8_path, threads=args_threads()).session
     quantized = []
-    for x in cal:
-        fmap = sorted(session.run(x).values(), key=lambda v: v.size)[1]
+    for i in range(len(batch)):
+        fmap = sorted(session.run(batch[i:i + 1]).values(), key=lambda v: v.size)[1]
         quantized.append(fmap.reshape(-1, fmap.shape[-1]).mean(0))
     quantized = np.stack(quantized)
     q0, r0 = quantized - quantized.mean(0), reference - reference.mean(0)
@@ -669,7 +669,9 @@ def ship(args, dest: Path) -> dict:
     metrics = {"heldout_images": r["n"], "top1": round(r["top1"], 4), "macro_f1": round(r["macro"]["f1"], 4),
                "split": f"xray_split.tsv test (seed {args.seed})",
                "cross_source": {h: {"held_out_site_top1": round(f["tflite-int8"]["per_site"][h]["top1"], 4),
-                                    "balanced_vs_rsna": round(float(f["tflite-int8"]["balanced_holdout_vs_rsna"]), 4)}
+                                    "balanced_vs_rsna": round(float(f["tflite-int8"]["balanced_holdout_vs_rsna"]), 4),
+                                    "wrong_flagged_uncertain": round(f["tflite-int8"]["per_site"][h]["wrong_flagged_uncertain"], 4),
+                                    "right_flagged_uncertain": round(f["tflite-int8"]["per_site"][h]["right_flagged_uncertain"], 4)}
                                 for h, f in cross["folds"].items()}}
     target = ship_model(export_dir / f"{STEM}_int8.tflite", dest, metrics,
                         extra_files=[export_dir / HEAD_FILE, export_dir / f"{STEM}_float.keras"])
@@ -700,8 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--qat-only", action="store_true",
                    help="skip the float training: QAT the fold's model_float.keras and score it again")
     p.add_argument("--calibration", type=int, default=160, help="INT8 calibration films (training split)")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="lungs",
-                   help="film preparation + augmentation + sampling: lungs (default) or plain (the ablation)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="plain",
+                   help="film preparation + augmentation + sampling: plain (the shipped model's) or lungs "
+                        "(CLAHE, margin cut, strong augmentation, site-balanced sampling: the previous default)")
     p.add_argument("--measure", type=Path, metavar="MODEL",
                    help="score MODEL on the held-out split per site through the device pipeline and exit")
     p.add_argument("--commission-study", action="store_true",

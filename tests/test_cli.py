@@ -171,7 +171,7 @@ def test_eval_xray_rebuilds_the_held_out_split_and_reports_the_cards_accuracy(tm
     out = edgecell("eval", "xray", "-o", tmp_path)
     assert out.returncode == 0, out.stderr
     entry = json.loads((tmp_path / "classification.json").read_text())["models"]["litert-int8"]
-    assert entry["n"] == 601 and 0.86 <= entry["top1"] <= 0.90  # model card: 88.0 % INT8 LiteRT (pooled split)
+    assert entry["n"] == 601 and 0.885 <= entry["top1"] <= 0.925  # model card: 90.5 % INT8 LiteRT (pooled split)
 
 
 def test_output_folder_it_cannot_write_is_one_line(classifier, real_jpeg, tmp_path):

@@ -211,6 +211,19 @@ def unfamiliar_score(pooled: np.ndarray, stats: dict[str, np.ndarray]) -> float:
     return float(class_distances(pooled, stats).min())
 
 
+def distances_per_class(distances: np.ndarray, stats: dict[str, np.ndarray], n_classes: int) -> np.ndarray | None:
+    """One distance per class: the nearest of that class's means. A commissioned model's head adds
+    the site's class means (`maha_classes` says each row's class); None if the rows cannot be
+    matched to the classes."""
+    classes = stats.get("maha_classes")
+    if classes is None:
+        return distances if distances.size == n_classes else None
+    classes = np.asarray(classes).astype(int)
+    if not all((classes == c).any() for c in range(n_classes)):
+        return None
+    return np.array([distances[classes == c].min() for c in range(n_classes)])
+
+
 def disagreement_score(distances: np.ndarray, answer: int) -> tuple[float, int]:
     """A second opinion from the same features: distance to the answered class's mean minus the
     distance to the nearest other class's mean (positive: the features lie nearer another class
@@ -451,9 +464,10 @@ def check_familiar(result: XrayResult, pooled: np.ndarray, head: dict[str, np.nd
         result.unfamiliar_score = float(distances.min())
         limit = info.settings.get("unfamiliar_threshold")
         result.unfamiliar = limit is not None and result.unfamiliar_score > float(limit)
-        if distances.size > 1:
-            result.disagreement_score, other = disagreement_score(distances, result.index)
-            result.nearest_other = (info.labels or [str(i) for i in range(distances.size)])[other]
+        per_class = distances_per_class(distances, head, len(result.probabilities))
+        if per_class is not None and per_class.size > 1:
+            result.disagreement_score, other = disagreement_score(per_class, result.index)
+            result.nearest_other = list(result.probabilities)[other]
             limit = info.settings.get("disagreement_threshold")
             result.disagrees = limit is not None and result.disagreement_score > float(limit)
     if "rot_w" in head and "rot_b" in head:

@@ -323,17 +323,19 @@ def test_turned_film_is_reported_with_a_plain_message():
     assert upright.rotation == 0 and upright.upright  # equal odds: below the sidecar's probability
 
 
-def test_shipped_model_calls_a_non_chest_image_unfamiliar():
-    """A blood smear and a product photo (the other tasks' shipped samples) are not chest films: the
-    shipped model's answer on them must come flagged unfamiliar and uncertain, with the message."""
+def test_shipped_model_never_answers_a_non_chest_image_unflagged():
+    """Blood smears and product photos (the other tasks' shipped samples) are not chest films: the
+    shipped model's answer on each must come flagged uncertain with a plain message; the smears,
+    far from any film, flagged unfamiliar."""
     from edgecell.model import load_model
     from edgecell.pipeline import predict
 
     model = load_model(SHIPPED)
     for folder in ("bccd", "products"):
-        image = decode_image(sorted((REPO / "edge" / "samples" / folder).glob("*.jpg"))[0])
-        result, _ = predict(model, image)
-        assert result.unfamiliar and result.uncertain and "Unfamiliar film" in result.message
+        for path in sorted((REPO / "edge" / "samples" / folder).glob("*.jpg"))[:3]:
+            result, _ = predict(model, decode_image(path))
+            assert result.uncertain and result.message, path.name
+            assert result.unfamiliar or folder == "products", path.name
 
 
 def test_answer_whose_features_lie_nearer_another_class_is_uncertain_with_a_plain_message():
@@ -383,3 +385,14 @@ def test_int8_feature_correction_maps_pooled_features_before_the_answer_and_the_
     fixed = xray.postprocess(_outputs(features), ctx, _gap_info(feature_correction=fix), gradcam=False)
     assert plain.label == "COVID-19" and fixed.label == "Normal"
     assert fixed.unfamiliar_score == pytest.approx(0.25 + 1.0)
+
+
+def test_commissioned_head_with_site_means_gives_one_distance_per_class():
+    """A commissioned head adds the site's class means (`maha_classes` names each row's class): the
+    second opinion compares classes, each at its nearest mean, and names a label, not a row."""
+    stats = {"maha_means": np.array([[0, 0, 0, 0], [4, 0, 0, 0], [0, 4, 0, 0], [1, 0, 0, 0]], np.float32),
+             "maha_precision": np.eye(4, dtype=np.float32), "maha_classes": np.array([0, 1, 2, 1], np.float32)}
+    ctx = xray.XrayContext(quality=None, head=_gap_head(**stats))
+    result = xray.postprocess(_outputs(np.zeros((3, 3, 4))), ctx, _gap_info(disagreement_threshold=0.0), gradcam=False)
+    assert result.nearest_other == "Normal" and result.disagreement_score == pytest.approx(0 - 1.0)
+    assert not result.disagrees
