@@ -425,6 +425,31 @@ def fit_abnormal(probs: np.ndarray, truth: np.ndarray, seed: int = 0):
     return gbm.fit(probs, truth.astype(int))
 
 
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+
+
+def choose_type_thresholds(probs: np.ndarray, truth: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Per-type probability thresholds for exact match (every head right), by coordinate ascent
+    over THRESHOLD_GRID on the given (val) patches, starting from 0.5; on ties the value nearest
+    0.5. Balanced sampling (`--balance`) shifts the heads' probabilities, so 0.5 is no longer
+    where a rare type is best called."""
+    truth = np.asarray(truth).astype(bool)
+    thr = np.full(probs.shape[1], 0.5)
+
+    def exact(t: np.ndarray) -> float:
+        return float(((probs >= t) == truth).all(1).mean())
+
+    for _ in range(rounds):
+        for k in range(len(thr)):
+            trial = thr.copy()
+            scores = []
+            for g in THRESHOLD_GRID:
+                trial[k] = g
+                scores.append((exact(trial), -abs(g - 0.5)))
+            thr[k] = THRESHOLD_GRID[max(range(len(scores)), key=scores.__getitem__)]
+    return thr
+
+
 def smear_fraction_rule(fractions: np.ndarray, truth: np.ndarray) -> float:
     """The smallest smear-level cut (fraction of cells in abnormal patches) with the best accuracy."""
     cuts = np.round(np.arange(0.05, 0.9, 0.025), 3)
@@ -481,6 +506,7 @@ def export_rbc(args) -> None:
         core = keras.models.load_model(keras_path, compile=False)
         info = read_model_info(keras_path)
         probs, _ = patch_scores(keras_logits(core, val["x"], PATCH_SIZE), len(names))
+        thresholds = choose_type_thresholds(probs, val["types"])
         truth = abnormal_truth(val["types"], abnormal_types)
         gbm = fit_abnormal(probs, truth, args.seed)
         trees = export_trees(gbm)
@@ -499,10 +525,13 @@ def export_rbc(args) -> None:
         info.settings.update({
             "detector": "rbc_centres", "patch_batch": args.batch, "patch_crop": PATCH_CROP,
             "abnormal_types": list(abnormal_types), "abnormal_threshold": 0.5, "abnormal_trees": trees,
+            "type_thresholds": {n: float(t) for n, t in zip(names, thresholds)},
             "smear_min_fraction": min_fraction, "smear_truth_fraction": SMEAR_TRUTH_FRACTION,
             "abnormal_fitted_on": f"{len(probs)} val patches (FP32 outputs), {len(val_smears)} val smears",
             "classes": list(CLASS_NAMES)})
         summary[stem] = {"val_abnormal_accuracy": float((patch_abnormal == truth).mean()),
+                         "val_exact_match_at_0.5": float(((probs >= 0.5) == val["types"].astype(bool)).all(1).mean()),
+                         "val_exact_match_at_thresholds": float(((probs >= thresholds) == val["types"].astype(bool)).all(1).mean()),
                          "val_abnormal_base_rate": float(truth.mean()), "smear_min_fraction": min_fraction}
         print(stem, json.dumps(summary[stem]), flush=True)
         pick = rng.choice(len(train["x"]), args.batch * args.calibration, replace=False)

@@ -2,7 +2,7 @@
 
 - `roc_auc` / `roc_curve`: per-type ROC (ties counted half, as the Mann-Whitney U);
 - `multilabel_report`: per-type AUC, the mean over types with positives, exact-match accuracy (a
-  patch is right only when every head is right at 0.5, the paper's Table 1 "accuracy");
+  patch is right only when every head is right at its threshold, the paper's Table 1 "accuracy");
 - `match_points`: detected cell centres against labelled centres, each labelled centre matched at
   most once, to the nearest unused detection within one cell radius, detections taken in
   descending score (the VOC rule with distance instead of IoU).
@@ -66,9 +66,10 @@ def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: float = 0.5) -> dict:
+def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: float | np.ndarray = 0.5) -> dict:
     """Per-type AUC and positives, mean AUC over the types that have positives and negatives,
-    exact-match accuracy at `threshold` (every head right), over N patches x T types."""
+    exact-match accuracy at `threshold` (one value, or one per type; every head right), over N
+    patches x T types."""
     truth = np.asarray(truth).astype(bool)
     probs = np.asarray(probs, np.float32)
     per_type = {}
@@ -166,11 +167,12 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
                 overlay = (image, result, s)
         truth, probs = np.concatenate(truth), np.concatenate(probs)
         own, own_truth, ab_p = np.concatenate(own), np.concatenate(own_truth), np.concatenate(ab_p)
-        ml = multilabel_report(truth, probs, names)
+        thresholds = rbc.type_thresholds(info)
+        ml = multilabel_report(truth, probs, names, thresholds)
         ab_truth = truth[:, ab_cols].any(1)
         multi = np.concatenate(multi)
         complete, complete_cells = np.array(complete), np.concatenate(complete_cells)
-        exact = ((probs >= 0.5) == truth.astype(bool)).all(1)
+        exact = ((probs >= thresholds) == truth.astype(bool)).all(1)
         key = result_key(model.session.backend, info.precision, path, set(report["models"]))
         cm = confusion_matrix(own_truth, own, len(classes))
         report["models"][key] = {
@@ -223,7 +225,8 @@ def markdown_report(report: dict) -> str:
     lines = [f"# Red-cell morphology, Chula RBC-12 `{report['split']}` split: {report['smears']} smears, "
              f"{report['cells']} labelled cells", "",
              "Patches around the labelled centres (held-out smears); per-type ROC-AUC (positives in brackets), "
-             "exact-match accuracy (every head right at 0.5) on all patches, single-cell and multi-cell patches.", "",
+             "exact-match accuracy (every head right at its threshold: the sidecar's `type_thresholds`, else 0.5) on "
+             "all patches, single-cell and multi-cell patches.", "",
              "| model | " + " | ".join(names) + " | mean AUC | exact match (all / single / multi) |",
              "|---|" + "---|" * (len(names) + 2)]
     for key, r in models.items():

@@ -165,6 +165,7 @@ class RbcCell:
     y: float
     score: float  # detector confidence
     types: dict[str, float]  # type -> probability that the patch holds a cell of that type
+    present: list[str]  # the types whose probability reaches its threshold (`type_thresholds`)
     cell_type: str  # the most likely class of the cell itself
     cell_type_probability: float
     abnormal: float  # probability that the patch holds an abnormal cell (the trees)
@@ -172,7 +173,8 @@ class RbcCell:
     def to_dict(self) -> dict:
         return {"x": round(self.x, 1), "y": round(self.y, 1), "score": round(self.score, 4),
                 "type": self.cell_type, "type_probability": round(self.cell_type_probability, 4),
-                "abnormal": round(self.abnormal, 4), "types": {k: round(v, 4) for k, v in self.types.items()}}
+                "abnormal": round(self.abnormal, 4), "types": {k: round(v, 4) for k, v in self.types.items()},
+                "present": list(self.present)}
 
 
 @dataclass
@@ -231,6 +233,13 @@ def check_info(info: ModelInfo) -> None:
     if missing:
         raise ModelError(f"rbc model {info.name or '?'}: sidecar settings lack {', '.join(missing)}; "
                          "re-export it with edgecell.convert.train_rbc")
+
+
+def type_thresholds(info: ModelInfo) -> np.ndarray:
+    """Per type (in `info.labels` order) the probability from which its patch is said to hold it:
+    `settings["type_thresholds"]` (chosen on the val patches at export for exact match), else 0.5."""
+    chosen = info.settings.get("type_thresholds") or {}
+    return np.array([float(chosen.get(name, 0.5)) for name in info.labels], np.float32)
 
 
 def patch_batch(info: ModelInfo) -> int:
@@ -348,9 +357,10 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
         if not check.familiar:  # say so; report no cells rather than invented ones
             return RbcResult([], counts, False, 0.0, f"not assessed: {check.reason}", abnormal_types,
                              tuple(image_size), True, check.reason, check=check)
-    cells = [RbcCell(float(c[0]), float(c[1]), float(s), dict(zip(names, map(float, p))), classes[int(o.argmax())],
-                     float(o.max()), float(a))
-             for c, s, p, o, a in zip(outputs["centres"], outputs["scores"], probs, own, abnormal)]
+    present = probs >= type_thresholds(info)
+    cells = [RbcCell(float(c[0]), float(c[1]), float(s), dict(zip(names, map(float, p))),
+                     [n for n, yes in zip(names, here) if yes], classes[int(o.argmax())], float(o.max()), float(a))
+             for c, s, p, here, o, a in zip(outputs["centres"], outputs["scores"], probs, present, own, abnormal)]
     for c in cells:
         counts[c.cell_type] += 1
     flagged = abnormal >= threshold

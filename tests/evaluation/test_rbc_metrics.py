@@ -25,6 +25,12 @@ def test_exact_match_needs_every_head_right():
     assert abs(report["exact_match"] - 2 / 3) < 1e-9 and report["per_type"]["b"]["positives"] == 1
 
 
+def test_exact_match_takes_one_threshold_per_type():
+    truth = np.array([[1, 0], [1, 1], [0, 0]])
+    probs = np.array([[0.9, 0.1], [0.8, 0.4], [0.2, 0.3]])
+    assert multilabel_report(truth, probs, ["a", "b"], np.array([0.5, 0.35]))["exact_match"] == 1.0
+
+
 def test_match_points_one_to_one_within_radius_best_score_first():
     gt = np.array([[10, 10], [50, 50]], np.float32)
     det = np.array([[12, 10], [10, 13], [80, 80]], np.float32)

@@ -45,6 +45,17 @@ def test_model_without_rbc_settings_is_refused_with_the_fix():
         rbc.check_info(info)
 
 
+def test_a_cell_holds_the_types_that_reach_their_own_threshold():
+    info = ModelInfo(task="rbc", name="t", labels=["normal", "microcyte"],
+                     settings={"detector": "x", "classes": ["normal", "microcyte"], "abnormal_trees": TREES,
+                               "type_thresholds": {"microcyte": 0.8}})  # normal: no threshold chosen, 0.5
+    type_probs = np.array([[0.6, 0.7], [0.4, 0.9]])
+    logits = np.hstack([np.log(type_probs / (1 - type_probs)), [[2, 0], [0, 2]]])  # type logits, own-class logits
+    outputs = {"centres": np.zeros((2, 2), np.float32), "scores": np.ones(2, np.float32), "logits": logits}
+    cells = rbc.postprocess(outputs, None, info).cells
+    assert [c.present for c in cells] == [["normal"], ["microcyte"]]
+
+
 def _smear(n_cells: int = 0, radius: int = 20) -> np.ndarray:
     """A flat light background with `n_cells` pink discs on a grid."""
     image = np.full((480, 640, 3), (200, 205, 215), np.uint8)
