@@ -41,7 +41,10 @@ def _xray_images() -> list[Path]:
 def images_for(path: Path) -> list[Path]:
     if "xray" in path.stem:
         return _xray_images()
-    folder = SAMPLES / ("bccd" if path.stem.startswith("cells") else "products")
+    if path.stem.startswith("rbc"):  # the red-cell models answer on Chula smears (products: "uncertain", no cells)
+        folder = SAMPLES / "chula"
+    else:
+        folder = SAMPLES / ("bccd" if path.stem.startswith("cells") else "products")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
