@@ -75,6 +75,11 @@ class KindResult:
             ratio = out["three_median_s"] / out["one_median_s"]
             out["three_over_one"] = round(ratio, 2)
             out["ratio_target_met"] = ratio <= TARGET_RATIO
+            # each run's own ratio (one and three measured minutes apart): less swayed by the
+            # machine's load drifting over the whole benchmark
+            paired = [t / o for o, t in zip(self.one_s, self.three_s)]
+            out["three_over_one_per_run"] = [round(r, 2) for r in paired]
+            out["three_over_one_per_run_median"] = round(percentile(paired, 50), 2)
         if self.redeploy_s:
             out["redeploy_p90_s"] = round(percentile(self.redeploy_s, 90), 1)
             out["redeploy_target_met"] = out["redeploy_median_s"] <= TARGET_REDEPLOY_S
