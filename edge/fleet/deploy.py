@@ -70,7 +70,7 @@ def expected_health(bundle: Path, image: Path) -> Any:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     line = json.loads(lines[0]) if lines else {}
     if proc.returncode != 0 or not line.get("ok"):
-        tail = (proc.stderr.strip().splitlines() or [line.get("error", "no result")])[-1]
+        tail = line.get("error") or (proc.stderr.strip().splitlines() or ["no result"])[-1]
         raise FleetError(f"{Path(bundle).name}: the bundle does not run its own sample here ({tail}); not deploying it")
     return result_summary(line["result"])
 

@@ -234,3 +234,13 @@ def test_SLOW_device_from_nothing_gets_its_first_edgecell_from_the_bundle(fleet,
     assert done.result == "ok", done.error
     assert (prefix / "incoming" / "bootstrap-venv" / "bin" / "edgecell").is_file()
     assert _current(prefix) == done.new_version and (prefix / "current" / "venv" / "bin" / "edgecell").is_file()
+
+
+def test_a_bundle_that_cannot_answer_its_health_sample_here_is_refused_with_the_reason(bundles, tmp_path):
+    from edgecell.fleet import FleetError
+    from edgecell.fleet.deploy import expected_health
+
+    not_an_image = tmp_path / "smear.jpg"
+    not_an_image.write_text("not a smear")
+    with pytest.raises(FleetError, match="not a readable image.*not deploying it"):
+        expected_health(bundles["1.0"], not_an_image)
