@@ -516,3 +516,14 @@ def test_files_named_in_the_sidecar_travel_with_the_model(tmp_path):
     assert f"models/{head}" in manifest["files"]
     assert f"models/{float_model}" not in manifest["files"]  # only commission --adapt needs it, not the device
     assert verify_bundle(folder).ok
+
+
+def test_an_rbc_bundle_carries_its_centre_detector(tmp_path):
+    """The rbc model loads `<settings.detector>_<precision>` beside it: a bundle without it cannot
+    run at all (found by the fleet health check)."""
+    from edgecell.resources import shipped_path
+
+    folder = build_bundle([shipped_path("models") / "rbc_int8.tflite"], profile="raspberry-pi", out=tmp_path / "out",
+                          wheelhouse=False, archive=False)
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    assert "models/rbc_centres_int8.tflite" in files and "models/rbc_centres_int8.json" in files

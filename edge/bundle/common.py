@@ -122,16 +122,15 @@ def pinned_key_path(prefix: Path) -> Path:
 
 
 def companion_files(sidecar: Path) -> list[Path]:
-    """Files a model's task needs beside it, named in its sidecar settings (for example the X-ray
-    model's Grad-CAM head, `settings.gradcam_head`): a bundle without them runs, but not fully."""
+    """Files a model's task needs beside it (`Task.companion_files`: the X-ray model's Grad-CAM
+    head, the rbc model's centre detector): a bundle without them does not run fully, or at all."""
+    from edgecell.tasks import TASKS
+
     try:
-        settings = json.loads(sidecar.read_text()).get("settings") or {}
+        meta = json.loads(sidecar.read_text())
     except (OSError, json.JSONDecodeError):
         return []
-    out = []
-    for value in settings.values():
-        if isinstance(value, str) and value and "/" not in value and "\\" not in value:
-            candidate = sidecar.parent / value
-            if candidate.is_file() and candidate != sidecar:
-                out.append(candidate)
-    return out
+    task = TASKS.get(str(meta.get("task", "")))
+    if task is None:
+        return []
+    return task.companion_files(sidecar, meta)

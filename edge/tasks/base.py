@@ -148,6 +148,18 @@ class Task(ABC):
         so a model is never shown another task's images by default."""
         return self.samples
 
+    def companion_files(self, sidecar: Path, meta: dict[str, Any]) -> list[Path]:
+        """Files a model of this task reads beside it (a bundle copies them with the model), from
+        its sidecar (`meta`, the parsed JSON). Default: the settings' values that name a file beside
+        it (the X-ray model's Grad-CAM head, `settings.gradcam_head`)."""
+        out = []
+        for value in (meta.get("settings") or {}).values():
+            if isinstance(value, str) and value and "/" not in value and "\\" not in value:
+                candidate = sidecar.parent / value
+                if candidate.is_file() and candidate != sidecar:
+                    out.append(candidate)
+        return out
+
     def check(self, info: "ModelInfo", session: "Session") -> None:
         """Refuse at load time, with one line, a model whose metadata does not fit this task or
         its outputs (called by `load_model`). Default: nothing to check."""

@@ -414,6 +414,16 @@ class RbcTask(Task):
     name = TASK
     samples = "chula"
 
+    def companion_files(self, sidecar: Path, meta: dict[str, Any]) -> list[Path]:
+        """Also the centre detector `detector_for` loads (`<detector>_<precision>` in every format
+        shipped beside the model, with its sidecar): without it an rbc bundle cannot run at all."""
+        out = super().companion_files(sidecar, meta)
+        detector = (meta.get("settings") or {}).get("detector")
+        if isinstance(detector, str) and detector and "/" not in detector and "\\" not in detector:
+            stem = f"{detector}_{meta.get('precision', 'int8')}"
+            out += sorted(p for p in sidecar.parent.glob(f"{stem}.*") if p.is_file() and p not in out)
+        return out
+
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, RbcContext]:
         return preprocess(image, info)
 

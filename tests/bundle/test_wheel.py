@@ -53,6 +53,12 @@ def test_models_not_asked_for_stay_out_but_the_samples_stay(tmp_path):
     assert any(n.startswith("edgecell/samples/bccd/") and n.endswith(".jpg") for n in names)
 
 
+def test_an_rbc_wheel_keeps_the_centre_detector_it_cannot_run_without(tmp_path):
+    names = _names(build_edgecell_wheel(tmp_path, keep_models={"rbc"}))
+    for name in ("rbc_int8.tflite", "rbc_centres_int8.tflite", "rbc_centres_int8.json"):
+        assert f"edgecell/models/{name}" in names
+
+
 def test_wheel_packed_from_an_installed_wheel_is_the_same(full_wheel, tmp_path):
     """Install the wheel (no checkout beside it), pack it again from there: same files, and the
     shipped models are found by name through the installed package."""
