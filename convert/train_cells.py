@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecell.convert.unfamiliar import unfamiliar_stats  # noqa: F401 (the smears' statistics)
+
 
 def parse_size(text: str) -> tuple[int, int]:
     w, h = text.lower().split("x")
@@ -417,24 +419,6 @@ def with_features(model, layer: str = FEATURES_LAYER):
     return keras.Model(model.input, [model.output, pooled], name=model.name)
 
 
-def unfamiliar_stats(features: np.ndarray, quantile: float = 100.0, shrink: float = 0.1) -> dict:
-    """Mean and (shrunk) precision of training smears' pooled features; the threshold is the
-    `quantile` percentile of the training smears' own squared Mahalanobis distances. Default 100:
-    unfamiliar = farther than every training smear (the 99.5th percentile flagged a paler batch
-    of the same lab's Testing smears, 4 of 60, and one shipped sample)."""
-    from edgecell.tasks.cells import mahalanobis2
-
-    mean = features.mean(0)
-    cov = np.cov(features, rowvar=False)
-    cov = (1 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
-    precision = np.linalg.inv(cov)
-    stats = {"mean": mean.round(6).tolist(), "precision": precision.astype(np.float32).round(5).tolist()}
-    scores = np.array([mahalanobis2(f, stats) for f in features])
-    stats["threshold"] = round(float(np.percentile(scores, quantile)), 2)
-    stats["calibrated_on"] = f"{len(features)} training smears, {quantile} percentile of their scores"
-    return stats
-
-
 #: white cells that cannot be one (`edgecell.tasks.cells.plausible_wbc`), measured on the 157 TXL
 #: Training smears through the shipped counter: every whole detected white cell that matches a
 #: labelled one is >= 1.14 x the smear's median red cell, every false one <= 0.90 x; a second box on
@@ -527,6 +511,8 @@ def export_complete(args, src: Path, out: Path) -> dict:
         loaded = load_model(path, threads=args.threads)
         feats = [cells.features_of(loaded.session.run(cells.preprocess(decode_image(p), loaded.info)[0]), loaded.info)
                  for p in train_paths]
+        # quantile 100: unfamiliar = farther than every training smear (the 99.5th percentile flagged a
+        # paler batch of the same lab's Testing smears, 4 of 60, and one shipped sample)
         stats = unfamiliar_stats(np.array(feats))
         meta = read_model_info(path)
         meta.settings["thresholds"] = chosen

@@ -258,6 +258,26 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
         raise typer.Exit(1)
     if ended_early:
         raise typer.Exit(1)
+    unfamiliar = unfamiliar_single_image(kind, summary)
+    if unfamiliar:
+        print(f"edgecell: unfamiliar: {source}: {unfamiliar}", file=sys.stderr)
+        raise typer.Exit(EXIT_UNFAMILIAR)
+
+
+#: exit status of a run on one image that the model answered but found unfamiliar (unlike its
+#: training images): the answer is written, and a script calling edgecell must not take it as good
+EXIT_UNFAMILIAR = 3
+
+
+def unfamiliar_single_image(kind: str | None, summary) -> str | None:
+    """The message of a one-image run whose result says `unfamiliar`, else None (a folder or a
+    stream goes on: its unfamiliar images are in the results and the closing table)."""
+    if kind != "image" or summary.inputs != 1 or not summary.first:
+        return None
+    result = summary.first[0].result
+    if result is None or not getattr(result, "unfamiliar", False):
+        return None
+    return getattr(result, "message", "") or "unlike the images this model was trained on"
 
 
 def _ended_early(kind: str, total: int | None, seen: int, max_frames: int | None) -> str:

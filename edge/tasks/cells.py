@@ -41,6 +41,7 @@ from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult, check_label_count
 from edgecell.tasks.boxes import box_iou, nms_per_class
 from edgecell.tasks.common import normalise as normalise_pixels
+from edgecell.tasks.familiarity import features_of, mahalanobis2, unfamiliar_score  # noqa: F401 (re-exported)
 
 TASK = "cells"
 CLASSES = ("RBC", "WBC", "Platelets")
@@ -244,39 +245,6 @@ def centernet_output(outputs: dict[str, np.ndarray] | np.ndarray, num_classes: i
         raise ModelError(f"cells CenterNet output has shape {out.shape}; expected 1 x H x W x {depth} "
                          f"({num_classes} class heatmaps + offset x, y + size w, h)")
     return np.ascontiguousarray(out)
-
-
-def features_of(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo) -> np.ndarray | None:
-    """The pooled feature vector (K,) of a model with a features output (by the name in
-    `settings["features_output"]`, else the one flat output), or None."""
-    if not isinstance(outputs, dict):
-        return None
-    name = info.settings.get("features_output")
-    vec = outputs.get(name) if name else None
-    if vec is None:
-        flat = [v for k, v in outputs.items() if not k.startswith("__") and np.ndim(v) == 2]
-        vec = flat[0] if len(flat) == 1 else None
-    return None if vec is None else np.asarray(vec, np.float32).reshape(-1)
-
-
-def mahalanobis2(features: np.ndarray, stats: dict) -> float:
-    """Squared Mahalanobis distance of pooled features to the training smears' mean (`stats`:
-    "mean" (K,), "precision" (K x K), from the training side's `unfamiliar_stats`)."""
-    mean, precision = _stats_arrays(stats)
-    d = np.asarray(features, np.float64) - mean
-    return float(d @ precision @ d)
-
-
-_stats_cache: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}
-
-
-def _stats_arrays(stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The sidecar's lists as arrays, converted once per statistics dict (not per frame)."""
-    hit = _stats_cache.get(id(stats))
-    if hit is None or hit[0] is not stats:
-        hit = _stats_cache[id(stats)] = (stats, np.asarray(stats["mean"], np.float64),
-                                         np.asarray(stats["precision"], np.float64))
-    return hit[1], hit[2]
 
 
 def decode_centernet(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo, floor: float = 0.005
@@ -548,14 +516,13 @@ def check_familiar(result: CellsResult, outputs: dict[str, np.ndarray], info: Mo
     statistics in its sidecar (`settings["unfamiliar"]`: mean, precision, threshold). A model
     without them (the Tiny-YOLOv2 reproduction) leaves the score None. For a tiled smear the
     features are those of the last tile."""
-    stats = info.settings.get("unfamiliar")
-    feats = features_of(outputs, info) if stats else None
-    if feats is None:
+    scored = unfamiliar_score(outputs, info)
+    if scored is None:
         return
-    result.unfamiliar_score = mahalanobis2(feats, stats)
-    result.unfamiliar = result.unfamiliar_score > float(stats["threshold"])
+    result.unfamiliar_score, threshold = scored
+    result.unfamiliar = result.unfamiliar_score > threshold
     if result.unfamiliar:
-        result.message = UNFAMILIAR_MESSAGE.format(score=result.unfamiliar_score, threshold=float(stats["threshold"]))
+        result.message = UNFAMILIAR_MESSAGE.format(score=result.unfamiliar_score, threshold=threshold)
 
 
 # --------------------------------------------------------------------------- tiling

@@ -1,5 +1,8 @@
 """Image classification (the product classifier, and any plain classifier): top-k categories,
-and an `uncertain` flag below `min_confidence` so that a person checks instead of a guess."""
+an `uncertain` flag below `min_confidence` so that a person checks instead of a guess, and, for a
+model with a pooled-feature output and its training images' statistics (the product classifier),
+an `unfamiliar` flag for an image unlike anything it was trained on (a blood smear, an X-ray), which
+it would otherwise answer with one of its classes, sometimes confidently."""
 
 from __future__ import annotations
 
@@ -11,6 +14,10 @@ import numpy as np
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult, check_label_count, output_size
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
+from edgecell.tasks.familiarity import unfamiliar_score
+
+UNFAMILIAR_MESSAGE = ("unfamiliar image: it does not look like the images this model was trained on "
+                      "(score {score:.0f} > {threshold:.0f}); the answer is not to be trusted")
 
 
 @dataclass
@@ -19,14 +26,24 @@ class ClassifyResult(TaskResult):
     index: int
     confidence: float
     top: list[tuple[str, float]] = field(default_factory=list)
-    uncertain: bool = False
+    uncertain: bool = False  # below min_confidence, or unfamiliar
+    #: the image lies far from the training images (pooled-feature Mahalanobis score above the threshold)
+    unfamiliar: bool = False
+    unfamiliar_score: float | None = None  # None: the model carries no statistics for the check
+    message: str = ""
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "index": self.index, "confidence": round(self.confidence, 5),
-                "top": [{"label": l, "p": round(p, 5)} for l, p in self.top],
-                "uncertain": self.uncertain}
+        out = {"label": self.label, "index": self.index, "confidence": round(self.confidence, 5),
+               "top": [{"label": l, "p": round(p, 5)} for l, p in self.top],
+               "uncertain": self.uncertain, "unfamiliar": self.unfamiliar,
+               "unfamiliar_score": None if self.unfamiliar_score is None else round(self.unfamiliar_score, 2)}
+        if self.message:
+            out["message"] = self.message
+        return out
 
     def summary(self) -> str:
+        if self.unfamiliar:
+            return f"{self.label} {self.confidence:.2f} (UNFAMILIAR: {self.message})"
         flag = " (uncertain: check by hand)" if self.uncertain else ""
         return f"{self.label} {self.confidence:.2f}{flag}"
 
@@ -58,11 +75,19 @@ def postprocess(outputs: dict[str, np.ndarray], context, info: ModelInfo, *, top
     order = np.argsort(-probs)[: max(1, top_k)]
     best = int(order[0])
     threshold = min_confidence if min_confidence is not None else info.settings.get("min_confidence", 0.0)
-    return ClassifyResult(
+    result = ClassifyResult(
         label=labels[best] if best < len(labels) else str(best), index=best, confidence=float(probs[best]),
         top=[(labels[i] if i < len(labels) else str(i), float(probs[i])) for i in order],
         uncertain=bool(probs[best] < threshold),
     )
+    scored = unfamiliar_score(outputs, info)
+    if scored is not None:
+        result.unfamiliar_score, limit = scored
+        result.unfamiliar = result.unfamiliar_score > limit
+        if result.unfamiliar:
+            result.uncertain = True
+            result.message = UNFAMILIAR_MESSAGE.format(score=result.unfamiliar_score, threshold=limit)
+    return result
 
 
 def annotate(image: np.ndarray, result: ClassifyResult) -> np.ndarray:

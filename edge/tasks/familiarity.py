@@ -1,0 +1,70 @@
+"""The unfamiliar-image check shared by every task whose model has a pooled-feature output (cells,
+products): the squared Mahalanobis distance of an image's pooled features to the training images'
+mean, against a threshold chosen on the training side. Why: a model answers every image with one
+of its classes; a blood smear given to the product classifier would otherwise be a confident "hat".
+The statistics live in the sidecar (`settings["unfamiliar"]`: "mean" (K,), or one mean per class
+(C x K: the distance to the nearest, Lee et al. 2018), "precision" (K x K), "threshold", and an
+optional "transform" ("sqrt") applied to the features first; made by
+`edgecell.convert.unfamiliar.unfamiliar_stats`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecell.modelinfo import ModelInfo
+
+
+def features_of(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo) -> np.ndarray | None:
+    """The pooled feature vector (K,) of a model with a features output (by the name in
+    `settings["features_output"]`, else the one flat output), or None."""
+    if not isinstance(outputs, dict):
+        return None
+    name = info.settings.get("features_output")
+    vec = outputs.get(name) if name else None
+    if vec is None:
+        flat = [v for k, v in outputs.items() if not k.startswith("__") and np.ndim(v) == 2]
+        vec = flat[0] if len(flat) == 1 else None
+    return None if vec is None else np.asarray(vec, np.float32).reshape(-1)
+
+
+def mahalanobis2(features: np.ndarray, stats: dict) -> float:
+    """Squared Mahalanobis distance of pooled features to the training images' mean (`stats`:
+    "mean" (K,) or per-class means (C x K: the nearest counts), "precision" (K x K), from the
+    training side's `unfamiliar_stats`). Computed as |x W - mean W|^2 with W the Cholesky factor
+    of the precision (one K x K product per image, however many means)."""
+    whiten, means = _stats_arrays(stats)
+    d = np.asarray(features, np.float64) @ whiten - means
+    return float(np.square(d).sum(axis=-1).min())
+
+
+_stats_cache: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}
+
+
+def _stats_arrays(stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(W, means @ W) from the sidecar's lists, computed once per statistics dict (not per frame)."""
+    hit = _stats_cache.get(id(stats))
+    if hit is None or hit[0] is not stats:
+        precision = np.asarray(stats["precision"], np.float64)
+        whiten = np.linalg.cholesky((precision + precision.T) / 2)
+        hit = _stats_cache[id(stats)] = (stats, whiten, np.asarray(stats["mean"], np.float64) @ whiten)
+    return hit[1], hit[2]
+
+
+#: element-wise maps of the pooled features before the distance (`stats["transform"]`): the square
+#: root makes the skewed, non-negative ReLU activations closer to Gaussian, which the distance assumes
+TRANSFORMS = {"sqrt": lambda x: np.sqrt(np.maximum(x, 0.0))}
+
+
+def transformed(features: np.ndarray, stats: dict) -> np.ndarray:
+    name = stats.get("transform")
+    return TRANSFORMS[name](features) if name else features
+
+
+def unfamiliar_score(outputs: dict[str, np.ndarray], info: ModelInfo) -> tuple[float, float] | None:
+    """(score, threshold) of this image, or None when the model carries no statistics or no
+    features output (then nothing can be said, and the result leaves its score None)."""
+    stats = info.settings.get("unfamiliar")
+    feats = features_of(outputs, info) if stats else None
+    if feats is None:
+        return None
+    return mahalanobis2(transformed(feats, stats), stats), float(stats["threshold"])
