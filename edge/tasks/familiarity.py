@@ -30,23 +30,22 @@ def features_of(outputs: dict[str, np.ndarray] | np.ndarray, info: ModelInfo) ->
 def mahalanobis2(features: np.ndarray, stats: dict) -> float:
     """Squared Mahalanobis distance of pooled features to the training images' mean (`stats`:
     "mean" (K,) or per-class means (C x K: the nearest counts), "precision" (K x K), from the
-    training side's `unfamiliar_stats`). Computed as |x W - mean W|^2 with W the Cholesky factor
-    of the precision (one K x K product per image, however many means)."""
-    whiten, means = _stats_arrays(stats)
-    d = np.asarray(features, np.float64) @ whiten - means
-    return float(np.square(d).sum(axis=-1).min())
+    training side's `unfamiliar_stats`). One C x K by K x K product (no factorisation at load:
+    a first Cholesky call costs numpy ~0.1-0.2 s, which a cold start would pay)."""
+    means, precision = _stats_arrays(stats)
+    d = np.atleast_2d(np.asarray(features, np.float64) - means)
+    return float(((d @ precision) * d).sum(axis=-1).min())
 
 
 _stats_cache: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}
 
 
 def _stats_arrays(stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(W, means @ W) from the sidecar's lists, computed once per statistics dict (not per frame)."""
+    """The sidecar's lists as arrays, converted once per statistics dict (not per frame)."""
     hit = _stats_cache.get(id(stats))
     if hit is None or hit[0] is not stats:
-        precision = np.asarray(stats["precision"], np.float64)
-        whiten = np.linalg.cholesky((precision + precision.T) / 2)
-        hit = _stats_cache[id(stats)] = (stats, whiten, np.asarray(stats["mean"], np.float64) @ whiten)
+        hit = _stats_cache[id(stats)] = (stats, np.asarray(stats["mean"], np.float64),
+                                         np.asarray(stats["precision"], np.float64))
     return hit[1], hit[2]
 
 
