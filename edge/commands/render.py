@@ -52,6 +52,7 @@ def _row(record: Record, classes: list[str]) -> list[str]:
     if classes:
         counts = result.class_counts() or {}
         flag = " [yellow](flagged)[/]" if record.action == "flagged" else ""
+        flag += " [yellow](unfamiliar)[/]" if getattr(result, "unfamiliar", False) else ""  # counts not to be trusted
         return [name + flag, *[str(counts.get(c, 0)) for c in classes], ms]
     text = result.summary()
     if record.action == "flagged" and record.gate is not None:

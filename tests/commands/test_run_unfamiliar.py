@@ -47,3 +47,9 @@ def test_folder_with_a_smear_goes_on_and_exits_0(tmp_path):
         (tmp_path / path.name).write_bytes(path.read_bytes())
     done = run(PRODUCTS, tmp_path, "--json")
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 2, done.stderr
+
+
+def test_closing_table_of_a_counting_run_marks_the_unfamiliar_image(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(PRODUCT.read_bytes())
+    done = run(shipped_path("models", "cells_int8.tflite"), tmp_path)
+    assert "a.jpg (unfamiliar)" in done.stdout, done.stdout
