@@ -31,12 +31,13 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edgecell.commission import (LabelledFilm, commission_report, read_labels, site_data_hash)
+from edgecell.commission import (LabelledFilm, commission_report, paired_change, read_labels, site_data_hash)
 from edgecell.errors import EdgecellError, script_main
 
 
@@ -132,6 +133,7 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     dense.set_weights([w, b])
     head = {k: v for k, v in load_head(model_path.parent / info.settings["gradcam_head"]).items() if k != "kind"}
     head.update({"kind": np.asarray("gap_dense"), "w": w, "b": b})
+    head.pop("correction_matrix", None)  # the shipped INT8 file's; the site file gets its own correction
     if "maha_means" in head:
         plain = feats[:: copies + 1]
         y_plain = y[:: copies + 1]
@@ -166,6 +168,7 @@ def adapt(model_path: Path, films_dir: Path, labels_csv: Path, out: Path, *, n_t
     site_info.metrics = {"site": {"data_sha256": site_data_hash(train), "films_adapted_on": len(train),
                                   "films_evaluated": len(held), "adapted_from": model_path.name,
                                   "before": figures(before), "after": figures(after), "seed": seed,
+                                  "change": asdict(paired_change(before, after)),
                                   "method": f"dense head refit on pooled features ({copies} augmented copies per "
                                             f"film, L2 tie {tie}); backbone fixed; site class means added to "
                                             "the unfamiliar statistics; INT8 re-quantized on the site films"}}

@@ -84,3 +84,20 @@ def test_site_thresholds_keep_three_quarters_of_right_answers_unflagged():
     assert t["wrong_caught_at_suggested_unfamiliar"] == 0.5  # the far one, not the near one
     assert t["wrong_caught_at_suggested_min_confidence"] == 0.5
 
+
+
+def _report(wrong: list[str], films: int = 100) -> cm.CommissionReport:
+    return cm.CommissionReport(model="m", films=films, labels=["a", "b"], accuracy=1 - len(wrong) / films,
+                               accuracy_ci95=(0.0, 1.0), confusion=[[0, 0], [0, 0]], flagged={}, site_thresholds={},
+                               wrong=[{"file": f} for f in wrong])
+
+
+@pytest.mark.parametrize("before, after, verdict", [
+    ([f"f{i}" for i in range(30)], [f"f{i}" for i in range(10)], "better"),
+    ([f"f{i}" for i in range(10)], [f"f{i}" for i in range(30)], "worse"),
+    ([f"f{i}" for i in range(10)], [f"f{i}" for i in range(2, 12)], "no clear change"),
+])
+def test_site_model_is_judged_by_the_films_that_change_answer(before, after, verdict):
+    change = cm.paired_change(_report(before), _report(after))
+    assert change.verdict == verdict and verdict.split()[0].upper() in change.message.upper()
+    assert change.gained - change.lost == len(before) - len(after)

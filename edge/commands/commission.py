@@ -66,8 +66,11 @@ def commission(
     summary = {"report": report.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
     if adapt:
         summary["adapt"] = run_adapt(path, films, labels, out, train, seed)
+    worse = adapt and (summary["adapt"].get("change") or {}).get("verdict") == "worse"
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
+        if worse:  # a site model worse than the shipped one is a failed adaptation, in the exit code too
+            raise typer.Exit(1)
         return
     print(report_summary(report))
     print(f"report: {paths['md']}" + (f", {paths['png']}" if "png" in paths else ""))
@@ -77,3 +80,7 @@ def commission(
         print(f"adapted on {a['films_adapted_on']} films, judged on {a['films_evaluated']}: accuracy "
               f"{100 * b['accuracy']:.1f} % -> {100 * f['accuracy']:.1f} % (95 % CI {100 * f['ci95'][0]:.1f}-"
               f"{100 * f['ci95'][1]:.1f}); site model: {a['model']} (+ {Path(a['openvino']).name})")
+        if a.get("change"):
+            print(a["change"]["message"])
+        if worse:
+            raise typer.Exit(1)
