@@ -449,24 +449,56 @@ def export_fold(fold_dir: Path, items, films, holdout: str, args, *, formats=("t
                          progress=lambda name: print(f"[export {holdout}] {name} ({time.time() - t0:.0f} s)", flush=True))
     if "tflite-int8" in paths:  # its OpenVINO / ONNX siblings (same INT8 arithmetic) share its sidecar
         add_feature_correction(paths["tflite-int8"], model, cal)
+        add_linear_correction(paths["tflite-int8"], model, calibration_tensors(
+            items, films, holdout, CORRECTION_FILMS, args.size, args.seed, args.prep))
     return paths
 
 
-def add_feature_correction(int8_path: Path, model, cal: Sequence[np.ndarray]) -> dict:
-    """Fit the per-channel affine map of the INT8 file's pooled features onto the float model's on
-    the calibration films (least squares per channel) and write it into the file's sidecar
-    (`feature_correction`, read by `edgecell.tasks.xray.pooled_features`)."""
-    from edgecell.model import load_model
-    from edgecell.modelinfo import read_model_info, write_sidecar
+def refit_correction(args, items, films) -> dict:
+    """The linear feature correction for folds already exported (the INT8 files stay as they
+    are: the correction is sidecar + head file), then their INT8 device figures again
+    (`cross_source.json`, FP32 rows unchanged)."""
+    import keras
 
-    batch = np.stack([np.asarray(x, np.float32).reshape(np.shape(x)[-3:]) for x in cal])
+    out = Path(args.out)
+    report = json.loads((out / "cross_source.json").read_text())
+    for h in args.folds.split(","):
+        fold_dir = out / f"fold_{h}"
+        int8 = fold_dir / "export" / f"{STEM}_int8.tflite"
+        model = keras.models.load_model(fold_dir / "model.keras", compile=False)
+        add_linear_correction(int8, model, calibration_tensors(items, films, h, CORRECTION_FILMS, args.size,
+                                                               args.seed, args.prep))
+        if h == "none":
+            continue
+        report["folds"][h]["tflite-int8"] = r = device_figures(int8, items, h)
+        print(f"[device {h}] tflite-int8 (linear correction): "
+              + json.dumps({s: round(v["top1"], 4) for s, v in r["per_site"].items()}), flush=True)
+        (out / "cross_source.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return report
+
+
+def int8_and_float_features(int8_path: Path, model, films: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of `films` (prepared tensors) from the INT8 file (raw, uncorrected) and from
+    the float model it was exported from."""
+    from edgecell.model import load_model
+
+    batch = np.stack([np.asarray(x, np.float32).reshape(np.shape(x)[-3:]) for x in films])
     reference = pooled_features(with_feature_output(model), batch)[1]
     session = load_model(int8_path, threads=args_threads()).session
     quantized = []
     for i in range(len(batch)):
         fmap = sorted(session.run(batch[i:i + 1]).values(), key=lambda v: v.size)[1]
         quantized.append(fmap.reshape(-1, fmap.shape[-1]).mean(0))
-    quantized = np.stack(quantized)
+    return np.stack(quantized), reference
+
+
+def add_feature_correction(int8_path: Path, model, cal: Sequence[np.ndarray]) -> dict:
+    """Fit the per-channel affine map of the INT8 file's pooled features onto the float model's on
+    the calibration films (least squares per channel) and write it into the file's sidecar
+    (`feature_correction`, read by `edgecell.tasks.xray.pooled_features`)."""
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    quantized, reference = int8_and_float_features(int8_path, model, cal)
     q0, r0 = quantized - quantized.mean(0), reference - reference.mean(0)
     scale = np.where((q0 * q0).sum(0) > 1e-9, (q0 * r0).sum(0) / np.maximum((q0 * q0).sum(0), 1e-9), 1.0)
     offset = reference.mean(0) - scale * quantized.mean(0)
@@ -476,6 +508,60 @@ def add_feature_correction(int8_path: Path, model, cal: Sequence[np.ndarray]) ->
     write_sidecar(int8_path, info)
     shift = float(((quantized - reference).mean(0) @ (dense_head(model)["w"][:, 0] - dense_head(model)["w"][:, 1])))
     print(f"[export] {int8_path.name}: feature correction fitted (COVID-Normal logit shift before: {shift:+.3f})", flush=True)
+    return info.settings["feature_correction"]
+
+
+#: Ridge penalties the linear feature correction chooses from (5-fold cross-validation on its films).
+CORRECTION_LAMBDAS = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+#: Training films the linear correction is fitted on (257 numbers per channel need more than 160).
+CORRECTION_FILMS = 960
+
+
+def ridge_map(q: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
+    """[K+1, K]: least squares of r on [q, 1] with an L2 penalty `lam` on every coefficient."""
+    x = np.hstack([q, np.ones((len(q), 1))]).astype(np.float64)
+    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ r.astype(np.float64))
+
+
+def fit_linear_correction(q: np.ndarray, r: np.ndarray, w: np.ndarray, b: np.ndarray,
+                          lambdas: Sequence[float] = CORRECTION_LAMBDAS) -> tuple[np.ndarray, float, dict]:
+    """The ridge map of INT8 features `q` onto float features `r`, its penalty chosen by 5-fold
+    cross-validation on these films (mean squared error of the head's logits `w`, `b`: what the
+    answer sees). Returns (matrix, penalty, {penalty: CV error})."""
+    folds = np.arange(len(q)) % 5
+    logits = r @ w + b
+    errors = {}
+    for lam in lambdas:
+        err = []
+        for f in range(5):
+            m = ridge_map(q[folds != f], r[folds != f], lam)
+            z = (q[folds == f] @ m[:-1] + m[-1]) @ w + b
+            err.append(float(((z - logits[folds == f]) ** 2).mean()))
+        errors[lam] = float(np.mean(err))
+    lam = min(errors, key=errors.get)
+    return ridge_map(q, r, lam).astype(np.float32), lam, errors
+
+
+def add_linear_correction(int8_path: Path, model, films: Sequence[np.ndarray]) -> dict:
+    """The linear (across channels) feature correction of the INT8 file: the [K+1, K] matrix goes
+    into its head file (`correction_matrix`), the sidecar's `feature_correction` gets
+    {"kind": "linear"} (its per-channel scale and offset stay, for the record)."""
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    quantized, reference = int8_and_float_features(int8_path, model, films)
+    head = dense_head(model)
+    matrix, lam, errors = fit_linear_correction(quantized, reference, head["w"], head["b"])
+    info = read_model_info(int8_path)
+    head_path = int8_path.parent / info.settings["gradcam_head"]
+    with np.load(head_path) as z:
+        stored = {k: z[k] for k in z.files}
+    np.savez(head_path, **{**stored, "correction_matrix": matrix})
+    info.settings["feature_correction"] = {**info.settings.get("feature_correction", {}), "kind": "linear",
+                                           "ridge_penalty": lam, "fitted_on": f"{len(films)} training films",
+                                           "cv_logit_mse": {str(k): round(v, 5) for k, v in errors.items()}}
+    write_sidecar(int8_path, info)
+    print(f"[export] {int8_path.name}: linear feature correction (ridge {lam:g}, CV logit MSE "
+          f"{errors[lam]:.4f}) on {len(films)} films", flush=True)
     return info.settings["feature_correction"]
 
 
@@ -710,6 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--commission-study", action="store_true",
                    help="after --finish: each held-out site commissions its fold's model with 10/25/50 films")
     p.add_argument("--ship", type=Path, metavar="DIR", help="after --finish: pooled figures, then ship to DIR")
+    p.add_argument("--refit-correction", action="store_true",
+                   help="skip training: fit the linear INT8 feature correction of the exported folds, device figures")
     p.add_argument("--finish", action="store_true", help="skip training: flag rule, export, device figures")
     args = p.parse_args(argv)
     args.prep = RECIPES[args.recipe]
@@ -742,6 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.finish:
         finish(args, items, films)
+        return 0
+    if args.refit_correction:
+        refit_correction(args, items, films)
         return 0
     for holdout in args.folds.split(","):
         if holdout != "none" and holdout not in xdata.SITES:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecell.errors import ImageError
+from edgecell.errors import ImageError, ModelError
 from edgecell.images import decode_image
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks import xray
@@ -396,3 +396,22 @@ def test_commissioned_head_with_site_means_gives_one_distance_per_class():
     result = xray.postprocess(_outputs(np.zeros((3, 3, 4))), ctx, _gap_info(disagreement_threshold=0.0), gradcam=False)
     assert result.nearest_other == "Normal" and result.disagreement_score == pytest.approx(0 - 1.0)
     assert not result.disagrees
+
+
+def test_linear_feature_correction_takes_its_matrix_from_the_head_file():
+    """With {"kind": "linear"} the pooled features go through the head file's [K+1, K]
+    `correction_matrix` (features, then intercept), across channels."""
+    swap = np.zeros((5, 4), np.float32)
+    swap[0, 1] = swap[1, 0] = swap[2, 2] = swap[3, 3] = 1.0  # channels 0 and 1 exchanged, no intercept
+    ctx = xray.XrayContext(quality=None, head=_gap_head(correction_matrix=swap))
+    features = np.zeros((3, 3, 4))
+    features[..., 0] = 0.5  # raw: COVID-19; corrected: channel 1 -> Normal
+    fixed = xray.postprocess(_outputs(features), ctx, _gap_info(feature_correction={"kind": "linear"}), gradcam=False)
+    assert fixed.label == "Normal"
+
+
+def test_linear_feature_correction_without_its_matrix_is_a_clear_error():
+    ctx = xray.XrayContext(quality=None, head=_gap_head())
+    with pytest.raises(ModelError, match="correction_matrix"):
+        xray.postprocess(_outputs(np.zeros((3, 3, 4))), ctx, _gap_info(feature_correction={"kind": "linear"}),
+                         gradcam=False)
