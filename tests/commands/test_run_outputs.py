@@ -81,10 +81,18 @@ def _many(real_jpeg: Path, folder: Path, n: int = SLOW_RUN_INPUTS) -> Path:
     return folder
 
 
+def _sigint_as_a_terminal_sends_it() -> None:
+    """In the child, before exec: SIGINT back to its default. A shell starts background jobs (and
+    so a test suite run with `&` or from a CI runner) with SIGINT ignored, which children inherit and
+    Python then honours (no KeyboardInterrupt): the test is about Ctrl-C in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_slow_run(folder: Path, out: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "EDGECELL_DEBUG"}
     return subprocess.Popen([sys.executable, "-m", "edgecell", "run", str(CLASSIFIER), str(folder), "-o", str(out),
-                             "--fps", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--fps", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_sigint_as_a_terminal_sends_it)
 
 
 def _wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
