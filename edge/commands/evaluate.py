@@ -37,7 +37,10 @@ def evaluate(
 
 
 def print_eval_summary(report: dict) -> None:
-    """The headline figures per model file; the full report is in the output folder."""
+    """The headline figures per model file, with how many images it flagged (unfamiliar,
+    uncertain); the full report is in the output folder."""
+    from edgecell.evaluation.flags import flag_lines
+
     for name, entry in (report.get("models") or {}).items():
         parts = []
         if isinstance(entry.get("map50"), dict):
@@ -57,4 +60,5 @@ def print_eval_summary(report: dict) -> None:
             parts.append(f"top-1 {entry['top1']:.1%}")
             if isinstance(entry.get("macro"), dict) and "f1" in entry["macro"]:
                 parts.append(f"macro F1 {entry['macro']['f1']:.1%}")
+        parts += flag_lines(entry.get("flags"))
         print(f"{name}: " + "; ".join(parts or ["see report"]))

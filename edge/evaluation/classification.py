@@ -29,6 +29,7 @@ import numpy as np
 
 from edgecell.calibration.folders import folder_label_map  # noqa: F401 (part of this module's API)
 from edgecell.errors import EdgecellError
+from edgecell.evaluation.flags import FlagTally, flags_markdown
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -103,10 +104,11 @@ def model_bytes(path: Path) -> int:
     return size
 
 
-def classify_images(model, images: Sequence[Path], *, top_k: int = 3) -> tuple[np.ndarray, float]:
+def classify_images(model, images: Sequence[Path], *, top_k: int = 3,
+                    flags: FlagTally | None = None) -> tuple[np.ndarray, float]:
     """Run a loaded model on image files through the device pipeline (`pipeline.predict`).
     Returns (predicted class indices (N,), mean seconds per image of the model call alone: the
-    report's "ms/img (run only)" column)."""
+    report's "ms/img (run only)" column); `flags` counts the results' unfamiliar/uncertain flags."""
     from edgecell.images import decode_image
     from edgecell.pipeline import predict
 
@@ -116,6 +118,8 @@ def classify_images(model, images: Sequence[Path], *, top_k: int = 3) -> tuple[n
         result, timings = predict(model, decode_image(path), top_k=top_k, gradcam=False)
         run_s += timings.infer / 1e3
         preds.append(result.index)
+        if flags is not None:
+            flags.add(result)
     return np.asarray(preds, np.int64), run_s / max(1, len(images))
 
 
@@ -167,14 +171,15 @@ def evaluate_classifier(model_paths: Sequence[str | os.PathLike], data_dir: str 
             raise EdgecellError(f"{Path(data_dir) / split}: no images")
         images = [p for p, _ in samples]
         y_true = np.asarray([fmap[folders[i]] for _, i in samples], np.int64)
-        preds, sec = classify_images(model, images)
+        flags = FlagTally()
+        preds, sec = classify_images(model, images, flags=flags)
         metrics = classification_metrics(y_true, preds, labels)
         key = result_key(name, info.precision, path, set(results))
         results[key] = {
             "path": str(path), "file": path.name, "backend": name, "precision": info.precision,
             "bytes": model_bytes(path), "sha256": sha256(path), "ms_per_image_run": round(sec * 1000, 2),
             "input_size": list(info.input_size), **metrics,
-            "predictions": preds.tolist(),
+            "predictions": preds.tolist(), "flags": flags.as_dict(),
         }
     # INT8 vs FP32 of the same backend: top-1 change and prediction agreement
     for key, r in results.items():
@@ -246,6 +251,7 @@ def markdown_report(report: dict, plots: dict[str, str] | None = None) -> str:
              + ", ".join(f"{k} {v}" for k, v in report["support"].items()) + ".",
              "Device pipeline: `load_model` + `pipeline.predict` (the model's own task), batch 1.", "",
              "## Summary", "", *summary_table(report), "",
+             *flags_markdown(report["models"]),
              "## Per-class F1 %, side by side", "", *f1_side_by_side(report), ""]
     for key in report["models"]:
         lines += [f"## {key}: per-class precision, recall, F1 ({report['models'][key]['file']})", "",

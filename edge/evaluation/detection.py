@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecell.evaluation.flags import flags_markdown
 from edgecell.tasks.boxes import box_iou
 
 
@@ -133,7 +134,9 @@ def _model_key(backend: str, precision: str, taken: set) -> str:
 
 def run_model(model_path, annotations, backend: str = "auto", threads: int | None = None, tiles="auto") -> dict:
     """Run the device pipeline (`load_model` + `pipeline.predict`) on annotated images.
-    Returns the loaded model, floor-threshold detections per image (image pixels) and timings."""
+    Returns the loaded model, floor-threshold detections per image (image pixels), timings and
+    the results' flags (`FlagTally`)."""
+    from edgecell.evaluation.flags import FlagTally
     from edgecell.images import decode_image
     from edgecell.model import load_model
     from edgecell.pipeline import predict
@@ -142,12 +145,14 @@ def run_model(model_path, annotations, backend: str = "auto", threads: int | Non
     model = load_model(model_path, backend, threads=threads)
     cells.check_info(model.info)
     floor = [FLOOR] * len(cells.labels_of(model.info))
-    preds, ms = [], []
+    preds, ms, flags = [], [], FlagTally()
     for a in annotations:
         r, timings = predict(model, decode_image(a.image_path), thresholds=floor, tiles=tiles)
         ms.append(timings.total)
         preds.append((r.boxes, r.classes, r.scores))
-    return {"model": model, "session": model.session, "info": model.info, "predictions": preds, "ms": ms}
+        flags.add(r)
+    return {"model": model, "session": model.session, "info": model.info, "predictions": preds, "ms": ms,
+            "flags": flags}
 
 
 def _pr_plot(curves_by_model: dict, labels, path) -> str | None:
@@ -269,6 +274,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
                                      "per_class": counting_metrics(count_matrix(preds, chosen, len(labels)), gt_test, labels)},
             },
             "sweep": sw,
+            "flags": run["flags"].as_dict(),
         }
         if overlay_done is None:
             idx = next((i for i, a in enumerate(test) if a.stem == overlay_stem), 0)
@@ -324,6 +330,7 @@ def markdown_report(report: dict, labels) -> str:
                          " | ".join(f"{pc[n]['estimated']}/{pc[n]['ground_truth']}" for n in labels) + " | " +
                          " | ".join(_fmt(pc[n]["accuracy"], True) for n in labels) + " | " +
                          " | ".join(f"{pc[n]['mae_per_image']:.2f}" for n in labels) + " |")
+    lines += ["", *flags_markdown(report["models"])]
     first = next(iter(report["models"].values()), None)
     if first:
         sw = first["sweep"]

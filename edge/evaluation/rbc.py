@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from edgecell.evaluation.flags import flags_markdown
+
 
 def match_points(points: np.ndarray, scores: np.ndarray, gt_points: np.ndarray, radius: float) -> np.ndarray:
     """Index of the matched labelled centre per detection (-1: none), detections taken in
@@ -113,6 +115,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
     from edgecell.calibration.chula import CELL_RADIUS_PX, CLASS_NAMES, list_smears
     from edgecell.errors import EdgecellError
     from edgecell.evaluation.classification import confusion_matrix, model_bytes, result_key, sha256
+    from edgecell.evaluation.flags import FlagTally
     from edgecell.model import load_model
     from edgecell.pipeline import predict
     from edgecell.tasks import rbc
@@ -141,6 +144,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
         tp = n_det = n_gt = 0
         tp_c = n_det_c = 0  # on the completely labelled fields, where an unmatched detection is a real error
         smear_ok, complete, complete_cells, times, overlay = [], [], [], [], None
+        flags = FlagTally()
         for s in smears:
             image = images[s.stem]
             t = patch_type_truth(s.points, s.classes, names, CLASS_NAMES, crop)
@@ -152,6 +156,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
             ab_p.append(rbc.trees_probability(p, info.settings["abnormal_trees"]))
             result, timings = predict(model, image)
             times.append(timings.total)
+            flags.add(result)
             found = np.array([[c.x, c.y] for c in result.cells], np.float32).reshape(-1, 2)
             score = np.array([c.score for c in result.cells], np.float32)
             hits = int((match_points(found, score, s.points, CELL_RADIUS_PX) >= 0).sum())
@@ -190,7 +195,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
             "centre_precision_complete": tp_c / max(n_det_c, 1),
             "smear_accuracy_complete": float(np.mean(np.array(smear_ok)[complete])) if complete.any() else None,
             "exact_match_complete": float(exact[complete_cells].mean()) if complete_cells.any() else None,
-            "ms_per_smear_p90": float(np.percentile(times, 90)),
+            "ms_per_smear_p90": float(np.percentile(times, 90)), "flags": flags.as_dict(),
         }
         _write_plots(out_dir, key, truth, probs, names, cm, classes, overlay, crop)
     report = _clean(report)
@@ -247,7 +252,8 @@ def markdown_report(report: dict) -> str:
                      f"{_f(r['centre_precision'])} ({_f(r['centre_precision_complete'])}) | "
                      f"{_f(r['exact_match_complete'])} | {_f(r['smear_accuracy'])} ({_f(r['smear_accuracy_complete'])}) | "
                      f"{r['ms_per_smear_median']:.1f} / {r['ms_per_smear_p90']:.1f} |")
-    lines += ["", "Files: " + ", ".join(f"`{r['file']}` {r['sha256'][:12]}" for r in models.values()), ""]
+    lines += ["", *flags_markdown(models)]
+    lines += ["Files: " + ", ".join(f"`{r['file']}` {r['sha256'][:12]}" for r in models.values()), ""]
     return "\n".join(lines)
 
 
