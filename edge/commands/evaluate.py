@@ -46,13 +46,16 @@ def print_eval_summary(report: dict) -> None:
         if isinstance(entry.get("map50"), dict):
             parts.append(f"mAP@0.5 {entry['map50']['mean']:.3f} ("
                          + ", ".join(f"{c} {v:.3f}" for c, v in entry["map50"]["per_class"].items()) + ")")
+        complete = (entry.get("complete_labels") or {}).get("testing", {}).get("counting")
+        if complete:  # cells: the complete labels (every cell boxed) are the headline, so they come first
+            parts.append("counting accuracy against complete labels "
+                         + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in complete.items()))
         if isinstance(entry.get("counting"), dict) and "model_thresholds" in entry["counting"]:
             per = entry["counting"]["model_thresholds"]["per_class"]
-            parts.append("counting accuracy " + ", ".join(
+            what = ("against the dataset's own labels (they box only part of the red cells) " if complete
+                    else "counting accuracy ")
+            parts.append(what + ", ".join(
                 f"{c} {v['accuracy']:.1%}" if isinstance(v, dict) and "accuracy" in v else f"{c} {v}" for c, v in per.items()))
-        complete = (entry.get("complete_labels") or {}).get("testing", {}).get("counting")
-        if complete:  # cells: the complete labels (every cell boxed) beside the CBC figures above
-            parts.append("against complete labels " + ", ".join(f"{c} {v['accuracy']:.1%}" for c, v in complete.items()))
         if "exact_match" in entry:
             parts.append(f"mean AUC {entry['mean_auc']:.3f}, exact match {entry['exact_match']:.3f}, "
                          f"centre recall {entry['centre_recall']:.3f}, smear flag {entry['smear_accuracy']:.1%}")
