@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgecell.benchmarks.report import CSV_FIELDS, device_line, flat_row
+from edgecell.benchmarks.report import CSV_FIELDS, add_plot, device_line, flat_row
 
 FLEET_FIELDS = ["device", *CSV_FIELDS]
 
@@ -94,10 +94,5 @@ def write(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
             w.writerow({"device": r["fleet_device"], **flat_row(r)})
     files["md"].write_text(markdown(result))
     written = {k: str(v) for k, v in files.items()}
-    try:
-        png = plot(result, out_dir / "fleet-bench.png")
-        if png:
-            written["png"] = str(png)
-    except ImportError:
-        written["png_error"] = "matplotlib not installed: pip install 'edgecell[plots]'"
+    add_plot(written, plot, result, out_dir / "fleet-bench.png")
     return written

@@ -307,13 +307,19 @@ def write(result: dict[str, Any], out_dir: Path, formats: Iterable[str] = ("json
         _atomic_text(p, markdown(result))
         files["md"] = str(p)
     if "png" in formats:
-        try:
-            p = plot(result, out_dir / "latency.png")
-            if p:
-                files["png"] = str(p)
-        except ImportError:
-            files["png_error"] = "matplotlib not installed: pip install 'edgecell[plots]'"
+        add_plot(files, plot, result, out_dir / "latency.png")
     return files
+
+
+def add_plot(files: dict[str, str], draw, result: dict[str, Any], path: Path) -> None:
+    """Draw `result` to `path` with `draw` and record it as `files["png"]`; without matplotlib
+    (the device install) record why under `png_error` instead: the other formats still stand."""
+    try:
+        png = draw(result, path)
+        if png:
+            files["png"] = str(png)
+    except ImportError:
+        files["png_error"] = "matplotlib not installed: pip install 'edgecell[plots]'"
 
 
 def _atomic_text(path: Path, text: str) -> None:

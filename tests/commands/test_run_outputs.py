@@ -129,13 +129,18 @@ def test_results_csv_is_whole_after_sigkill(real_jpeg, tmp_path):
     assert all(r["ok"] == "True" for r in rows)
 
 
-def test_truncated_video_says_it_ended_early(real_jpeg, tmp_path):
-    video = tmp_path / "clip.avi"
+def _clip(real_jpeg: Path, video: Path, frames: int, *, moving: bool = False) -> Path:
+    """A 160 x 120 MJPG clip of `frames` copies of the sample (shifted one pixel per frame if moving)."""
     frame = cv2.resize(cv2.imread(str(real_jpeg)), (160, 120))
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
-    for i in range(60):
-        writer.write(np.roll(frame, i, axis=1))
+    for i in range(frames):
+        writer.write(np.roll(frame, i, axis=1) if moving else frame)
     writer.release()
+    return video
+
+
+def test_truncated_video_says_it_ended_early(real_jpeg, tmp_path):
+    video = _clip(real_jpeg, tmp_path / "clip.avi", 60, moving=True)
     data = video.read_bytes()
     video.write_bytes(data[: len(data) // 2])
     out = edgecell("run", CLASSIFIER, video, "-o", tmp_path / "out")
@@ -145,12 +150,7 @@ def test_truncated_video_says_it_ended_early(real_jpeg, tmp_path):
 
 
 def test_whole_video_does_not_say_it_ended_early(real_jpeg, tmp_path):
-    video = tmp_path / "clip.avi"
-    frame = cv2.resize(cv2.imread(str(real_jpeg)), (160, 120))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
-    for i in range(12):
-        writer.write(frame)
-    writer.release()
+    video = _clip(real_jpeg, tmp_path / "clip.avi", 12)
     out = edgecell("run", CLASSIFIER, video, "--json")
     assert out.returncode == 0 and "ended early" not in out.stderr and len(out.stdout.splitlines()) == 12
 
@@ -202,12 +202,7 @@ def test_bad_overlay_options_are_one_line(option, value, real_jpeg, tmp_path):
 
 
 def test_a_video_writes_jpeg_overlays_of_flagged_frames_only_by_default(real_jpeg, tmp_path):
-    video = tmp_path / "clip.avi"
-    frame = cv2.resize(cv2.imread(str(real_jpeg)), (160, 120))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
-    for _ in range(6):
-        writer.write(frame)
-    writer.release()
+    video = _clip(real_jpeg, tmp_path / "clip.avi", 6)
     out = edgecell("run", CLASSIFIER, video, "-o", tmp_path / "out", "--min-confidence", "1")  # all uncertain
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / "out").rglob("*.jpg"))) == 6 and not list((tmp_path / "out").rglob("*.png"))
