@@ -74,10 +74,8 @@ def test_a_refused_onnx_sibling_leaves_the_ir_weights(tmp_path, real_jpeg, monke
 
 
 MODELS = Path(__file__).resolve().parents[2] / "edge" / "models"
-#: shipped ONNX siblings made by the current converter; cells_int8.onnx (owned by the cells work) predates
-#: the input fix and joins this list when it is remade
-REMADE_ONNX = ["gate_products_int8.onnx", "gate_xray_int8.onnx", "products_int8.onnx", "rbc_int8.onnx",
-               "xray_int8.onnx", "xray_vbreathnet_int8.onnx"]
+#: every shipped ONNX sibling (all made from their .tflite by `convert/siblings.py`)
+SHIPPED_ONNX = sorted(p.name for p in MODELS.glob("*.onnx"))
 
 
 def onnx_input_integers(onnx_path: Path, tflite: Path):
@@ -116,7 +114,7 @@ def test_onnx_sibling_quantizes_its_input_as_the_runtime_table_does(tmp_path):
     assert np.array_equal(got, expected)
 
 
-@pytest.mark.parametrize("name", REMADE_ONNX)
+@pytest.mark.parametrize("name", SHIPPED_ONNX)
 def test_shipped_onnx_sibling_quantizes_its_input_as_litert_is_fed(name):
     """A shipped sibling made before the converter's input fix rounds .5 ties one step from LiteRT."""
     import numpy as np
