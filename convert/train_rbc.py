@@ -294,6 +294,35 @@ def patch_scores(logits: np.ndarray, n_types: int) -> tuple[np.ndarray, np.ndarr
     return sigmoid(logits[:, :n_types]), softmax(logits[:, n_types:])
 
 
+def with_truth(patches: dict[str, np.ndarray], data, split: str, core_px: float | None,
+               dont_care_px: float | None) -> dict[str, np.ndarray]:
+    """`patches` with `care` (N x T bool) and, when `core_px` is given, `types` and `cells` by the
+    distance definition (`edgecell.evaluation.rbc.patch_truth`, the smears in `patch_dataset`'s
+    order); else the square-window truth as cut, every entry cared for."""
+    from edgecell.calibration.chula import CLASS_NAMES, list_smears
+    from edgecell.evaluation.rbc import patch_truth
+
+    out = dict(patches)
+    if not core_px:
+        out["care"] = np.ones_like(out["types"], bool)
+        return out
+    parts = [patch_truth(s.points, s.classes, type_names(), CLASS_NAMES, core_px, dont_care_px or core_px)
+             for s in list_smears(data, split)]
+    types, care, cells = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    if len(types) != len(out["x"]):
+        raise SystemExit(f"{split}: {len(types)} labelled centres but {len(out['x'])} cached patches; delete the cache")
+    out.update(types=types, care=care, cells=cells.astype(np.int64))
+    return out
+
+
+def truth_setting(args) -> dict | None:
+    """The sidecar's `patch_truth`: how a patch's types were defined (None: every centre in the window)."""
+    if not getattr(args, "truth_core", None):
+        return None
+    return {"core_px": float(args.truth_core), "dont_care_px": float(args.dont_care or args.truth_core),
+            "distance": "euclidean, from the patch's own labelled centre, image pixels"}
+
+
 def train_patches(args) -> None:
     from edgecell.convert.training import start_tensorflow
 
@@ -302,22 +331,22 @@ def train_patches(args) -> None:
     from edgecell.convert.products import find_weights
     from edgecell.evaluation.rbc import multilabel_report
     from edgecell.modelinfo import ModelInfo, write_sidecar
-    from edgecell.tasks.rbc import PATCH_CROP, PATCH_SIZE
     from edgecell.tasks.common import normalise_float
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out
     names = type_names()
-    train = patch_dataset(args.data, "train", PATCH_CROP, PATCH_SIZE, cache)
-    val = patch_dataset(args.data, "val", PATCH_CROP, PATCH_SIZE, cache)
+    crop, size = args.crop, args.size
+    train = with_truth(patch_dataset(args.data, "train", crop, size, cache), args.data, "train", args.truth_core, args.dont_care)
+    val = with_truth(patch_dataset(args.data, "val", crop, size, cache), args.data, "val", args.truth_core, args.dont_care)
     if args.cells == "single":
         keep = train["cells"] == 1
         train = {k: v[keep] for k, v in train.items()}
     m = PATCH_MARGIN
-    val_x = normalise_float(val["x"][:, m : m + PATCH_SIZE, m : m + PATCH_SIZE], [127.5], [127.5])
+    val_x = normalise_float(val["x"][:, m : m + size, m : m + size], [127.5], [127.5])
     weights = find_weights(args.imagenet)
-    model = build_patch_classifier(PATCH_SIZE, len(names), len(CLASS_NAMES), weights)
+    model = build_patch_classifier(size, len(names), len(CLASS_NAMES), weights)
     print(f"patches ({args.cells}): {len(train['x'])} train patches ({(train['cells'] > 1).mean():.0%} multi-cell), "
           f"{len(val_x)} val; {model.count_params():,} parameters", flush=True)
     if args.init:  # continue from a trained model of the same shape (its weights, not its optimiser state)
@@ -335,11 +364,12 @@ def train_patches(args) -> None:
                 pos[0] = 0
             idx = order[pos[0] : pos[0] + args.batch]
             pos[0] += args.batch
-        x = normalise_float(augment_patches(train["x"][idx], rng, PATCH_SIZE), [127.5], [127.5])
-        return x, train["types"][idx].astype(np.float32), train["centre"][idx]
+        x = normalise_float(augment_patches(train["x"][idx], rng, size), [127.5], [127.5])
+        return x, train["types"][idx].astype(np.float32), train["care"][idx].astype(np.float32), train["centre"][idx]
 
-    def loss_fn(pred, types, centre):
-        bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(types, pred[:, : len(names)]))
+    def loss_fn(pred, types, care, centre):  # binary cross-entropy over the entries that count (`care`)
+        per = tf.nn.sigmoid_cross_entropy_with_logits(types, pred[:, : len(names)])
+        bce = tf.reduce_sum(per * care) / tf.maximum(tf.reduce_sum(care), 1.0)
         ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(centre, pred[:, len(names) :]))
         return bce + CENTRE_LOSS_WEIGHT * ce, {"bce": bce, "ce": ce}
 
@@ -348,7 +378,7 @@ def train_patches(args) -> None:
     def validate():
         logits = np.concatenate([predict(val_x[i : i + 256]).numpy() for i in range(0, len(val_x), 256)])
         probs, own = patch_scores(logits, len(names))
-        rep = multilabel_report(val["types"], probs, names)
+        rep = multilabel_report(val["types"], probs, names, care=val["care"])
         own_acc = float((own.argmax(1) == val["centre"]).mean())
         worst = min(v["auc"] for v in rep["per_type"].values() if v["positives"] >= MIN_POSITIVES)
         record = {"val_mean_auc": rep["mean_auc"], "val_exact_match": rep["exact_match"],
@@ -360,10 +390,10 @@ def train_patches(args) -> None:
                          minutes=args.minutes, lr=args.lr, max_steps=args.max_steps, name=f"patches-{args.cells}")
     score, rec = validate()
     info = ModelInfo(task="rbc", name=f"rbc-patches-{args.cells}-mobilenetv1", version="1",
-                     labels=list(names), input_size=(PATCH_SIZE, PATCH_SIZE), mean=[127.5], std=[127.5],
+                     labels=list(names), input_size=(size, size), mean=[127.5], std=[127.5],
                      resize="stretch", precision="fp32",
                      settings={"cells_trained_on": args.cells, "classes": list(CLASS_NAMES),
-                               "patch_crop": PATCH_CROP, "patch_size": PATCH_SIZE,
+                               "patch_crop": crop, "patch_size": size, "patch_truth": truth_setting(args),
                                "backbone_weights": weights.name, "continued_from": Path(args.init).name if args.init else None,
                                "balance": args.balance, "checkpoint_chosen_by": f"val {args.select} AUC"},
                      metrics={**{k: round(v, 4) for k, v in rec.items()}, **summary})
@@ -416,6 +446,13 @@ def abnormal_truth(types: np.ndarray, abnormal_types) -> np.ndarray:
     return types[:, cols].any(axis=1)
 
 
+def abnormal_care(types: np.ndarray, care: np.ndarray, abnormal_types) -> np.ndarray:
+    """Per patch: whether it has an abnormal verdict (it holds an abnormal type, or no abnormal type
+    is only in its don't-care band)."""
+    cols = [type_names().index(t) for t in abnormal_types]
+    return abnormal_truth(types, abnormal_types) | np.asarray(care, bool)[:, cols].all(axis=1)
+
+
 def fit_abnormal(probs: np.ndarray, truth: np.ndarray, seed: int = 0):
     """The paper's second stage: gradient boosting on the per-type probabilities -> abnormal."""
     from sklearn.ensemble import GradientBoostingClassifier
@@ -428,16 +465,18 @@ def fit_abnormal(probs: np.ndarray, truth: np.ndarray, seed: int = 0):
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
-def choose_type_thresholds(probs: np.ndarray, truth: np.ndarray, rounds: int = 3) -> np.ndarray:
+def choose_type_thresholds(probs: np.ndarray, truth: np.ndarray, care: np.ndarray | None = None,
+                           rounds: int = 3) -> np.ndarray:
     """Per-type probability thresholds for exact match (every head right), by coordinate ascent
     over THRESHOLD_GRID on the given (val) patches, starting from 0.5; on ties the value nearest
     0.5. Balanced sampling (`--balance`) shifts the heads' probabilities, so 0.5 is no longer
-    where a rare type is best called."""
+    where a rare type is best called. `care`: entries in a don't-care band count as right."""
     truth = np.asarray(truth).astype(bool)
+    free = np.zeros_like(truth) if care is None else ~np.asarray(care, bool)
     thr = np.full(probs.shape[1], 0.5)
 
     def exact(t: np.ndarray) -> float:
-        return float(((probs >= t) == truth).all(1).mean())
+        return float((((probs >= t) == truth) | free).all(1).mean())
 
     for _ in range(rounds):
         for k in range(len(thr)):
@@ -477,7 +516,8 @@ def export_rbc(args) -> None:
     from edgecell.convert.quantize import export_model
     from edgecell.modelinfo import read_model_info, write_sidecar
     from edgecell.tasks import cells
-    from edgecell.tasks.rbc import PATCH_CROP, PATCH_SIZE, trees_decision
+    from edgecell.calibration.chula import CELL_RADIUS_PX
+    from edgecell.tasks.rbc import trees_decision
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -493,8 +533,6 @@ def export_rbc(args) -> None:
         paths = export_model(det, det_info, cal, out, "rbc_centres")
         print("detector:", ", ".join(sorted(paths)), flush=True)
     cache = Path(args.cache) if args.cache else out
-    train = patch_dataset(args.data, "train", PATCH_CROP, PATCH_SIZE, cache)
-    val = patch_dataset(args.data, "val", PATCH_CROP, PATCH_SIZE, cache)
     val_smears = list_smears(args.data, "val")
     abnormal_types = tuple(args.abnormal_types.split(",")) if args.abnormal_types else DEFAULT_ABNORMAL_TYPES
     unknown = [t for t in abnormal_types if t not in names]
@@ -505,42 +543,51 @@ def export_rbc(args) -> None:
             continue
         core = keras.models.load_model(keras_path, compile=False)
         info = read_model_info(keras_path)
-        probs, _ = patch_scores(keras_logits(core, val["x"], PATCH_SIZE), len(names))
-        thresholds = choose_type_thresholds(probs, val["types"])
+        crop, size = int(info.settings.get("patch_crop", 80)), int(info.settings.get("patch_size", 64))
+        rule = info.settings.get("patch_truth") or {}
+        train = with_truth(patch_dataset(args.data, "train", crop, size, cache), args.data, "train",
+                           rule.get("core_px"), rule.get("dont_care_px"))
+        val = with_truth(patch_dataset(args.data, "val", crop, size, cache), args.data, "val",
+                         rule.get("core_px"), rule.get("dont_care_px"))
+        probs, _ = patch_scores(keras_logits(core, val["x"], size), len(names))
+        thresholds = choose_type_thresholds(probs, val["types"], val["care"])
         truth = abnormal_truth(val["types"], abnormal_types)
-        gbm = fit_abnormal(probs, truth, args.seed)
+        judged = abnormal_care(val["types"], val["care"], abnormal_types)  # no verdict on a band-only abnormal cell
+        gbm = fit_abnormal(probs[judged], truth[judged], args.seed)
         trees = export_trees(gbm)
         gap = float(np.abs(trees_decision(probs, trees) - gbm.decision_function(probs)).max())
         if gap > 1e-5:
             raise SystemExit(f"exported trees differ from scikit-learn by {gap}")
-        patch_abnormal = gbm.predict_proba(probs)[:, 1] >= 0.5
+        patch_p = gbm.predict_proba(probs)[:, 1]
+        patch_abnormal = patch_p >= 0.5
         fractions, smear_truth = [], []
         ab_ids = [CLASS_NAMES.index(t) for t in abnormal_types]
         for s in val_smears:
             sel = val["smear"] == int(s.stem)
-            fractions.append(patch_abnormal[sel].mean())
+            fractions.append(patch_p[sel].mean() if args.smear_score == "mean_probability" else patch_abnormal[sel].mean())
             smear_truth.append(np.isin(s.classes, ab_ids).mean() >= SMEAR_TRUTH_FRACTION)
         min_fraction = smear_fraction_rule(np.array(fractions), np.array(smear_truth))
-        info.input_size = (PATCH_SIZE, PATCH_SIZE * args.batch)
+        info.input_size = (size, size * args.batch)
         info.settings.update({
-            "detector": "rbc_centres", "patch_batch": args.batch, "patch_crop": PATCH_CROP,
+            "detector": "rbc_centres", "patch_batch": args.batch, "patch_crop": crop, "cell_radius_px": CELL_RADIUS_PX,
+            "smear_score": args.smear_score, "smear_borderline": args.smear_borderline,
             "abnormal_types": list(abnormal_types), "abnormal_threshold": 0.5, "abnormal_trees": trees,
             "type_thresholds": {n: float(t) for n, t in zip(names, thresholds)},
             "smear_min_fraction": min_fraction, "smear_truth_fraction": SMEAR_TRUTH_FRACTION,
             "abnormal_fitted_on": f"{len(probs)} val patches (FP32 outputs), {len(val_smears)} val smears",
             "classes": list(CLASS_NAMES)})
-        summary[stem] = {"val_abnormal_accuracy": float((patch_abnormal == truth).mean()),
-                         "val_exact_match_at_0.5": float(((probs >= 0.5) == val["types"].astype(bool)).all(1).mean()),
-                         "val_exact_match_at_thresholds": float(((probs >= thresholds) == val["types"].astype(bool)).all(1).mean()),
-                         "val_abnormal_base_rate": float(truth.mean()), "smear_min_fraction": min_fraction}
+        hit = lambda t: float((((probs >= t) == val["types"].astype(bool)) | ~val["care"]).all(1).mean())  # noqa: E731
+        summary[stem] = {"val_abnormal_accuracy": float((patch_abnormal == truth)[judged].mean()),
+                         "val_exact_match_at_0.5": hit(0.5), "val_exact_match_at_thresholds": hit(thresholds),
+                         "val_abnormal_base_rate": float(truth[judged].mean()), "smear_min_fraction": min_fraction}
         print(stem, json.dumps(summary[stem]), flush=True)
         pick = rng.choice(len(train["x"]), args.batch * args.calibration, replace=False)
         m = PATCH_MARGIN
         from edgecell.tasks.common import normalise_float
 
-        x = normalise_float(train["x"][pick, m : m + PATCH_SIZE, m : m + PATCH_SIZE], [127.5], [127.5])
-        cal = list(x.reshape(args.calibration, args.batch * PATCH_SIZE, PATCH_SIZE, 3))
-        paths = export_model(batched_model(core, PATCH_SIZE, args.batch), info, cal, out, stem,
+        x = normalise_float(train["x"][pick, m : m + size, m : m + size], [127.5], [127.5])
+        cal = list(x.reshape(args.calibration, args.batch * size, size, 3))
+        paths = export_model(batched_model(core, size, args.batch), info, cal, out, stem,
                              formats=args.formats.split(","))
         print(stem, ", ".join(sorted(paths)), flush=True)
     (out / "export_summary.json").write_text(json.dumps(summary, indent=1))
@@ -567,6 +614,14 @@ def get_args(argv=None):
                                         help="mixed: every cell's patch as it comes (Model A); single: only patches "
                                         "holding one labelled cell (Model B)")
     sub.choices["patches"].add_argument("--cache", help="folder for the cut patches (.npz), shared by both runs")
+    sub.choices["patches"].add_argument("--crop", type=int, default=80, help="image pixels around each centre")
+    sub.choices["patches"].add_argument("--size", type=int, default=64, help="model input pixels (crop resized)")
+    sub.choices["patches"].add_argument("--truth-core", type=float, default=None,
+                                        help="a patch holds the types of the labelled cells within this many image "
+                                        "pixels of its centre (default: every centre inside the window)")
+    sub.choices["patches"].add_argument("--dont-care", type=float, default=None,
+                                        help="cells between --truth-core and this distance are neither in nor out "
+                                        "(masked in the loss)")
     sub.choices["patches"].add_argument("--init", help="start from this trained patch model (.keras) instead of ImageNet")
     sub.choices["patches"].add_argument("--balance", type=float, default=0.0,
                                         help="draw patches with rare types more often: 0 uniform (default), "
@@ -585,6 +640,10 @@ def get_args(argv=None):
     q.add_argument("--calibration", type=int, default=60, help="calibration inputs (smears / patch batches)")
     q.add_argument("--abnormal-types", help=f"comma-separated (default {','.join(DEFAULT_ABNORMAL_TYPES)})")
     q.add_argument("--formats", default="tflite,openvino,onnx", help="patch-model formats to write")
+    q.add_argument("--smear-score", choices=("fraction", "mean_probability"), default="fraction",
+                   help="the smear score: the share of cells in abnormal patches, or their mean abnormal probability")
+    q.add_argument("--smear-borderline", type=float, default=0.0,
+                   help="a smear score within this of the cut is reported borderline (review)")
     q.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

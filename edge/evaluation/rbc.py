@@ -68,17 +68,21 @@ def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: float | np.ndarray = 0.5) -> dict:
+def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: float | np.ndarray = 0.5,
+                      care: np.ndarray | None = None) -> dict:
     """Per-type AUC and positives, mean AUC over the types that have positives and negatives,
     exact-match accuracy at `threshold` (one value, or one per type; every head right), over N
-    patches x T types."""
+    patches x T types. `care` (N x T bool, `patch_truth`): the entries that count; a type held only
+    by a cell in a patch's don't-care band is left out of that type's AUC and of exact match."""
     truth = np.asarray(truth).astype(bool)
     probs = np.asarray(probs, np.float32)
+    care = np.ones_like(truth) if care is None else np.asarray(care, bool)
     per_type = {}
     for k, name in enumerate(names):
-        per_type[name] = {"auc": roc_auc(truth[:, k], probs[:, k]), "positives": int(truth[:, k].sum())}
+        c = care[:, k]
+        per_type[name] = {"auc": roc_auc(truth[c, k], probs[c, k]), "positives": int(truth[c, k].sum())}
     aucs = [v["auc"] for v in per_type.values() if not np.isnan(v["auc"])]
-    exact = ((probs >= threshold) == truth).all(axis=1)
+    exact = (((probs >= threshold) == truth) | ~care).all(axis=1)
     return {"per_type": per_type, "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
             "exact_match": float(exact.mean()) if len(exact) else float("nan"), "patches": int(len(truth))}
 
@@ -97,6 +101,45 @@ def patch_type_truth(points: np.ndarray, classes: np.ndarray, type_names, class_
         h = head[np.asarray(classes)[inside[i]]]
         truth[i, h[h >= 0]] = 1
     return truth
+
+
+def patch_truth(points: np.ndarray, classes: np.ndarray, type_names, class_names, core_px: float,
+                dont_care_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The patch truth by distance from the patch's own centre (Euclidean, image pixels), as the
+    paper's region proposals hold whole touching cells: (truth, care, cells), N x T multi-hot of the
+    types of every labelled centre within `core_px` (the own cell and the cells touching it), N x T
+    bool `care` = False for a type held only by cells between `core_px` and `dont_care_px` (the
+    don't-care band: whether such a cell belongs to the patch is a coin toss, so neither answer is
+    wrong; masked in the loss and in `multilabel_report`), and per patch how many labelled centres
+    lie within `core_px` (1 = a single-cell patch)."""
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    head = np.array([list(type_names).index(n) if n in type_names else -1 for n in class_names], np.int64)
+    dist = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    h = head[np.asarray(classes, np.int64)]
+    n, t = len(points), len(type_names)
+    truth, near = np.zeros((n, t), bool), np.zeros((n, t), bool)
+    rows, cols = np.nonzero((dist <= core_px) & (h[None, :] >= 0))
+    truth[rows, h[cols]] = True
+    rows, cols = np.nonzero((dist > core_px) & (dist < dont_care_px) & (h[None, :] >= 0))
+    near[rows, h[cols]] = True
+    return truth.astype(np.uint8), truth | ~near, (dist <= core_px).sum(1)
+
+
+LEGACY_WINDOW_PX = 80  # the first patch truth: every labelled centre inside an 80 px square (4 cell radii)
+
+
+def truth_of_patches(points: np.ndarray, classes: np.ndarray, names, info) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(truth, care, cells per patch) by the model's own definition (`settings["patch_truth"]`: cells
+    within `core_px`, a don't-care band to `dont_care_px`), else every centre in its square window."""
+    from edgecell.calibration.chula import CLASS_NAMES
+    from edgecell.tasks.rbc import PATCH_CROP, centres_in_patches
+
+    rule = info.settings.get("patch_truth")
+    if rule:
+        return patch_truth(points, classes, names, CLASS_NAMES, float(rule["core_px"]), float(rule["dont_care_px"]))
+    crop = int(info.settings.get("patch_crop", PATCH_CROP))
+    t = patch_type_truth(points, classes, names, CLASS_NAMES, crop)
+    return t, np.ones(t.shape, bool), centres_in_patches(points, points, crop).sum(1)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -140,19 +183,21 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
         ab_ids = [CLASS_NAMES.index(t) for t in abnormal_types]
         threshold = float(info.settings.get("abnormal_threshold", 0.5))
         crop = int(info.settings.get("patch_crop", rbc.PATCH_CROP))
-        truth, probs, own, own_truth, ab_p, multi = [], [], [], [], [], []
+        truth, care, legacy, probs, own, own_truth, ab_p, multi = [], [], [], [], [], [], [], []
         tp = n_det = n_gt = 0
         tp_c = n_det_c = 0  # on the completely labelled fields, where an unmatched detection is a real error
-        smear_ok, complete, complete_cells, times, overlay = [], [], [], [], None
+        smear_ok, borderline, complete, complete_cells, times, overlay = [], [], [], [], [], None
         flags = FlagTally()
         for s in smears:
             image = images[s.stem]
-            t = patch_type_truth(s.points, s.classes, names, CLASS_NAMES, crop)
+            t, c, n_cells = truth_of_patches(s.points, s.classes, names, info)
             logits = rbc.classify_patches(model.session, rbc.cut_patches(image, s.points, crop=crop,
                                                                           size=int(info.input_size[0])), info)
             p = rbc.sigmoid(logits[:, : len(names)])
-            multi.append(rbc.centres_in_patches(s.points, s.points, crop).sum(1) > 1)
-            truth.append(t), probs.append(p), own.append(logits[:, len(names):].argmax(1)), own_truth.append(s.classes)
+            multi.append(n_cells > 1)
+            legacy.append(patch_type_truth(s.points, s.classes, names, CLASS_NAMES, LEGACY_WINDOW_PX))
+            truth.append(t), care.append(c), probs.append(p)
+            own.append(logits[:, len(names):].argmax(1)), own_truth.append(s.classes)
             ab_p.append(rbc.trees_probability(p, info.settings["abnormal_trees"]))
             result, timings = predict(model, image)
             times.append(timings.total)
@@ -168,16 +213,21 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
                 tp_c, n_det_c = tp_c + hits, n_det_c + len(found)
             truth_flag = bool(np.isin(s.classes, ab_ids).mean() >= float(info.settings.get("smear_truth_fraction", 0.1)))
             smear_ok.append(result.abnormal == truth_flag)
+            borderline.append(result.borderline)
             if s.stem == overlay_stem:
                 overlay = (image, result, s)
-        truth, probs = np.concatenate(truth), np.concatenate(probs)
+        truth, care, probs = np.concatenate(truth), np.concatenate(care), np.concatenate(probs)
         own, own_truth, ab_p = np.concatenate(own), np.concatenate(own_truth), np.concatenate(ab_p)
         thresholds = rbc.type_thresholds(info)
-        ml = multilabel_report(truth, probs, names, thresholds)
+        ml = multilabel_report(truth, probs, names, thresholds, care=care)
         ab_truth = truth[:, ab_cols].any(1)
+        ab_care = ab_truth | care[:, ab_cols].all(1)  # an abnormal cell only in the don't-care band: no verdict
         multi = np.concatenate(multi)
         complete, complete_cells = np.array(complete), np.concatenate(complete_cells)
-        exact = ((probs >= thresholds) == truth.astype(bool)).all(1)
+        exact = (((probs >= thresholds) == truth.astype(bool)) | ~care).all(1)
+        legacy = np.concatenate(legacy)
+        legacy_exact = float(((probs >= thresholds) == legacy.astype(bool)).all(1).mean())
+        legacy_auc = {n: roc_auc(legacy[:, k], probs[:, k]) for k, n in enumerate(names)}
         key = result_key(model.session.backend, info.precision, path, set(report["models"]))
         cm = confusion_matrix(own_truth, own, len(classes))
         report["models"][key] = {
@@ -185,12 +235,18 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
             "bytes": model_bytes(path), "sha256": sha256(path), "trained_on": info.settings.get("cells_trained_on", ""),
             "per_type": ml["per_type"], "mean_auc": ml["mean_auc"], "exact_match": ml["exact_match"],
             "patches": ml["patches"], "multi_cell_patches": int(multi.sum()),
+            "patch_truth": info.settings.get("patch_truth") or f"every labelled centre inside the {crop} px window",
+            "exact_match_legacy": legacy_exact, "auc_legacy": legacy_auc, "dont_care_patches": int((~care).any(1).sum()),
             "exact_match_single": float(exact[~multi].mean()), "exact_match_multi": float(exact[multi].mean()),
             "own_cell_accuracy": float((own == own_truth).mean()), "confusion": cm.tolist(),
-            "abnormal_patch_accuracy": float(((ab_p >= threshold) == ab_truth).mean()),
-            "abnormal_patch_auc": roc_auc(ab_truth, ab_p), "abnormal_base_rate": float(ab_truth.mean()),
+            "abnormal_patch_accuracy": float(((ab_p >= threshold) == ab_truth)[ab_care].mean()),
+            "abnormal_patch_auc": roc_auc(ab_truth[ab_care], ab_p[ab_care]),
+            "abnormal_base_rate": float(ab_truth[ab_care].mean()), "abnormal_patches_judged": int(ab_care.sum()),
             "centre_recall": tp / max(n_gt, 1), "centre_precision": tp / max(n_det, 1),
             "smear_accuracy": float(np.mean(smear_ok)), "ms_per_smear_median": float(np.median(times)),
+            "smear_borderline": int(np.sum(borderline)), "smear_flags": [bool(v) for v in smear_ok],
+            "smear_accuracy_decided": float(np.mean(np.array(smear_ok)[~np.array(borderline)]))
+            if not all(borderline) else None,
             "complete_fields": int(complete.sum()),
             "centre_precision_complete": tp_c / max(n_det_c, 1),
             "smear_accuracy_complete": float(np.mean(np.array(smear_ok)[complete])) if complete.any() else None,
@@ -232,25 +288,27 @@ def markdown_report(report: dict) -> str:
              "Patches around the labelled centres (held-out smears); per-type ROC-AUC (positives in brackets), "
              "exact-match accuracy (every head right at its threshold: the sidecar's `type_thresholds`, else 0.5) on "
              "all patches, single-cell and multi-cell patches.", "",
-             "| model | " + " | ".join(names) + " | mean AUC | exact match (all / single / multi) |",
-             "|---|" + "---|" * (len(names) + 2)]
+             "| model | " + " | ".join(names) + " | mean AUC | exact match (all / single / multi) | "
+             f"exact match, first definition (every labelled centre in the central {LEGACY_WINDOW_PX} px) |",
+             "|---|" + "---|" * (len(names) + 3)]
     for key, r in models.items():
         lines.append(f"| {key} {r['trained_on']} | " + " | ".join(
             f"{_f(r['per_type'][n]['auc'])} ({r['per_type'][n]['positives']})" for n in names) +
             f" | {_f(r['mean_auc'])} | {_f(r['exact_match'])} / {_f(r['exact_match_single'])} / "
-            f"{_f(r['exact_match_multi'])} |")
+            f"{_f(r['exact_match_multi'])} | {_f(r.get('exact_match_legacy'))} |")
     lines += ["", "Complete fields: the held-out fields whose labels cover >= 70 % of the cells "
               "(`Smear.complete`); elsewhere an unmatched detection may be an unlabelled cell and the labelled "
               "cells are a chosen subset.", "",
               "| model | own-cell accuracy (13 classes) | abnormal patch accuracy (base rate) | abnormal AUC | "
               "centre recall / precision (complete fields) | exact match, complete fields | smear flag accuracy "
-              "(complete fields) | ms per smear (median / p90) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "(complete fields) | borderline smears; accuracy of the others | ms per smear (median / p90) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for key, r in models.items():
         lines.append(f"| {key} | {_f(r['own_cell_accuracy'])} | {_f(r['abnormal_patch_accuracy'])} "
                      f"({_f(r['abnormal_base_rate'])}) | {_f(r['abnormal_patch_auc'])} | {_f(r['centre_recall'])} / "
                      f"{_f(r['centre_precision'])} ({_f(r['centre_precision_complete'])}) | "
                      f"{_f(r['exact_match_complete'])} | {_f(r['smear_accuracy'])} ({_f(r['smear_accuracy_complete'])}) | "
+                     f"{r.get('smear_borderline', 0)}; {_f(r.get('smear_accuracy_decided'))} | "
                      f"{r['ms_per_smear_median']:.1f} / {r['ms_per_smear_p90']:.1f} |")
     lines += ["", *flags_markdown(models)]
     lines += ["Files: " + ", ".join(f"`{r['file']}` {r['sha256'][:12]}" for r in models.values()), ""]

@@ -20,8 +20,10 @@ One run (`edgecell run rbc SMEAR`):
 4. "abnormal present in this patch": gradient-boosted trees (trained with scikit-learn, exported as
    arrays, evaluated here in numpy) on the type probabilities; which types count as abnormal is
    `settings["abnormal_types"]`, stated in the sidecar;
-5. the smear is flagged when at least `settings["smear_min_fraction"]` of its cells' patches are
-   abnormal, with the reason (how many cells, which types).
+5. the smear score (`smear_score`: the fraction of cells whose patch is abnormal, or the mean of the
+   cells' abnormal probabilities, which moves smoothly with small shifts of the outputs) against
+   `settings["smear_min_fraction"]`, with the reason (how many cells, which types); a score within
+   `settings["smear_borderline"]` of the cut is reported `borderline` ("review"), not a coin toss.
 A field with no red cells gives an empty list and no flag; a field that does not look like a
 stained smear at this magnification is marked `uncertain` with the reason, and its cells are not
 reported as findings.
@@ -184,7 +186,7 @@ class RbcResult(TaskResult):
     cells: list[RbcCell]
     counts: dict[str, int]  # cells per class of the cell itself
     abnormal: bool
-    abnormal_score: float  # fraction of cells whose patch is abnormal
+    abnormal_score: float  # the smear score (`smear_score`): compared with `smear_min_fraction`
     reason: str
     abnormal_types: list[str]
     image_size: tuple[int, int] = (0, 0)
@@ -192,6 +194,7 @@ class RbcResult(TaskResult):
     uncertain_reason: str = ""
     abnormal_threshold: float = 0.5
     check: SmearCheck | None = None
+    borderline: bool = False  # the smear score is within `smear_borderline` of the cut: a person should look
 
     @property
     def total(self) -> int:
@@ -199,7 +202,7 @@ class RbcResult(TaskResult):
 
     def to_dict(self) -> dict:
         return {"task": TASK, "total": self.total, "counts": self.counts, "abnormal": self.abnormal,
-                "abnormal_score": round(self.abnormal_score, 4), "reason": self.reason,
+                "abnormal_score": round(self.abnormal_score, 4), "borderline": self.borderline, "reason": self.reason,
                 "abnormal_types": list(self.abnormal_types), "uncertain": self.uncertain,
                 "uncertain_reason": self.uncertain_reason, "image_size": list(self.image_size),
                 "smear_check": self.check.to_dict() if self.check else None,
@@ -207,7 +210,7 @@ class RbcResult(TaskResult):
 
     @property
     def needs_attention(self) -> bool:
-        return self.abnormal or self.uncertain
+        return self.abnormal or self.uncertain or self.borderline
 
     def class_counts(self) -> dict[str, int]:
         return dict(self.counts)
@@ -215,7 +218,8 @@ class RbcResult(TaskResult):
     def summary(self) -> str:
         if self.uncertain:
             return f"uncertain: {self.uncertain_reason}"
-        return f"{self.total} cells; {'ABNORMAL' if self.abnormal else 'no flag'}: {self.reason}"
+        verdict = "BORDERLINE, review" if self.borderline else "ABNORMAL" if self.abnormal else "no flag"
+        return f"{self.total} cells; {verdict}: {self.reason}"
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -352,7 +356,7 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
     counts = {name: 0 for name in classes}
     check = None
     if context is not None:
-        radius = float(info.settings.get("patch_crop", PATCH_CROP)) / 4
+        radius = float(info.settings.get("cell_radius_px", float(info.settings.get("patch_crop", PATCH_CROP)) / 4))
         check = check_smear(context.image, len(outputs["centres"]), radius, info.settings.get("smear_check"))
         if not check.familiar:  # say so; report no cells rather than invented ones
             return RbcResult([], counts, False, 0.0, f"not assessed: {check.reason}", abnormal_types,
@@ -364,18 +368,35 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
     for c in cells:
         counts[c.cell_type] += 1
     flagged = abnormal >= threshold
-    fraction = float(flagged.mean()) if len(cells) else 0.0
+    score = smear_score(abnormal, info)
     min_fraction = float(info.settings.get("smear_min_fraction", 0.1))
-    is_abnormal = bool(len(cells) and fraction >= min_fraction)
+    is_abnormal = bool(len(cells) and score >= min_fraction)
+    borderline = bool(len(cells) and abs(score - min_fraction) < float(info.settings.get("smear_borderline", 0.0)))
     seen = {t: counts[t] for t in abnormal_types if counts.get(t)}
     if not cells:
         reason = "no red cells found"
     else:
         listed = ", ".join(f"{t} {n}" for t, n in sorted(seen.items(), key=lambda kv: -kv[1])) or "none by type"
-        reason = (f"{int(flagged.sum())} of {len(cells)} cells ({fraction:.0%}) in abnormal patches "
-                  f"({'>=' if is_abnormal else '<'} {min_fraction:.0%}); abnormal types: {listed}")
-    return RbcResult(cells, counts, is_abnormal, fraction, reason, abnormal_types, tuple(image_size),
-                     abnormal_threshold=threshold, check=check)
+        what = ("mean abnormal probability" if info.settings.get("smear_score") == "mean_probability"
+                else "share of cells in abnormal patches")
+        reason = (f"{int(flagged.sum())} of {len(cells)} cells in abnormal patches; {what} {score:.1%} "
+                  f"({'>=' if is_abnormal else '<'} {min_fraction:.1%}"
+                  + (f", within {float(info.settings['smear_borderline']):.1%} of it: borderline" if borderline else "")
+                  + f"); abnormal types: {listed}")
+    return RbcResult(cells, counts, is_abnormal, score, reason, abnormal_types, tuple(image_size),
+                     abnormal_threshold=threshold, check=check, borderline=borderline)
+
+
+def smear_score(abnormal: np.ndarray, info: ModelInfo) -> float:
+    """The smear's abnormal score from its cells' abnormal probabilities: `settings["smear_score"]`
+    "mean_probability" (their mean: a small shift of every output moves it a little, never a whole
+    cell's worth), else the fraction of cells at or above `abnormal_threshold` (the first rule)."""
+    abnormal = np.asarray(abnormal, np.float64)
+    if not len(abnormal):
+        return 0.0
+    if info.settings.get("smear_score") == "mean_probability":
+        return float(abnormal.mean())
+    return float((abnormal >= float(info.settings.get("abnormal_threshold", 0.5))).mean())
 
 
 # ----------------------------------------------------------------------------- overlay

@@ -19,3 +19,11 @@ def test_type_thresholds_move_to_where_every_patch_is_right():
     thr = choose_type_thresholds(probs, truth)
     assert thr[0] == 0.5 and 0.2 < thr[1] <= 0.3
     assert ((probs >= thr) == truth.astype(bool)).all()
+
+
+def test_type_thresholds_ignore_dont_care_entries():
+    truth = np.array([[1, 0], [0, 1], [0, 0]], np.uint8)
+    probs = np.array([[0.9, 0.45], [0.2, 0.6], [0.1, 0.2]])  # patch 0's 0.45 for type 1 is in its band
+    care = np.array([[True, False], [True, True], [True, True]])
+    assert choose_type_thresholds(probs, truth, care).tolist() == [0.5, 0.5]
+    assert choose_type_thresholds(probs, truth)[1] > 0.45  # counted, it would push type 1's cut up

@@ -1,6 +1,6 @@
 import numpy as np
 
-from edgecell.evaluation.rbc import match_points, multilabel_report, patch_type_truth, roc_auc, roc_curve
+from edgecell.evaluation.rbc import match_points, multilabel_report, patch_truth, patch_type_truth, roc_auc, roc_curve
 
 
 def test_roc_auc_equals_the_pairwise_count_with_ties_half():
@@ -43,3 +43,20 @@ def test_patch_truth_holds_every_labelled_type_inside_the_patch():
     classes = np.array([0, 2, 1])  # normal, uncategorised (no head), burr
     truth = patch_type_truth(points, classes, ["normal", "burr"], ["normal", "burr", "uncategorised"], crop=80)
     assert truth.tolist() == [[1, 0], [1, 0], [0, 1]]
+
+
+def test_patch_truth_holds_the_touching_cells_and_leaves_the_band_open():
+    # own cell normal at 0; a burr touching (38 px), a target in the band (50 px), a macrocyte far (70 px)
+    points = np.array([[100, 100], [138, 100], [100, 150], [170, 100]], np.float32)
+    classes = np.array([0, 1, 2, 3])
+    truth, care, cells = patch_truth(points, classes, ["normal", "burr", "target", "macro"],
+                                     ["normal", "burr", "target", "macro"], core_px=40, dont_care_px=56)
+    assert truth[0].tolist() == [1, 1, 0, 0] and care[0].tolist() == [True, True, False, True] and cells[0] == 2
+
+
+def test_exact_match_and_auc_skip_dont_care_entries():
+    truth = np.array([[1, 0], [0, 0], [0, 1]])
+    probs = np.array([[0.9, 0.8], [0.2, 0.1], [0.3, 0.6]])
+    care = np.array([[True, False], [True, True], [True, True]])  # patch 0's "b" is in its band
+    report = multilabel_report(truth, probs, ["a", "b"], care=care)
+    assert report["exact_match"] == 1.0 and report["per_type"]["b"]["auc"] == 1.0

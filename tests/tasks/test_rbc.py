@@ -56,6 +56,31 @@ def test_a_cell_holds_the_types_that_reach_their_own_threshold():
     assert [c.present for c in cells] == [["normal"], ["microcyte"]]
 
 
+def _outputs(abnormal_logit: list[float]) -> dict:
+    """Two-type model outputs whose abnormal trees give sigmoid(0.25 + 0.1 * leaf) per cell."""
+    n = len(abnormal_logit)
+    logits = np.hstack([np.tile([[-3.0, 3.0]], (n, 1)) * np.sign(np.array(abnormal_logit))[:, None], np.zeros((n, 2))])
+    return {"centres": np.zeros((n, 2), np.float32), "scores": np.ones(n, np.float32), "logits": logits}
+
+
+def _info(**settings) -> ModelInfo:
+    return ModelInfo(task="rbc", name="t", labels=["normal", "burr"],
+                     settings={"detector": "x", "classes": ["normal", "burr"], "abnormal_trees": TREES,
+                               "abnormal_types": ["burr"], **settings})
+
+
+def test_mean_probability_smear_score_is_the_mean_of_the_cells_abnormal_probabilities():
+    result = rbc.postprocess(_outputs([1, -1, -1]), None, _info(smear_score="mean_probability"))
+    assert abs(result.abnormal_score - np.mean([c.abnormal for c in result.cells])) < 1e-9
+
+
+def test_smear_score_near_the_cut_is_borderline_and_needs_attention():
+    probe = rbc.postprocess(_outputs([1, -1, -1]), None, _info(smear_score="mean_probability")).abnormal_score
+    result = rbc.postprocess(_outputs([1, -1, -1]), None, _info(smear_score="mean_probability",
+                                                                  smear_min_fraction=probe + 0.01, smear_borderline=0.02))
+    assert result.borderline and not result.abnormal and result.needs_attention and "borderline" in result.summary()
+
+
 def _smear(n_cells: int = 0, radius: int = 20) -> np.ndarray:
     """A flat light background with `n_cells` pink discs on a grid."""
     image = np.full((480, 640, 3), (200, 205, 215), np.uint8)
@@ -134,7 +159,8 @@ def test_patches_are_classified_independently_of_their_batch_neighbours(shipped)
 
     image = decode_image(SAMPLES / "chula" / "chula_12.jpg")
     centres = np.array([[100 + 20 * k, 200] for k in range(rbc.patch_batch(shipped.info) + 1)], np.float32)
-    patches = rbc.cut_patches(image, centres)
+    patches = rbc.cut_patches(image, centres, crop=int(shipped.info.settings.get("patch_crop", rbc.PATCH_CROP)),
+                              size=int(shipped.info.input_size[0]))
     together = rbc.classify_patches(shipped.session, patches, shipped.info)
     last_alone = rbc.classify_patches(shipped.session, patches[-1:], shipped.info)
     np.testing.assert_allclose(together[-1], last_alone[0], atol=1e-6)
