@@ -64,6 +64,12 @@ def get_args(argv=None):
     p.add_argument("--calibration", type=int, default=100, help="training images for INT8 calibration (--export)")
     p.add_argument("--stem", default="cells", help="file stem of exported models (--export)")
     p.add_argument("--weights", help="with --export: load these weights into the model first")
+    p.add_argument("--thresholds", metavar="MODEL", help="skip training: choose the counting thresholds of an "
+                   "exported MODEL again on the hold-out of the run in --out (its split.json), with the counting "
+                   "rules its sidecar has now, and store them in its sidecar")
+    p.add_argument("--share-settings", metavar="SIDECAR", help="skip training: write the counting rules "
+                   "(thresholds, white-cell rules, auto-scale, ...) of SIDECAR (the shipped INT8 file's) into the "
+                   "other precisions' sidecars in --out, each one's own thresholds kept as own_thresholds")
     p.add_argument("--labels", choices=("cbc", "txl"), default="cbc",
                    help="cbc: the CBC/BCCD boxes of 286 Training smears (the reproduction); txl: TXL-PBC's "
                    "complete boxes of the 157 Training smears that have them, plus Chula RBC-12 (--chula), "
@@ -430,43 +436,141 @@ WBC_RULES = {"min_rbc_size": 1.0, "max_inside": 0.5}
 #: 0.7x (41.5 px); the cut is the midpoint of 37.3 and 41.5
 AUTO_SCALE = {"below_rbc_px": 39.4, "tiles": 2, "overlap": 0.4, "min_cells": 10}
 
-#: magnifications the RBC threshold is chosen over (hold-out smears re-framed as
+#: platelets that are not stained (`edgecell.tasks.cells.stained_platelets`), measured on the 157
+#: TXL Training smears through the shipped counter (platelet detections >= 0.30): the dust spot of
+#: BCCD's camera (20 of its 22 detections) <= 0.12 x the smear's stain spread (<= 0.23 with hue +10
+#: and saturation x 0.6), labelled platelets >= 0.56 (>= 0.56 under colour, blur and noise shifts;
+#: one at 0.0 under JPEG quality 10); the cut is about their geometric middle
+PLATELET_STAIN = {"min_relative_spread": 0.25}
+
+#: magnifications the RBC and platelet thresholds are chosen over (hold-out smears re-framed as
 #: `edgecell.evaluation.cell_counts.magnify` does for the sweep)
-RBC_SWEEP_SCALES = (0.5, 0.7, 1.0, 1.4)
+SWEEP_SCALES = (0.5, 0.7, 1.0, 1.4)
+#: classes whose threshold is chosen by their total across magnifications (the counting target is
+#: the total; with < 1 platelet per smear Table 1's per-image error is flat: on the 20 hold-out
+#: smears 0.20, 0.25, 0.35 and 0.40 tie and its tie-break takes the lowest); WBC by Table 1
+ACROSS_SCALES = ("RBC", "Platelets")
 
 
-def rbc_threshold_across_scales(detect, images, annotations, scales=RBC_SWEEP_SCALES) -> dict:
-    """The RBC threshold (0.20-0.60, step 0.05) with the smallest mean relative error of the RBC
-    total over the hold-out smears re-framed at each magnification: a threshold that counts well
-    at one magnification only is not chosen."""
+def detections_across_scales(detect, images, annotations, scales=SWEEP_SCALES) -> list[tuple[list, np.ndarray]]:
+    """Per magnification: the hold-out smears re-framed at it, their detections and their labels."""
     from edgecell.evaluation.cell_counts import magnify
-    from edgecell.evaluation.detection import SWEEP
 
     per_scale = []
     for sc in scales:
-        preds, gt = [], 0
+        preds, labels = [], []
         for i in range(len(images)):
             img, _, lab = magnify(images, annotations, i, sc) if sc != 1.0 else (images[i], None, annotations[i].labels)
-            _, c, s = detect(img)
-            preds.append(s[c == 0])
-            gt += int((lab == 0).sum())
-        per_scale.append((preds, gt))
-    error = {f"{t:.2f}": float(np.mean([abs(sum(int((s >= t).sum()) for s in preds) - gt) / max(gt, 1)
-                                       for preds, gt in per_scale])) for t in SWEEP}
+            preds.append(detect(img))
+            labels.append(np.asarray(lab))
+        per_scale.append((preds, np.concatenate(labels)))
+    return per_scale
+
+
+def threshold_across_scales(per_scale: list[tuple[list, np.ndarray]], index: int) -> dict:
+    """The threshold of class `index` (0.20-0.60, step 0.05) with the smallest mean relative error
+    of its total over the magnifications of `detections_across_scales`: a threshold that counts
+    well at one magnification only is not chosen."""
+    from edgecell.evaluation.detection import SWEEP
+
+    error = {f"{t:.2f}": float(np.mean([abs(sum(int(((c == index) & (s >= t)).sum()) for _, c, s in preds)
+                                            - int((lab == index).sum())) / max(int((lab == index).sum()), 1)
+                                        for preds, lab in per_scale])) for t in SWEEP}
     return {"chosen": float(min((e, float(t)) for t, e in error.items())[1]), "error": error}
+
+
+def choose_thresholds(path, annotations, images, threads: int | None = None) -> tuple[dict, dict]:
+    """The counting thresholds of the model file `path` (its sidecar's other counting rules on),
+    on held-out smears with complete labels: WBC by the Table 1 sweep, `ACROSS_SCALES` by
+    `threshold_across_scales`. Returns (chosen {class: threshold}, {class: error by threshold})."""
+    from edgecell.evaluation.cell_counts import detector
+    from edgecell.evaluation.detection import threshold_sweep
+    from edgecell.tasks import cells
+
+    detect, info, _ = detector(path, threads=threads)
+    labels = cells.labels_of(info)
+    gt = np.array([[int((a.labels == k).sum()) for k in range(len(labels))] for a in annotations])
+    chosen = dict(threshold_sweep([detect(img) for img in images], gt, labels)["chosen"])
+    per_scale = detections_across_scales(detect, images, annotations)
+    errors = {}
+    for name in ACROSS_SCALES:
+        r = threshold_across_scales(per_scale, labels.index(name))
+        chosen[name], errors[name] = r["chosen"], r["error"]
+    return chosen, errors
+
+
+def thresholds_chosen_on(n: int, precision: str) -> str:
+    return (f"{n} held-out TXL training smears (complete labels), LiteRT {precision}, the sidecar's other counting "
+            f"rules on: WBC by the Table 1 sweep (0.20-0.60); {' and '.join(ACROSS_SCALES)} by the smallest mean "
+            f"relative error of the total over magnifications {', '.join(f'{x:g}x' for x in SWEEP_SCALES)} "
+            f"(Chula's labels are incomplete, so not used)")
+
+
+def store_thresholds(path: Path, run_dir: Path, data=None, threads: int | None = None) -> dict:
+    """`--thresholds`: choose the thresholds of an exported model file again on its run's hold-out
+    (`run_dir/split.json`), with the counting rules its sidecar has now, and store them there."""
+    from edgecell.calibration.cell_labels import load_txl
+    from edgecell.images import decode_image
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    split = json.loads((run_dir / "split.json").read_text())
+    txl = {a.stem: a for a in load_txl("Training", data)}
+    hold = [txl[s] for s in split["txl_holdout"]]
+    chosen, errors = choose_thresholds(path, hold, [decode_image(a.image_path) for a in hold], threads)
+    meta = read_model_info(path)
+    meta.settings["thresholds"] = chosen
+    meta.settings["threshold_holdout"] = list(split["txl_holdout"])
+    meta.settings["thresholds_chosen_on"] = thresholds_chosen_on(len(hold), meta.precision)
+    meta.settings.pop("rbc_threshold_sweep", None)
+    meta.settings["threshold_error_across_scales"] = errors
+    write_sidecar(path, meta)
+    return chosen
+
+
+def share_counting_settings(source, target) -> None:
+    """Give `target` (a ModelInfo) the counting rules of `source` (`cells.COUNTING_SETTINGS`: the
+    thresholds, white-cell rules, auto-scale, ...): the rules are part of the product, chosen once
+    on the shipped INT8 file; a second threshold choice for the FP32 file on the same small
+    hold-out is noise, not quantization. The target's own choice is kept as `own_thresholds`."""
+    from edgecell.tasks.cells import COUNTING_SETTINGS
+
+    own = target.settings.get("own_thresholds", target.settings.get("thresholds"))  # shared before: keep the first
+    for key in COUNTING_SETTINGS:
+        if key in source.settings:
+            target.settings[key] = json.loads(json.dumps(source.settings[key]))
+        else:
+            target.settings.pop(key, None)
+    if own is not None and own != target.settings.get("thresholds"):
+        target.settings["own_thresholds"] = own
+    target.settings["thresholds_chosen_on"] = (f"{source.settings.get('thresholds_chosen_on', 'the source file')} "
+                                               f"(the {source.precision} file's counting rules, shared)")
+
+
+def share_settings(source_sidecar: Path, out: Path, stem: str = "cells") -> list[Path]:
+    """`--share-settings`: write the counting rules of `source_sidecar` (the shipped INT8 file's)
+    into the sidecar of every other precision exported in `out` (`<stem>_<precision>.json`)."""
+    from edgecell.modelinfo import read_model_info, write_sidecar
+
+    source = read_model_info(source_sidecar)
+    written = []
+    for sidecar in sorted(out.glob(f"{stem}_*.json")):
+        target = read_model_info(sidecar)
+        if target.precision == source.precision:
+            continue
+        share_counting_settings(source, target)
+        written.append(write_sidecar(sidecar, target))
+    return written
 
 
 def export_complete(args, src: Path, out: Path) -> dict:
     """Export the complete-label counter with the shared converter (a features output added),
-    then per precision: thresholds on the TXL hold-out (Table 1 sweep for WBC and platelets,
-    `rbc_threshold_across_scales` for RBC) and unfamiliar-smear statistics from the training
+    then per precision: thresholds on the TXL hold-out (Table 1 sweep for WBC,
+    `threshold_across_scales` for RBC and platelets) and unfamiliar-smear statistics from the training
     smears, stored in each sidecar."""
     import keras
 
     from edgecell.calibration.cell_labels import load_chula_points, load_txl
     from edgecell.convert.quantize import export_model
-    from edgecell.evaluation.cell_counts import detector
-    from edgecell.evaluation.detection import threshold_sweep
     from edgecell.images import decode_image
     from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
@@ -490,6 +594,7 @@ def export_complete(args, src: Path, out: Path) -> dict:
     info.settings["features_layer"] = FEATURES_LAYER
     info.settings["wbc_rules"] = dict(WBC_RULES)  # thresholds below are chosen with both steps on
     info.settings["auto_scale"] = dict(AUTO_SCALE)
+    info.settings["platelet_stain"] = dict(PLATELET_STAIN)
     print(f"calibration: {len(cal)} training images ({n_txl} TXL, {len(cal) - n_txl} Chula); exporting ...", flush=True)
     t0 = time.time()
     paths = export_model(with_features(model), info, cal, out, args.stem,
@@ -499,15 +604,10 @@ def export_complete(args, src: Path, out: Path) -> dict:
     hold_images = [decode_image(a.image_path) for a in hold_anns] + [decode_image(p.image_path) for p in val_points]
     hold = [cells.preprocess(img, info)[0] for img in hold_images]
     check_int8(paths, hold, out)
-    labels = cells.labels_of(info)
-    gt_hold = np.array([[int((a.labels == k).sum()) for k in range(len(labels))] for a in hold_anns])
     txl_images = hold_images[: len(hold_anns)]
     for precision in ("fp32", "int8"):
         path = paths[f"tflite-{precision}"]
-        detect, _, _ = detector(path, threads=args.threads)
-        sw = threshold_sweep([detect(img) for img in txl_images], gt_hold, labels)
-        rbc = rbc_threshold_across_scales(detect, txl_images, hold_anns)
-        chosen = dict(sw["chosen"], **{labels[0]: rbc["chosen"]})
+        chosen, errors = choose_thresholds(path, hold_anns, txl_images, args.threads)
         loaded = load_model(path, threads=args.threads)
         feats = [cells.features_of(loaded.session.run(cells.preprocess(decode_image(p), loaded.info)[0]), loaded.info)
                  for p in train_paths]
@@ -517,14 +617,13 @@ def export_complete(args, src: Path, out: Path) -> dict:
         meta = read_model_info(path)
         meta.settings["thresholds"] = chosen
         meta.settings["threshold_holdout"] = list(split["txl_holdout"])
-        meta.settings["thresholds_chosen_on"] = (
-            f"{len(hold_anns)} held-out TXL training smears (complete labels), LiteRT {precision}: WBC and platelets "
-            f"by the Table 1 sweep (0.20-0.60); RBC by the smallest mean relative count error over magnifications "
-            f"{', '.join(f'{x:g}x' for x in RBC_SWEEP_SCALES)} (Chula's labels are incomplete, so not used)")
-        meta.settings["rbc_threshold_sweep"] = rbc["error"]
+        meta.settings["thresholds_chosen_on"] = thresholds_chosen_on(len(hold_anns), precision)
+        meta.settings["threshold_error_across_scales"] = errors
         meta.settings["unfamiliar"] = stats
         write_sidecar(path, meta)
         print(f"  {precision}: thresholds {chosen}; unfamiliar threshold {stats['threshold']}", flush=True)
+    # one product: every precision counts with the INT8 file's rules (the FP32 sweep is kept as a record)
+    share_settings(paths["tflite-int8"].with_suffix(".json"), out, args.stem)
     return paths
 
 
@@ -743,6 +842,13 @@ def train_complete(args, tf, keras, out):
 
 def main(argv=None):
     args = get_args(argv)
+    if args.thresholds:
+        print(json.dumps(store_thresholds(Path(args.thresholds), Path(args.out), args.data, args.threads)))
+        return
+    if args.share_settings:
+        for path in share_settings(Path(args.share_settings), Path(args.out), args.stem):
+            print(f"wrote {path}")
+        return
     if args.export:
         export(args)
         return

@@ -269,14 +269,36 @@ def evaluate_counter(model_paths, data=None, backend: str = "auto", threads: int
                 detect(decode_image(p))
                 familiar[name].append(detect.last.unfamiliar)
         entry = {"path": str(path), "backend": backend_name, "precision": info.precision,
-                 "thresholds": dict(zip(labels, thr.tolist())),
+                 "thresholds": dict(zip(labels, thr.tolist())), "counting_settings": cells.counting_settings(info),
                  "testing": against_both_truths(preds, complete, cbc, thr, labels),
                  "chula": chula_counts(chula_preds, held, coverage, float(thr[0]), COMPLETE_COVERAGE),
                  "unfamiliar": {k: {"flagged": int(np.sum(v)), "images": len(v)} for k, v in familiar.items()}}
         if sweep:
             entry["lab_shift"] = lab_shift_sweep(detect, images, complete, thr, labels)
         report["models"][f"{backend_name}-{info.precision}-{len(report['models'])}"] = entry
+    report["int8_vs_fp32"] = int8_vs_fp32(report["models"])
     return report
+
+
+def int8_vs_fp32(models: dict) -> list[dict]:
+    """Per backend, each INT8 file against the FP32 file run there: counting accuracy against the
+    complete labels (points, INT8 - FP32) per class and the mAP@0.5 change. Quantization alone only
+    when both sidecars carry the same counting rules (`same_counting_settings`; the export shares
+    the INT8 file's); otherwise the delta also holds a second threshold choice."""
+    out = []
+    for key, q in models.items():
+        if q["precision"] != "int8":
+            continue
+        for fkey, f in models.items():
+            if f["precision"] != "fp32" or f["backend"] != q["backend"]:
+                continue
+            qc, fc = q["testing"]["complete"], f["testing"]["complete"]
+            out.append({"int8": key, "fp32": fkey, "backend": q["backend"],
+                        "same_counting_settings": q["counting_settings"] == f["counting_settings"],
+                        "accuracy_delta_points": {c: 100 * (m["accuracy"] - fc["counting"][c]["accuracy"])
+                                                  for c, m in qc["counting"].items()},
+                        "map50_delta": qc["map50"]["mean"] - fc["map50"]["mean"]})
+    return out
 
 
 def non_smear_images(data=None, per_set: int = 60, seed: int = 0) -> dict[str, list]:
@@ -329,6 +351,17 @@ def markdown(report: dict) -> str:
             for cond, m in e["lab_shift"].items():
                 lines.append(f"| {cond} | " + " | ".join(f"{100 * m[c]['accuracy']:.1f}" for c in names) +
                              f" | {m[names[0]]['estimated']}/{m[names[0]]['ground_truth']} | {m[names[0]]['mae_per_image']:.2f} |")
+        lines.append("")
+    pairs = report.get("int8_vs_fp32") or []
+    if pairs:
+        names = list(pairs[0]["accuracy_delta_points"])
+        lines += ["## INT8 against FP32, complete labels (points, INT8 - FP32)", "",
+                  "| backend | INT8 | FP32 | " + " | ".join(names) + " | mAP@0.5 | same counting rules |",
+                  "|---" * (len(names) + 5) + "|"]
+        for d in pairs:
+            lines.append(f"| {d['backend']} | {d['int8']} | {d['fp32']} | " +
+                         " | ".join(f"{d['accuracy_delta_points'][c]:+.2f}" for c in names) +
+                         f" | {d['map50_delta']:+.4f} | {'yes' if d['same_counting_settings'] else 'no: includes a threshold choice'} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -275,6 +275,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
             },
             "sweep": sw,
             "flags": run["flags"].as_dict(),
+            "counting_settings": cells.counting_settings(info), "key": key,
         }
         if overlay_done is None:
             idx = next((i for i, a in enumerate(test) if a.stem == overlay_stem), 0)
@@ -288,12 +289,14 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
     for key, r in report["models"].items():
         fp = report["models"].get(key.replace("int8", "fp32")) if "int8" in key else None
         if fp:
-            # same thresholds (the FP32 file's) on both: what quantization alone changes
-            fp_thr = np.array([fp["counting"]["model_thresholds"]["thresholds"][c] for c in labels], np.float32)
-            same = counting_metrics(count_matrix(all_preds[key], fp_thr, len(labels)), gt_test, labels)
+            # same thresholds (the INT8 file's: the product's) on both: what quantization alone
+            # changes; the other counting rules are the same only when the sidecars say so
+            thr = np.array([r["counting"]["model_thresholds"]["thresholds"][c] for c in labels], np.float32)
+            fp_same = counting_metrics(count_matrix(all_preds[fp["key"]], thr, len(labels)), gt_test, labels)
             r["vs_fp32"] = {
+                "same_counting_settings": r["counting_settings"] == fp["counting_settings"],
                 "accuracy_delta_points_same_thresholds": {
-                    c: 100 * (same[c]["accuracy"] - fp["counting"]["model_thresholds"]["per_class"][c]["accuracy"])
+                    c: 100 * (r["counting"]["model_thresholds"]["per_class"][c]["accuracy"] - fp_same[c]["accuracy"])
                     for c in labels},
                 "map50_delta": r["map50"]["mean"] - fp["map50"]["mean"],
                 "accuracy_delta_points": {c: 100 * (r["counting"]["model_thresholds"]["per_class"][c]["accuracy"]
@@ -342,13 +345,16 @@ def markdown_report(report: dict, labels) -> str:
     deltas = [(k, r["vs_fp32"]) for k, r in report["models"].items() if "vs_fp32" in r]
     if deltas:
         lines += ["", "## INT8 against FP32 (same backend)", "",
-                  "Accuracy deltas at each file's stored thresholds, and (same thr.) with the FP32 file's "
-                  "thresholds on both: what quantization alone changes.", "", "| model | mAP@0.5 delta | " +
+                  "Accuracy deltas at each file's stored thresholds, and (same thr.) with the INT8 file's "
+                  "thresholds (the product's) on both: what quantization alone changes when both sidecars carry "
+                  "the same counting rules (last column).", "", "| model | mAP@0.5 delta | " +
                   " | ".join(f"{c} acc delta (points)" for c in labels) + " | " +
-                  " | ".join(f"{c} same thr." for c in labels) + " |", "|---" * (2 * len(labels) + 2) + "|"]
+                  " | ".join(f"{c} same thr." for c in labels) + " | same counting rules |",
+                  "|---" * (2 * len(labels) + 3) + "|"]
         for k, d in deltas:
             same = d.get("accuracy_delta_points_same_thresholds", {})
             lines.append(f"| {k} | {d['map50_delta']:+.4f} | " +
                          " | ".join(f"{d['accuracy_delta_points'][c]:+.2f}" for c in labels) + " | " +
-                         " | ".join(f"{same[c]:+.2f}" if c in same else "-" for c in labels) + " |")
+                         " | ".join(f"{same[c]:+.2f}" if c in same else "-" for c in labels) +
+                         f" | {'yes' if d.get('same_counting_settings') else 'no'} |")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import numpy as np
 from edgecell.calibration.cell_labels import PointAnnotation
 from edgecell.calibration.voc import Annotation
 from edgecell.evaluation.cell_counts import (Condition, against_both_truths, chula_counts, degrade, found_points,
-                                             magnify)
+                                             int8_vs_fp32, magnify)
 
 LABELS = ("RBC", "WBC", "Platelets")
 
@@ -69,3 +69,18 @@ def test_found_points_pairs_each_point_with_one_near_detection():
     points = np.array([[10, 10], [50, 50], [200, 200]], np.float32)
     boxes = np.array([[0, 0, 22, 22], [2, 2, 20, 20], [40, 40, 64, 64], [300, 300, 340, 340]], np.float32)
     assert found_points(boxes, points, 15) == 2  # two detections near point 1 count once; point 3 unmatched
+
+
+def _entry(backend, precision, accuracy, rules):
+    counting = {c: {"accuracy": accuracy} for c in LABELS}
+    return {"backend": backend, "precision": precision, "counting_settings": rules,
+            "testing": {"complete": {"counting": counting, "map50": {"mean": 0.9}}}}
+
+
+def test_int8_against_fp32_pairs_files_by_backend_and_says_whether_their_rules_match():
+    shared, own = {"thresholds": {"Platelets": 0.35}}, {"thresholds": {"Platelets": 0.5}}
+    models = {"litert-int8-0": _entry("litert", "int8", 0.88, shared), "litert-fp32-1": _entry("litert", "fp32", 0.98, shared),
+              "openvino-int8-2": _entry("openvino", "int8", 0.90, shared), "openvino-fp32-3": _entry("openvino", "fp32", 0.60, own)}
+    pairs = {d["backend"]: d for d in int8_vs_fp32(models)}
+    assert round(pairs["litert"]["accuracy_delta_points"]["Platelets"], 6) == -10.0
+    assert pairs["litert"]["same_counting_settings"] and not pairs["openvino"]["same_counting_settings"]
