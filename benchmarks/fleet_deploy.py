@@ -16,7 +16,7 @@ Two bundles of the shipped cell counter, because this machine is x86-64:
   except building the version's venv from its arm64 wheels, which cannot run here: the devices'
   `edgecell install` gets `--no-env`, and the health check runs this machine's edgecell on the
   installed version's model.
-- `x86`: the x86-legacy bundle for this machine's Python (OpenVINO wheelhouse, about twice the
+- `x86`: the x86-vnni bundle for this machine's Python (OpenVINO wheelhouse, about twice the
   size): every step, the venv built offline from the wheelhouse on each device included.
 
 Read the ratio with the machine in mind: here the three "devices" share this machine's cores (and
@@ -41,7 +41,7 @@ from edgecell.benchmarks.stats import percentile
 
 DEVICES = ("dev1", "dev2", "dev3")
 #: kind -> (bundle profile, Python of the bundle's wheelhouse: None = the profile's, "host" = this one's)
-KINDS = {"pi": ("raspberry-pi", None), "x86": ("x86-legacy", "host")}
+KINDS = {"pi": ("raspberry-pi", None), "x86": ("x86-vnni", "host")}
 TARGET_RATIO = 1.5
 TARGET_REDEPLOY_S = 10.0
 

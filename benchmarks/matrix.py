@@ -283,7 +283,7 @@ def run_bench(models: list[Path] | None = None, *, backends: list[str] | None = 
         iterations: timed runs per row (default 100).
         seconds: time budget per row for the timed runs instead of a fixed number of runs.
         warmup: untimed runs before timing (default 10).
-        profile: raspberry-pi | jetson | x86-legacy: sensible formats, backends and threads for
+        profile: raspberry-pi | jetson | x86-legacy | x86-vnni: sensible formats, backends and threads for
             that device (explicit options win).
         out_dir: where results.jsonl (appended row by row), results.json, results.csv,
             results.md and latency.png go.

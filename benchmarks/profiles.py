@@ -26,12 +26,20 @@ PROFILES: dict[str, dict[str, Any]] = {
                  "CUDA/TensorRT providers. Set the power mode (nvpmodel) and jetson_clocks before measuring.",
     },
     "x86-legacy": {
-        "description": "Older x86 PC (AVX2, often no AVX-512/VNNI): OpenVINO IR first, then ONNX Runtime, LiteRT.",
+        "description": "Older x86 PC (AVX2, no VNNI): LiteRT on the .tflite first (what its bundle ships), "
+                       "then OpenVINO and ONNX Runtime for comparison.",
+        "formats": {".tflite": ["litert"], ".xml": ["openvino"], ".onnx": ["onnxruntime"]},
+        "precisions": ["int8", "fp32"],
+        "threads": [1, "all"],
+        "notes": "Without VNNI, u8 x s8 INT8 kernels (OpenVINO, ONNX Runtime) can saturate: their rows may "
+                 "answer differently from LiteRT ('wrong'); check INT8 accuracy (`--accuracy`), not only speed.",
+    },
+    "x86-vnni": {
+        "description": "x86 PC with AVX-512 VNNI or AVX-VNNI: OpenVINO IR first, then ONNX Runtime, LiteRT.",
         "formats": {".xml": ["openvino"], ".onnx": ["onnxruntime"], ".tflite": ["litert"]},
         "precisions": ["int8", "fp32"],
         "threads": [1, "all"],
-        "notes": "Without VNNI, u8 x s8 INT8 kernels can saturate: check INT8 accuracy against FP32 "
-                 "(`--accuracy`), not only its speed.",
+        "notes": "VNNI sums INT8 products in 32 bits: the IR and ONNX siblings give LiteRT's answers.",
     },
 }
 

@@ -103,8 +103,9 @@ def register(app: typer.Typer) -> None:
         """Build a deploy bundle: models, manifest (SHA-256 of every file), run configuration,
         offline wheelhouse and install.sh, optionally signed.
 
-        Example (the X-ray cart): `edgecell bundle xray.xml gate.xml --profile x86-legacy
-        --gate-policy reject --run '--camera 0 --out results' --sign bundle.key`
+        Example (an X-ray cart; `edgecell info` on it names its profile, x86-legacy without VNNI):
+        `edgecell bundle xray gate_xray --profile x86-legacy --gate-policy reject --run '--camera 0
+        --out results' --sign bundle.key`
         """
         from edgecell.resources import resolve_model_path
 

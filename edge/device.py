@@ -103,9 +103,13 @@ def throttled() -> str | None:
 
 
 def describe_device() -> dict:
+    """This device as `edgecell info`, bench reports and fleet status show it, with the bundle
+    profile it should take (on x86 that depends on VNNI: without it the INT8 .tflite on LiteRT)."""
     from edgecell.backends import backend_versions
+    from edgecell.bundle.profiles import profile_for_device
 
     model, isa = _cpuinfo()
+    board = board_model()
     freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
     mem_kb = next((int(l.split()[1]) for l in _read("/proc/meminfo").splitlines() if l.startswith("MemTotal")), 0)
     return {
@@ -116,7 +120,8 @@ def describe_device() -> dict:
         "int8_dot_product": any(f in isa for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")),
         "freq_mhz": int(freq) // 1000 if freq.isdigit() else None,
         "memory_gb": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
-        "board": board_model(),
+        "board": board,
+        "bundle_profile": profile_for_device(platform.machine(), isa, board),
         "temperature_c": temperature_c(),
         "throttled": throttled(),
         "os": f"{platform.system()} {platform.release()}",

@@ -89,7 +89,7 @@ def test_build_folder_verifies_and_describes_the_run(model, tmp_path):
 
 
 def test_profile_picks_the_format_its_backend_runs(model, tmp_path):
-    x86 = _build(model, tmp_path, profile="x86-legacy")
+    x86 = _build(model, tmp_path / "v", profile="x86-vnni")
     names = sorted(p.name for p in (x86 / "models").iterdir())
     assert names == ["tiny_classifier_int8.bin", "tiny_classifier_int8.json", "tiny_classifier_int8.xml"]
     jetson = _build(model, tmp_path / "j", profile="jetson")
@@ -100,6 +100,15 @@ def test_profile_picks_the_format_its_backend_runs(model, tmp_path):
         shutil.copy(model.with_suffix(suffix), only_xml)
     with pytest.raises(BundleError, match="raspberry-pi runs .tflite"):
         _build(only_xml / "tiny_classifier_int8.xml", tmp_path / "pi")
+
+
+def test_x86_without_vnni_takes_the_tflite_on_litert_though_an_ir_sits_beside_it(model, tmp_path):
+    """Without VNNI the IR's INT8 kernels can saturate and answer otherwise than the card."""
+    assert model.with_suffix(".xml").is_file()
+    legacy = _build(model, tmp_path, profile="x86-legacy")
+    names = sorted(p.name for p in (legacy / "models").iterdir())
+    assert names == ["tiny_classifier_int8.json", "tiny_classifier_int8.tflite"]
+    assert json.loads((legacy / "manifest.json").read_text())["profile"]["backend"] == "litert"
 
 
 def test_bad_run_arguments_are_refused_at_build_time(model, tmp_path):

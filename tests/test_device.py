@@ -9,6 +9,13 @@ def test_device_description_has_what_benchmarks_report():
         assert "avx2" in d["isa"] or not d["isa"]  # every x86 machine this runs on since 2013
 
 
+def test_device_description_names_the_bundle_profile_its_isa_calls_for():
+    from edgecell.bundle.profiles import profile_for_device
+
+    d = describe_device()
+    assert d["bundle_profile"] == profile_for_device(d["arch"], d["isa"], d["board"])
+
+
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 25

@@ -44,12 +44,25 @@ class BundleProfile:
 
 
 PROFILES: dict[str, BundleProfile] = {
+    # Why LiteRT on an old x86: without VNNI, OpenVINO's and ONNX Runtime's INT8 kernels multiply
+    # u8 x s8 pairs into a saturating 16-bit sum; the shipped IR/ONNX siblings keep the .tflite's
+    # 8-bit weights (no overflow fix), so there they can give other answers than the carded ones
+    # (cells: counts off LiteRT's by more than one cell with OpenVINO held to AVX2). LiteRT's
+    # (XNNPACK) integer kernels sum in 32 bits on every x86, so the .tflite gives the card's answers.
     "x86-legacy": BundleProfile(
-        "x86-legacy", "Older x86-64 PC or X-ray cart (AVX2, often no AVX-512/VNNI): OpenVINO IR first.",
+        "x86-legacy", "Older x86-64 PC or X-ray cart (AVX2, no VNNI): the INT8 .tflite on LiteRT.",
+        arch="x86_64", glibc=(2, 31), python="3.11", formats=(".tflite",),
+        backend="litert", extra=None,
+        notes="Wheels picked for glibc <= 2.31 (Debian 11, Ubuntu 20.04 or newer); the manifest's "
+              "wheelhouse.min_glibc is what the device really needs (2.28 for the 2026 wheels). "
+              "`edgecell info` on the device says which x86 profile it takes."),
+    "x86-vnni": BundleProfile(
+        "x86-vnni", "x86-64 PC with AVX-512 VNNI or AVX-VNNI (Intel since Ice Lake / Alder Lake, AMD Zen 4): "
+        "OpenVINO IR first.",
         arch="x86_64", glibc=(2, 31), python="3.11", formats=(".xml", ".onnx", ".tflite"),
         backend="openvino", extra="openvino",
-        notes="Wheels picked for glibc <= 2.31 (Debian 11, Ubuntu 20.04 or newer); the manifest's "
-              "wheelhouse.min_glibc is what the device really needs (2.28 for the 2026 wheels)."),
+        notes="Only for CPUs with VNNI: on AVX2 alone the INT8 IR can answer differently from LiteRT "
+              "(take x86-legacy). Wheels picked for glibc <= 2.31, as x86-legacy."),
     "raspberry-pi": BundleProfile(
         "raspberry-pi", "Raspberry Pi 4/5, 64-bit Raspberry Pi OS (Bookworm: Python 3.11): LiteRT.",
         arch="aarch64", glibc=(2, 36), python="3.11", formats=(".tflite",),
@@ -68,3 +81,15 @@ def get_profile(name: str) -> BundleProfile:
     if name not in PROFILES:
         raise BundleError(f"unknown bundle profile {name!r}; expected one of {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+def profile_for_device(arch: str, isa: list[str] | tuple[str, ...], board: str | None = None) -> str | None:
+    """The bundle profile a device with this architecture, ISA flags (`edgecell.device` names) and
+    board takes, or None when none fits (32-bit ARM). On x86 the INT8 dot-product instructions
+    decide it: without VNNI the OpenVINO/ONNX INT8 kernels can saturate (see PROFILES)."""
+    arch = arch.lower()
+    if arch in ("x86_64", "amd64"):
+        return "x86-vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(isa) else "x86-legacy"
+    if arch in ("aarch64", "arm64"):
+        return "jetson" if board and "jetson" in board.lower() else "raspberry-pi"
+    return None

@@ -20,7 +20,7 @@ def bench(
     iterations: int = typer.Option(100, "--iterations", "-n", help="Timed runs per row."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per row instead of a run count."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="raspberry-pi, jetson or x86-legacy: formats, "
+    profile: Optional[str] = typer.Option(None, "--profile", help="raspberry-pi, jetson, x86-legacy or x86-vnni: formats, "
                                           "backends and threads suited to that device."),
     out: Path = typer.Option(Path("bench-results"), "--out", "-o", help="Folder for results.jsonl/json/csv/md and latency.png."),
     repeats: int = typer.Option(1, "--repeats", help="Run the matrix this many times, alternating row order."),

@@ -12,7 +12,8 @@ EXAMPLE_INVENTORY = """\
 # `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`, then add it; or give --known-hosts FILE).
 #
 # Per group or per host:
-#   edgecell_profile   raspberry-pi | jetson | x86-legacy (the bundle profile the device takes)
+#   edgecell_profile   raspberry-pi | jetson | x86-legacy | x86-vnni (the bundle profile the device
+#                      takes: `edgecell info` on it says which; x86 without VNNI is x86-legacy)
 #   edgecell_prefix    install root on the device (default /opt/edgecell)
 #   edgecell_command   the device's edgecell before the first bundle install (optional)
 #   edgecell_service   false: never restart the systemd service on this device
