@@ -536,3 +536,14 @@ def test_an_rbc_bundle_carries_its_centre_detector(tmp_path):
                           wheelhouse=False, archive=False)
     files = json.loads((folder / "manifest.json").read_text())["files"]
     assert "models/rbc_centres_int8.tflite" in files and "models/rbc_centres_int8.json" in files
+
+
+def test_a_long_text_setting_is_not_taken_for_a_companion_file(tmp_path):
+    """Settings values that name a file beside the sidecar travel with the model; a sentence
+    longer than a file name may be (the cells sidecar's notes) must not stop the bundle."""
+    from edgecell.bundle.common import companion_files
+
+    (tmp_path / "head.npz").write_bytes(b"x")
+    sidecar = tmp_path / "m_int8.json"
+    sidecar.write_text(json.dumps({"task": "classify", "settings": {"head": "head.npz", "note": "word " * 80}}))
+    assert companion_files(sidecar) == [tmp_path / "head.npz"]

@@ -156,7 +156,11 @@ class Task(ABC):
         for value in (meta.get("settings") or {}).values():
             if isinstance(value, str) and value and "/" not in value and "\\" not in value:
                 candidate = sidecar.parent / value
-                if candidate.is_file() and candidate != sidecar:
+                try:
+                    found = candidate.is_file() and candidate != sidecar
+                except OSError:  # a setting that is text, longer than a file name may be (ENAMETOOLONG)
+                    found = False
+                if found:
                     out.append(candidate)
         return out
 
