@@ -240,19 +240,37 @@ def build_patch_classifier(size: int, n_types: int, n_classes: int, weights: str
     return keras.Model(base.input, layers.Concatenate(name="logits")([types, centre]), name="rbc_patches")
 
 
-def batched_model(core, size: int, batch: int):
+def batched_model(core, size: int, batch: int, features: bool = False):
     """One model call for `batch` patches, with the fixed batch-1 input every converter wants: the
     patches stacked vertically, (1, batch * size, size, 3) -> reshape (batch, size, size, 3) inside
-    the graph -> core -> (1, batch, outputs)."""
+    the graph -> core -> (1, batch, outputs). `features`: a second output, the pooled features
+    (1, batch, F) the heads read, so the device can apply the heads in float (`head_setting`)."""
     import keras
     from keras import layers
 
     inp = keras.Input((batch * size, size, 3), batch_size=1, name="patches")
     x = layers.Reshape((batch, size, size, 3), name="split")(inp)
     x = layers.Lambda(lambda t: keras.ops.reshape(t, (batch, size, size, 3)), name="to_batch")(x)
-    y = core(x)
-    y = layers.Lambda(lambda t: keras.ops.reshape(t, (1, batch, -1)), name="to_one")(y)
+    if features:
+        y, f = keras.Model(core.input, [core.output, core.get_layer("pool").output], name=core.name)(x)
+        y = layers.Lambda(lambda t: keras.ops.reshape(t, (1, batch, -1)), name="to_one")(y)
+        f = layers.Lambda(lambda t: keras.ops.reshape(t, (1, batch, -1)), name="features")(f)
+        return keras.Model(inp, [y, f], name=f"rbc_patches_b{batch}")
+    y = layers.Lambda(lambda t: keras.ops.reshape(t, (1, batch, -1)), name="to_one")(core(x))
     return keras.Model(inp, y, name=f"rbc_patches_b{batch}")
+
+
+def head_setting(core) -> dict:
+    """The sidecar's `patch_head`: the two Dense heads (types, own class) as one float matrix over
+    the pooled features. The INT8 file's logits output is one int8 tensor for 25 logits (scale
+    ~0.2 logit per step, 0.05 in probability at 0.5: enough to move a smear's abnormal share);
+    the pooled features are quantized 10x finer, and the heads applied to them in float give
+    logits within a few hundredths of FP32 (`edgecell.tasks.rbc.patch_logits`)."""
+    types, centre = core.get_layer("types"), core.get_layer("centre")
+    kernel = np.concatenate([np.asarray(types.kernel), np.asarray(centre.kernel)], 1)
+    bias = np.concatenate([np.asarray(types.bias), np.asarray(centre.bias)])
+    return {"features": int(kernel.shape[0]), "weights": [[round(float(v), 7) for v in row] for row in kernel],
+            "bias": [round(float(v), 7) for v in bias]}
 
 
 def augment_patches(x: np.ndarray, rng, size: int, margin: int = PATCH_MARGIN) -> np.ndarray:
@@ -489,22 +507,74 @@ def choose_type_thresholds(probs: np.ndarray, truth: np.ndarray, care: np.ndarra
     return thr
 
 
-def smear_fraction_rule(fractions: np.ndarray, truth: np.ndarray) -> float:
+def smear_fraction_rule(fractions: np.ndarray, truth: np.ndarray, cuts: np.ndarray | None = None) -> float:
     """The smallest smear-level cut (fraction of cells in abnormal patches) with the best accuracy."""
-    cuts = np.round(np.arange(0.05, 0.9, 0.025), 3)
+    cuts = np.round(np.arange(0.05, 0.9, 0.025), 3) if cuts is None else cuts
     acc = [float(((fractions >= c) == truth).mean()) for c in cuts]
     return float(cuts[int(np.argmax(acc))])
 
 
-def keras_logits(model, x_uint8: np.ndarray, size: int) -> np.ndarray:
+def keras_outputs(model, x_uint8: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits N x (types + classes), pooled features N x F) of the Keras patch model on cached
+    patches (their centre size x size window)."""
+    import keras
+
     from edgecell.tasks.common import normalise_float
 
+    both = keras.Model(model.input, [model.output, model.get_layer("pool").output])
     m = (x_uint8.shape[1] - size) // 2
-    out = []
+    logits, features = [], []
     for i in range(0, len(x_uint8), 256):
-        x = normalise_float(x_uint8[i : i + 256, m : m + size, m : m + size], [127.5], [127.5])
-        out.append(np.asarray(model(x, training=False)))
-    return np.concatenate(out)
+        y, f = both(normalise_float(x_uint8[i : i + 256, m : m + size, m : m + size], [127.5], [127.5]), training=False)
+        logits.append(np.asarray(y)), features.append(np.asarray(f))
+    return np.concatenate(logits), np.concatenate(features)
+
+
+CONTEXT_C = (0.003, 0.01, 0.03, 0.1)  # inverse L2 penalties tried per type (chosen on val AUC)
+CONTEXT_MIN_GAIN = 0.002  # a type keeps its CNN head unless the context head is this much better on val
+
+
+def fit_context_head(train: dict, val: dict, val_logits: np.ndarray) -> dict:
+    """The second stage (`edgecell.tasks.rbc.context_type_logits`): per type a logistic regression
+    on the patch's pooled features and their difference from the field's mean feature (what the
+    other cells of the smear look like: a microcyte is small for ITS smear), fitted on the train
+    patches (FP32 features; the CNN underfits, its train AUC is close to val), the L2 penalty per
+    type chosen on the val patches' AUC; a type uses it only where it beats the CNN's own head on
+    val by CONTEXT_MIN_GAIN. `train`/`val`: "features", "smear", "types", "care"."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edgecell.evaluation.rbc import roc_auc
+    from edgecell.tasks.rbc import context_features
+
+    xt = np.concatenate([context_features(train["features"][train["smear"] == s])
+                         for s in np.unique(train["smear"])])
+    order = np.concatenate([np.nonzero(train["smear"] == s)[0] for s in np.unique(train["smear"])])
+    xv = np.empty((len(val["features"]), xt.shape[1]), np.float32)
+    for s in np.unique(val["smear"]):
+        xv[val["smear"] == s] = context_features(val["features"][val["smear"] == s])
+    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    xt, xv = (xt - mean) / std, (xv - mean) / std
+    names, used, weights, bias, report = type_names(), [], [], [], {}
+    for k, name in enumerate(names):
+        yt, ct = train["types"][order, k].astype(bool), train["care"][order, k]
+        yv, cv = val["types"][:, k].astype(bool), val["care"][:, k]
+        if yt[ct].all() or not yt[ct].any() or yv[cv].all() or not yv[cv].any():
+            continue
+        cnn = roc_auc(yv[cv], val_logits[cv, k])
+        best = None
+        for c in CONTEXT_C:
+            lr = LogisticRegression(C=c, max_iter=500).fit(xt[ct], yt[ct])
+            auc = roc_auc(yv[cv], lr.decision_function(xv)[cv])
+            if best is None or auc > best[0]:
+                best = (auc, c, lr)
+        report[name] = {"val_auc_cnn": round(cnn, 4), "val_auc_context": round(best[0], 4), "C": best[1]}
+        if best[0] >= cnn + CONTEXT_MIN_GAIN:
+            used.append(name)
+            weights.append(best[2].coef_[0]), bias.append(float(best[2].intercept_[0]))
+    return {"types": used, "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
+            "weights": [[round(float(v), 7) for v in row] for row in np.array(weights).T.reshape(len(mean), -1)],
+            "bias": [round(v, 7) for v in bias], "fitted_on": "train patches (FP32 features), penalty per type on val",
+            "val": report}
 
 
 def export_rbc(args) -> None:
@@ -549,7 +619,18 @@ def export_rbc(args) -> None:
                            rule.get("core_px"), rule.get("dont_care_px"))
         val = with_truth(patch_dataset(args.data, "val", crop, size, cache), args.data, "val",
                          rule.get("core_px"), rule.get("dont_care_px"))
-        probs, _ = patch_scores(keras_logits(core, val["x"], size), len(names))
+        val_logits, val["features"] = keras_outputs(core, val["x"], size)
+        _, train["features"] = keras_outputs(core, train["x"], size)
+        head = head_setting(core)
+        if not args.no_context:
+            head["context"] = fit_context_head(train, val, val_logits)
+            print(stem, "context head:", json.dumps(head["context"]["val"]), flush=True)
+        info.settings["patch_head"] = head
+        from edgecell.tasks.rbc import head_logits
+
+        probs, _ = patch_scores(np.concatenate([head_logits(val["features"][val["smear"] == s], info)
+                                                for s in np.unique(val["smear"])]), len(names))
+        val = {k: np.concatenate([v[val["smear"] == s] for s in np.unique(val["smear"])]) for k, v in val.items()}
         thresholds = choose_type_thresholds(probs, val["types"], val["care"])
         truth = abnormal_truth(val["types"], abnormal_types)
         judged = abnormal_care(val["types"], val["care"], abnormal_types)  # no verdict on a band-only abnormal cell
@@ -587,10 +668,50 @@ def export_rbc(args) -> None:
 
         x = normalise_float(train["x"][pick, m : m + size, m : m + size], [127.5], [127.5])
         cal = list(x.reshape(args.calibration, args.batch * size, size, 3))
-        paths = export_model(batched_model(core, size, args.batch), info, cal, out, stem,
-                             formats=args.formats.split(","))
+        formats = args.formats.split(",")
+        int8_formats = [f for f in (args.int8_formats or args.formats).split(",") if f in formats]
+        batched = batched_model(core, size, args.batch, features=True)
+        paths = export_model(batched, info, cal, out, stem, formats=int8_formats)
+        if [f for f in formats if f not in int8_formats]:  # FP32 only (their INT8: siblings of the .tflite)
+            paths.update(export_model(batched, info, cal, out, stem, precisions=("fp32",),
+                                      formats=[f for f in formats if f not in int8_formats]))
         print(stem, ", ".join(sorted(paths)), flush=True)
     (out / "export_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def smear_rule(args) -> None:
+    """The smear cut and its borderline band, from the exported files on the val fields through the
+    device pipeline (`load_model` + `pipeline.predict`: detected cells, not labelled ones): the cut
+    with the best FP32 accuracy against the val smears' truth (>= SMEAR_TRUTH_FRACTION of labelled
+    cells of abnormal types); the band = the largest |INT8 - FP32| smear score over those fields
+    (rounded up to 0.005), so that on val no field is decided one way in FP32 and the other in
+    INT8 without one of them saying borderline. Written into every `rbc_*.json` of --out."""
+    from edgecell.calibration.chula import CLASS_NAMES, list_smears
+    from edgecell.model import load_model
+    from edgecell.modelinfo import read_model_info
+    from edgecell.pipeline import predict
+
+    out = Path(args.out)
+    smears = list_smears(args.data, "val")
+    scores, truth = {}, None
+    for precision in ("fp32", "int8"):
+        model = load_model(out / f"rbc_{precision}.tflite", "litert", threads=args.threads)
+        ids = [CLASS_NAMES.index(t) for t in model.info.settings["abnormal_types"]]
+        truth = np.array([np.isin(s.classes, ids).mean() >= SMEAR_TRUTH_FRACTION for s in smears])
+        scores[precision] = np.array([predict(model, s.load())[0].abnormal_score for s in smears])
+    cut = smear_fraction_rule(scores["fp32"], truth, np.round(np.arange(0.02, 0.9, 0.005), 3))
+    band = math.ceil(float(np.abs(scores["int8"] - scores["fp32"]).max()) / 0.005) * 0.005
+    rule = {"smear_min_fraction": cut, "smear_borderline": round(band, 3),
+            "smear_rule_chosen_on": f"{len(smears)} val fields through the pipeline (FP32 accuracy; band = the "
+                                    "largest INT8 - FP32 score difference)"}
+    for sidecar in sorted(out.glob("rbc_*.json")):
+        meta = json.loads(sidecar.read_text())
+        if meta.get("task") == "rbc" and meta.get("settings", {}).get("smear_score") == args.smear_score:
+            meta["settings"].update(rule)
+            sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    acc = {p: float(((v >= cut) == truth).mean()) for p, v in scores.items()}
+    print(json.dumps({**rule, "val_accuracy": acc, "val_borderline": {p: int((np.abs(v - cut) < band).sum())
+                                                                      for p, v in scores.items()}}), flush=True)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -640,17 +761,26 @@ def get_args(argv=None):
     q.add_argument("--calibration", type=int, default=60, help="calibration inputs (smears / patch batches)")
     q.add_argument("--abnormal-types", help=f"comma-separated (default {','.join(DEFAULT_ABNORMAL_TYPES)})")
     q.add_argument("--formats", default="tflite,openvino,onnx", help="patch-model formats to write")
+    q.add_argument("--int8-formats", help="formats to write INT8 for (default: every one of --formats); the "
+                   "others FP32 only, their INT8 made as siblings of the INT8 .tflite (edgecell.convert.siblings)")
+    q.add_argument("--no-context", action="store_true", help="no field-context second stage (`patch_head.context`)")
     q.add_argument("--smear-score", choices=("fraction", "mean_probability"), default="fraction",
                    help="the smear score: the share of cells in abnormal patches, or their mean abnormal probability")
     q.add_argument("--smear-borderline", type=float, default=0.0,
                    help="a smear score within this of the cut is reported borderline (review)")
     q.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("smear-rule", help="choose the smear cut and borderline band on the val fields (exported files)")
+    q.add_argument("--data", default=None)
+    q.add_argument("--out", required=True, help="the export folder (rbc_fp32.tflite, rbc_int8.tflite, sidecars)")
+    q.add_argument("--smear-score", default="mean_probability", help="update the sidecars with this smear score")
+    q.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = get_args(argv)
-    {"centres": train_centres, "patches": train_patches, "export": export_rbc}[args.command](args)
+    {"centres": train_centres, "patches": train_patches, "export": export_rbc,
+     "smear-rule": smear_rule}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -291,14 +291,61 @@ def patch_inputs(patches: np.ndarray, info: ModelInfo) -> Iterator[np.ndarray]:
         yield normalise(chunk.reshape(batch * size, size, 3), info)[None]
 
 
+def context_features(features: np.ndarray) -> np.ndarray:
+    """Per patch of one field: its pooled features and their difference from the field's mean
+    feature (N x 2F): what the context head reads (a microcyte is small for its own smear)."""
+    features = np.asarray(features, np.float32)
+    return np.hstack([features, features - features.mean(0, keepdims=True)]) if len(features) else \
+        np.zeros((0, 2 * features.shape[-1]), np.float32)
+
+
+def head_logits(features: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """N x (types + classes) logits of one field's patches from their pooled features: the float
+    heads of `settings["patch_head"]`, then for the types listed in its `context` the second stage
+    (per-type logistic on `context_features`, fitted on the train patches by train_rbc export)."""
+    head = info.settings["patch_head"]
+    weights = _matrix(head, "weights")
+    logits = np.asarray(features, np.float32) @ weights + np.asarray(head["bias"], np.float32)
+    context = head.get("context") or {}
+    if context.get("types") and len(logits):
+        x = (context_features(features) - _matrix(context, "mean")) / _matrix(context, "std")
+        cols = [list(info.labels).index(t) for t in context["types"]]
+        logits[:, cols] = x @ _matrix(context, "weights") + np.asarray(context["bias"], np.float32)
+    return logits
+
+
+_MATRICES: dict[tuple[int, str], tuple[dict, np.ndarray]] = {}
+
+
+def _matrix(owner: dict, key: str) -> np.ndarray:
+    """owner[key] as float32, converted once per sidecar dict."""
+    cached = _MATRICES.get((id(owner), key))
+    if cached is None or cached[0] is not owner:
+        cached = _MATRICES[(id(owner), key)] = (owner, np.asarray(owner[key], np.float32))
+    return cached[1]
+
+
+def patch_outputs(session, patches: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits output N x (types + classes), pooled features N x F or None when the file has no
+    features output or the sidecar no `patch_head`), batched as `patch_inputs` cuts them."""
+    n, n_out = len(patches), len(info.labels) + len(info.settings["classes"])
+    dim = int((info.settings.get("patch_head") or {}).get("features", -1))
+    logits, features = [], []
+    for x in patch_inputs(patches, info):
+        arrays = [np.asarray(v, np.float32) for v in session.run(x).values()]
+        logits.append(next((a for a in arrays if a.shape[-1] == n_out), arrays[0]).reshape(-1, n_out))
+        features += [a.reshape(-1, dim) for a in arrays if a.shape[-1] == dim][:1]
+    if not logits:
+        return np.zeros((0, n_out), np.float32), None
+    return np.concatenate(logits)[:n], np.concatenate(features)[:n] if len(features) == len(logits) else None
+
+
 def classify_patches(session, patches: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """N x (types + classes) logits, batched as `patch_inputs` cuts them."""
-    n, batch = len(patches), patch_batch(info)
-    out = [np.asarray(next(iter(session.run(x).values())), np.float32).reshape(batch, -1)
-           for x in patch_inputs(patches, info)]
-    if not out:
-        return np.zeros((0, len(info.labels) + len(info.settings["classes"])), np.float32)
-    return np.concatenate(out)[:n]
+    """N x (types + classes) logits of one field's patches: the float heads on the pooled features
+    where the model has them (`head_logits`; INT8: the features are quantized ~10x finer than the
+    one int8 logits tensor, whose step is ~0.2 logit), else the model's logits output."""
+    logits, features = patch_outputs(session, patches, info)
+    return head_logits(features, info) if features is not None else logits
 
 
 def find_centres(session, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:

@@ -27,3 +27,23 @@ def test_type_thresholds_ignore_dont_care_entries():
     care = np.array([[True, False], [True, True], [True, True]])
     assert choose_type_thresholds(probs, truth, care).tolist() == [0.5, 0.5]
     assert choose_type_thresholds(probs, truth)[1] > 0.45  # counted, it would push type 1's cut up
+
+
+def test_context_head_is_used_where_the_field_mean_separates_better():
+    from edgecell.convert.train_rbc import fit_context_head, type_names
+
+    rng = np.random.default_rng(0)
+
+    def split(n_smears):
+        smear = np.repeat(np.arange(n_smears), 30)
+        small = rng.random(len(smear)) < 0.3  # "microcytes": small for THEIR smear
+        size = rng.uniform(0, 3, n_smears)[smear] - small + rng.normal(0, 0.1, len(smear))
+        types = np.zeros((len(smear), len(type_names())), np.uint8)
+        types[:, type_names().index("microcyte")] = small
+        feats = np.stack([size, rng.normal(0, 1, len(smear))], 1).astype(np.float32)
+        return {"features": feats, "smear": smear, "types": types, "care": np.ones(types.shape, bool)}
+
+    train, val = split(40), split(10)
+    cnn_logits = -val["features"][:, :1] @ np.ones((1, len(type_names())), np.float32)  # absolute size only
+    head = fit_context_head(train, val, cnn_logits)
+    assert head["types"] == ["microcyte"] and head["val"]["microcyte"]["val_auc_context"] > 0.95

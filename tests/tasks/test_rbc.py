@@ -161,6 +161,20 @@ def test_patches_are_classified_independently_of_their_batch_neighbours(shipped)
     centres = np.array([[100 + 20 * k, 200] for k in range(rbc.patch_batch(shipped.info) + 1)], np.float32)
     patches = rbc.cut_patches(image, centres, crop=int(shipped.info.settings.get("patch_crop", rbc.PATCH_CROP)),
                               size=int(shipped.info.input_size[0]))
-    together = rbc.classify_patches(shipped.session, patches, shipped.info)
-    last_alone = rbc.classify_patches(shipped.session, patches[-1:], shipped.info)
-    np.testing.assert_allclose(together[-1], last_alone[0], atol=1e-6)
+    together = rbc.patch_outputs(shipped.session, patches, shipped.info)
+    last_alone = rbc.patch_outputs(shipped.session, patches[-1:], shipped.info)
+    for all_, one in zip(together, last_alone):  # the logits output, and the pooled features where there are
+        if one is not None:
+            np.testing.assert_allclose(all_[-1], one[0], atol=1e-6)
+
+
+def test_context_head_replaces_its_types_with_the_field_relative_logistic():
+    head = {"features": 2, "weights": [[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]], "bias": [0.0, 0.0, 0.0],
+            "context": {"types": ["b"], "mean": [0, 0, 0, 0], "std": [1, 1, 1, 1], "weights": [[0], [0], [2.0], [0]],
+                        "bias": [0.5]}}
+    info = ModelInfo(task="rbc", name="t", labels=["a", "b"], settings={"classes": ["c"], "patch_head": head})
+    features = np.array([[1.0, 3.0], [3.0, 1.0]], np.float32)  # field mean feature 0: 2.0
+    logits = rbc.head_logits(features, info)
+    np.testing.assert_allclose(logits[:, 0], [1.0, 3.0])  # "a": the CNN's own head
+    np.testing.assert_allclose(logits[:, 1], [2 * (1 - 2) + 0.5, 2 * (3 - 2) + 0.5])  # "b": relative to the field
+    np.testing.assert_allclose(logits[:, 2], [2.0, 2.0])  # own class: the CNN's head
