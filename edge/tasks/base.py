@@ -154,8 +154,7 @@ class Task(ABC):
         it (the X-ray model's Grad-CAM head, `settings.gradcam_head`)."""
         out = []
         for value in (meta.get("settings") or {}).values():
-            # a file name, not a sentence (a setting may be a long note: too long to stat)
-            if isinstance(value, str) and value and len(value) <= 255 and "/" not in value and "\\" not in value:
+            if isinstance(value, str) and value and "/" not in value and "\\" not in value:
                 candidate = sidecar.parent / value
                 try:
                     found = candidate.is_file() and candidate != sidecar
