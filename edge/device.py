@@ -12,6 +12,11 @@ from pathlib import Path
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 ARM_FLAGS = ("neon", "asimd", "asimddp", "sve")
 ISA_FLAGS = X86_FLAGS + ARM_FLAGS
+#: x86 flags whose INT8 dot product sums u8 x s8 pairs in 32 bits; without one, OpenVINO's and ONNX
+#: Runtime's INT8 kernels sum pairs into a saturating 16-bit value
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: backends whose x86 INT8 kernels saturate without VNNI (LiteRT's XNNPACK kernels do not)
+SATURATING_INT8_BACKENDS = ("openvino", "onnxruntime")
 #: aarch64 AT_HWCAP bits (linux/arch/arm64/include/uapi/asm/hwcap.h)
 _AARCH64_HWCAP = {"asimd": 1 << 1, "asimddp": 1 << 20, "sve": 1 << 22}
 #: ARM CPU part numbers of the boards edgecell targets
@@ -128,3 +133,23 @@ def describe_device() -> dict:
         "python": platform.python_version(),
         "backends": backend_versions(),
     }
+
+
+def int8_saturation_warning(backend: str, precision: str, machine: str | None = None,
+                            cpuinfo: str | None = None) -> str | None:
+    """Why an INT8 model on `backend` may not give its model card's answers on this CPU, or None.
+
+    On x86 without VNNI, OpenVINO's and ONNX Runtime's INT8 kernels can saturate; the shipped IR and
+    ONNX siblings keep the .tflite's 8-bit weights (no overflow fix), and on an emulated AVX2-only
+    CPU they answered differently from LiteRT on 10-45 % of held-out images (README, "INT8 and your
+    CPU"), while LiteRT's answers did not change. Said once per run, not per image: it is a
+    property of the CPU and the backend, not of an image."""
+    machine = (machine or platform.machine()).lower()
+    if precision != "int8" or backend not in SATURATING_INT8_BACKENDS or machine not in ("x86_64", "amd64"):
+        return None
+    model, isa = _cpuinfo(cpuinfo, machine)
+    if not isa or any(flag in isa for flag in VNNI_FLAGS):  # no flags read: nothing known to say
+        return None
+    return (f"INT8 model on {backend} on a CPU without VNNI ({model}): its INT8 kernels can saturate here and "
+            "give other answers than LiteRT and the model card; run the .tflite on LiteRT (-b litert; bundle "
+            "profile x86-legacy)")

@@ -1,3 +1,5 @@
+import pytest
+
 from edgecell.device import describe_device
 
 
@@ -53,3 +55,26 @@ def test_raspberry_pi_cpuinfo_names_the_core_and_neon():
 
     model, isa = _cpuinfo(PI4_CPUINFO, "aarch64")
     assert model == "ARM Cortex-A72 (Raspberry Pi 4 Model B Rev 1.4)" and "asimd" in isa and "asimddp" not in isa
+
+
+AVX2_CPUINFO = X86_CPUINFO.replace("model name\t: AMD EPYC 9454P 48-Core Processor", "model name\t: Intel Core i5-4590") \
+                          .replace(" avx512f avx512_vnni", "")
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_int8_on_a_saturating_backend_without_vnni_is_warned(backend):
+    from edgecell.device import int8_saturation_warning
+
+    warning = int8_saturation_warning(backend, "int8", "x86_64", AVX2_CPUINFO)
+    assert warning and "without VNNI (Intel Core i5-4590)" in warning and "-b litert" in warning
+
+
+@pytest.mark.parametrize("backend, precision, cpuinfo", [
+    ("litert", "int8", AVX2_CPUINFO),         # XNNPACK sums in 32 bits
+    ("openvino", "fp32", AVX2_CPUINFO),       # no INT8 kernels
+    ("openvino", "int8", X86_CPUINFO),        # VNNI
+])
+def test_no_int8_warning_where_the_answers_hold(backend, precision, cpuinfo):
+    from edgecell.device import int8_saturation_warning
+
+    assert int8_saturation_warning(backend, precision, "x86_64", cpuinfo) is None

@@ -87,9 +87,11 @@ def profile_for_device(arch: str, isa: list[str] | tuple[str, ...], board: str |
     """The bundle profile a device with this architecture, ISA flags (`edgecell.device` names) and
     board takes, or None when none fits (32-bit ARM). On x86 the INT8 dot-product instructions
     decide it: without VNNI the OpenVINO/ONNX INT8 kernels can saturate (see PROFILES)."""
+    from edgecell.device import VNNI_FLAGS
+
     arch = arch.lower()
     if arch in ("x86_64", "amd64"):
-        return "x86-vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(isa) else "x86-legacy"
+        return "x86-vnni" if set(VNNI_FLAGS) & set(isa) else "x86-legacy"
     if arch in ("aarch64", "arm64"):
         return "jetson" if board and "jetson" in board.lower() else "raspberry-pi"
     return None

@@ -144,6 +144,15 @@ def default_sample_set(info) -> str:
     return samples
 
 
+def _warn_int8_saturation(loaded) -> None:
+    """One stderr line when this CPU can make the model's INT8 backend answer otherwise than its card."""
+    from edgecell.device import int8_saturation_warning
+
+    warning = int8_saturation_warning(loaded.session.backend, loaded.info.precision)
+    if warning:
+        _stderr_console().print(f"edgecell: warning: {loaded.path.name}: {warning}", highlight=False, soft_wrap=True)
+
+
 def run_command(model: str, source: Optional[str | int], camera: Optional[int], backend: str, threads: Optional[int],
                 device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
                 fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
@@ -167,6 +176,7 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
         check_display_options(show=show, serve=serve)
     loaded = load_model(resolve_model_path(model, backend), backend, threads=threads, device=device,
                         providers=providers.split(",") if providers else None)
+    _warn_int8_saturation(loaded)
     if source is None:  # the shipped samples of this model's task, never another task's images
         source = str(shipped_samples(default_sample_set(loaded.info)))
         kind = describe_source(source)
@@ -185,6 +195,7 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
             raise EdgecellError(f"--gate-policy {gate_policy!r}; expected one of {', '.join(POLICIES)}")
         gate_model = load_model(resolve_model_path(gate, backend), backend, threads=threads, device=device)
         require_task(gate_model.info, "gate")
+        _warn_int8_saturation(gate_model)
         from edgecell.tasks.gate import task_model_mismatch
 
         mismatch = task_model_mismatch(gate_model.info, loaded.path)
