@@ -77,15 +77,21 @@ def task_model_mismatch(gate_info: ModelInfo, task_model_path) -> str | None:
 
     A gate is trained on the answers of one task model (its sidecar records that file's SHA-256):
     in front of another model its decisions and the figures in its card are unmeasured, so the
-    user is told rather than left to trust them."""
+    user is told rather than left to trust them. The OpenVINO IR or ONNX sibling of that .tflite
+    (made from it, same INT8 arithmetic, sharing its sidecar: `edgecell.convert.siblings`) is the
+    same model in another format, so it fits too."""
     import hashlib
     from pathlib import Path
 
     expected = (gate_info.metrics or {}).get("task_model_sha256")
     if not expected:
         return None
-    digest = hashlib.sha256(Path(task_model_path).read_bytes()).hexdigest()
+    path = Path(task_model_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest == expected:
+        return None
+    source = path.with_suffix(".tflite")
+    if path.suffix in (".xml", ".onnx") and source.is_file() and hashlib.sha256(source.read_bytes()).hexdigest() == expected:
         return None
     trained_for = (gate_info.metrics or {}).get("task_model", "another model")
     return (f"gate {gate_info.name or 'model'} was trained for {trained_for} (SHA-256 {expected[:12]}...), not "
