@@ -33,6 +33,8 @@ from edgecell.resources import shipped_path
 
 FEATURES = "features"
 PROBS = "products_probs"
+#: the statistics' arrays, beside the sidecar (`settings["unfamiliar_arrays"]`; see `edgecell.tasks.familiarity`)
+UNFAMILIAR_ARRAYS = "products_unfamiliar.npz"
 
 
 def with_features_output(src: Path, dst: Path) -> None:
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgecell.calibration import data_root, dataset_dir
     from edgecell.calibration.folders import list_split, stratified_split
     from edgecell.convert.products import DATASET, FOLDERS
-    from edgecell.convert.unfamiliar import unfamiliar_stats
+    from edgecell.convert.unfamiliar import save_arrays, unfamiliar_stats
     from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
     from edgecell.tasks.familiarity import mahalanobis2, transformed
@@ -120,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dst = args.out / "products_int8.tflite"
     with_features_output(src, dst)
     info = read_model_info(src)
+    for key in ("unfamiliar", UNFAMILIAR_ARRAYS):  # the source's statistics are made again below
+        info.settings.pop(key, None)
     info.settings["probs_output"] = PROBS
     info.settings["features_output"] = FEATURES
     write_sidecar(dst, info)
@@ -161,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(name, report["foreign"][name], flush=True)
     report["foreign_all"] = {"n": total, "flagged": hit, "share_flagged": round(hit / max(total, 1), 4)}
     print("foreign, all:", report["foreign_all"], flush=True)
-    info.settings["unfamiliar"] = stats
+    info.settings["unfamiliar"] = save_arrays(stats, args.out / UNFAMILIAR_ARRAYS)
+    info.settings["unfamiliar_arrays"] = UNFAMILIAR_ARRAYS
     info.metrics["unfamiliar"] = {k: v for k, v in report.items() if k not in ("threshold",)}
     write_sidecar(dst, info)
     (args.out / "unfamiliar_report.json").write_text(json.dumps(report, indent=2))

@@ -18,7 +18,8 @@ saturate: what LiteRT's caller does) and the outputs dequantized ((q - zero poin
 OpenVINO or ONNX Runtime user then feeds floats and gets floats, with no side contract.
 
 Each sibling is written beside the others with the source's stem (`cells_int8.xml` + `.bin`,
-`cells_int8.onnx`), so it shares the source's sidecar JSON; then every given image goes through
+`cells_int8.onnx`), so it shares the source's sidecar JSON (copied to `--out` with the files its task
+reads beside it, as the X-ray head or the product statistics' .npz); then every given image goes through
 `load_model` + `pipeline.predict` on the sibling and on LiteRT with the source, and the answers are
 compared (`edgecell.backends.agreement`). Two INT8 engines round a few intermediate values
 differently, which can flip a near-tie top-1; a sibling that agrees on fewer than `--min-agreement`
@@ -190,7 +191,11 @@ def make_siblings(src: str | os.PathLike, out_dir: str | os.PathLike, images: Se
     out_dir.mkdir(parents=True, exist_ok=True)
     sidecar = src.with_suffix(".json")
     if sidecar.is_file() and out_dir.resolve() != src.parent.resolve():
+        from edgecell.bundle.common import companion_files  # the files its task reads beside it
+
         (out_dir / sidecar.name).write_text(sidecar.read_text())
+        for companion in companion_files(sidecar):
+            (out_dir / companion.name).write_bytes(companion.read_bytes())
     rows = []
     for fmt in formats:
         path = CONVERTERS[fmt](src, out_dir / f"{src.stem}.{fmt}")

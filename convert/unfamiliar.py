@@ -3,6 +3,8 @@ statistics of the training images, and the threshold the device compares each im
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -35,3 +37,20 @@ def unfamiliar_stats(features: np.ndarray, quantile: float = 100.0, shrink: floa
     stats["calibrated_on"] = (f"{len(features)} training images; threshold: {quantile} percentile of the scores of "
                               + (threshold_on or f"{len(chosen_on)} images"))
     return stats
+
+
+def save_arrays(stats: dict, npz_path: str | Path) -> dict:
+    """Move the statistics' arrays (`familiarity.ARRAY_KEYS`) into `npz_path` and return the rest,
+    for the sidecar (`settings["unfamiliar"]`, with `settings["unfamiliar_arrays"]` = the file's
+    name). Why: the 256 x 256 precision as JSON is 2.1 MB that every cold start parses. An array
+    whose values are all float32 numbers (the precision is rounded to them) is stored as float32, so
+    the device reads back exactly the float64 numbers the JSON lists gave."""
+    from edgecell.tasks.familiarity import ARRAY_KEYS
+
+    arrays = {}
+    for key in ARRAY_KEYS:
+        wide = np.asarray(stats[key], np.float64)
+        narrow = wide.astype(np.float32)
+        arrays[key] = narrow if np.array_equal(narrow.astype(np.float64), wide) else wide
+    np.savez(npz_path, **arrays)
+    return {k: v for k, v in stats.items() if k not in ARRAY_KEYS}

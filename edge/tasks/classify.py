@@ -7,6 +7,7 @@ it would otherwise answer with one of its classes, sometimes confidently."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult, check_label_count, output_size
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
-from edgecell.tasks.familiarity import unfamiliar_score
+from edgecell.tasks.familiarity import load_arrays, unfamiliar_score
 
 UNFAMILIAR_MESSAGE = ("unfamiliar image: it does not look like the images this model was trained on "
                       "(score {score:.0f} > {threshold:.0f}); the answer is not to be trusted")
@@ -111,6 +112,7 @@ class ClassifyTask(Task):
 
     def check(self, info: ModelInfo, session) -> None:
         check_label_count(info, session, output_size(session, info.settings.get("probs_output")), "class scores")
+        load_arrays(info, Path(session.path).parent)
 
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, None]:
         return preprocess(image, info)

@@ -54,3 +54,25 @@ def test_shipped_model_does_not_flag_its_product_samples(suffix):
     for path in sorted(shipped_path("samples", "products").glob("*.jpg")):
         r, _ = predict(model, decode_image(path))
         assert not r.unfamiliar, (path.name, r.unfamiliar_score)
+
+
+def test_shipped_statistics_arrays_sit_beside_the_sidecar_and_travel_with_it():
+    """The 256 x 256 precision lives in a .npz (a 2.1 MB JSON sidecar cost every cold start ~30 ms);
+    a bundle carries the file as one of the model's companion files."""
+    from edgecell.bundle.common import companion_files
+
+    sidecar = MODEL.with_suffix(".json")
+    arrays = sidecar.parent / load_model(MODEL).info.settings["unfamiliar_arrays"]
+    assert sidecar.stat().st_size < 50_000 and arrays.is_file()
+    assert arrays in companion_files(sidecar)
+
+
+def test_model_whose_statistics_file_is_missing_is_refused_at_load(tmp_path):
+    import shutil
+
+    from edgecell.errors import ModelError
+
+    for suffix in (".tflite", ".json"):
+        shutil.copy(MODEL.with_suffix(suffix), tmp_path)
+    with pytest.raises(ModelError, match="products_unfamiliar.npz: the unfamiliar-image statistics"):
+        load_model(tmp_path / MODEL.name)
