@@ -70,6 +70,10 @@ def get_args(argv=None):
     p.add_argument("--share-settings", metavar="SIDECAR", help="skip training: write the counting rules "
                    "(thresholds, white-cell rules, auto-scale, ...) of SIDECAR (the shipped INT8 file's) into the "
                    "other precisions' sidecars in --out, each one's own thresholds kept as own_thresholds")
+    p.add_argument("--int8-offset", metavar="INT8_MODEL", help="skip training: measure the INT8 file's heatmap "
+                   "logit shift against --float-reference at the float model's peaks on the unlabelled Training "
+                   "smears and store its negative in the INT8 sidecar (int8_logit_offset)")
+    p.add_argument("--float-reference", metavar="FP32_MODEL", help="with --int8-offset: the FP32 file of the same network")
     p.add_argument("--labels", choices=("cbc", "txl"), default="cbc",
                    help="cbc: the CBC/BCCD boxes of 286 Training smears (the reproduction); txl: TXL-PBC's "
                    "complete boxes of the 157 Training smears that have them, plus Chula RBC-12 (--chula), "
@@ -562,6 +566,68 @@ def share_settings(source_sidecar: Path, out: Path, stem: str = "cells") -> list
     return written
 
 
+#: the float model's heatmap peaks the INT8 logit offset is measured at (score >= this)
+OFFSET_MIN_SCORE = 0.2
+
+
+def heatmap_shift(int8_path, fp32_path, image_paths, threads: int | None = None) -> list[np.ndarray]:
+    """Per class, at each heatmap peak of the FP32 file scoring >= `OFFSET_MIN_SCORE`: the INT8 file's
+    peak logit there (its maximum over the 3 x 3 neighbourhood, what its decoder would find) minus
+    the FP32 logit. Images are used without labels."""
+    import cv2
+
+    from edgecell.images import decode_image
+    from edgecell.model import load_model
+    from edgecell.tasks import cells
+
+    quantized, reference = load_model(int8_path, threads=threads), load_model(fp32_path, threads=threads)
+    classes = len(cells.labels_of(quantized.info))
+    kernel, floor = np.ones((3, 3), np.uint8), np.log(OFFSET_MIN_SCORE / (1 - OFFSET_MIN_SCORE))
+    shifts = [[] for _ in range(classes)]
+    for path in image_paths:
+        image = decode_image(path)
+        q, f = (cells.centernet_output(m.session.run(cells.preprocess(image, m.info)[0]), classes)
+                for m in (quantized, reference))
+        for k in range(classes):
+            hf, hq = np.ascontiguousarray(f[..., k]), np.ascontiguousarray(q[..., k])
+            peak = (hf >= cv2.dilate(hf, kernel)) & (hf >= floor)
+            shifts[k].append(cv2.dilate(hq, kernel)[peak] - hf[peak])
+    return [np.concatenate(v) if v else np.zeros(0, np.float32) for v in shifts]
+
+
+def training_side_smears(data=None) -> list[Path]:
+    """Every Training smear of cbc_bccd_cleaned (157 with TXL labels + 143 CBC-only), as image paths
+    only: no labels, nothing from Testing."""
+    from edgecell.calibration import dataset_dir
+
+    return sorted((dataset_dir("cbc_bccd_cleaned", data) / "Training" / "Images").glob("*.jpg"))
+
+
+def store_int8_offset(int8_path: Path, fp32_path: Path, data=None, threads: int | None = None) -> dict:
+    """`--int8-offset`: the INT8 file's per-class heatmap bias against the float file of the same
+    network (median of `heatmap_shift` on `training_side_smears`; the median, as a few peaks move
+    far in either direction), stored negated in its sidecar (`int8_logit_offset`, read by
+    `edgecell.tasks.cells.logit_offset`). Empirical bias correction: the network bytes are unchanged."""
+    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.tasks import cells
+
+    meta = read_model_info(int8_path)
+    if meta.precision != "int8":
+        raise SystemExit(f"{int8_path}: the logit offset is for INT8 files (this one is {meta.precision})")
+    smears = training_side_smears(data)
+    shifts = heatmap_shift(int8_path, fp32_path, smears, threads)
+    labels = cells.labels_of(meta)
+    offset = {c: round(-float(np.median(v)), 4) if len(v) else 0.0 for c, v in zip(labels, shifts)}
+    meta.settings[cells.INT8_LOGIT_OFFSET] = offset
+    meta.settings["int8_logit_offset_fitted_on"] = (
+        f"{len(smears)} unlabelled cbc_bccd_cleaned Training smears against {Path(fp32_path).name}: minus the median "
+        f"INT8 - FP32 logit at the FP32 heatmap peaks >= {OFFSET_MIN_SCORE} (INT8: 3 x 3 maximum), peaks "
+        + ", ".join(f"{c} {len(v)}" for c, v in zip(labels, shifts)))
+    write_sidecar(int8_path, meta)
+    return {"offset": offset, "peaks": {c: len(v) for c, v in zip(labels, shifts)},
+            "mean_shift": {c: round(float(v.mean()), 4) if len(v) else 0.0 for c, v in zip(labels, shifts)}}
+
+
 def export_complete(args, src: Path, out: Path) -> dict:
     """Export the complete-label counter with the shared converter (a features output added),
     then per precision: thresholds on the TXL hold-out (Table 1 sweep for WBC,
@@ -605,6 +671,8 @@ def export_complete(args, src: Path, out: Path) -> dict:
     hold = [cells.preprocess(img, info)[0] for img in hold_images]
     check_int8(paths, hold, out)
     txl_images = hold_images[: len(hold_anns)]
+    # INT8 decodes with its heatmap bias against the float file removed, before its thresholds are chosen
+    store_int8_offset(paths["tflite-int8"], paths["tflite-fp32"], args.data, args.threads)
     for precision in ("fp32", "int8"):
         path = paths[f"tflite-{precision}"]
         chosen, errors = choose_thresholds(path, hold_anns, txl_images, args.threads)
@@ -844,6 +912,11 @@ def main(argv=None):
     args = get_args(argv)
     if args.thresholds:
         print(json.dumps(store_thresholds(Path(args.thresholds), Path(args.out), args.data, args.threads)))
+        return
+    if args.int8_offset:
+        if not args.float_reference:
+            raise SystemExit("--int8-offset needs --float-reference FP32_MODEL (the float file of the same network)")
+        print(json.dumps(store_int8_offset(Path(args.int8_offset), Path(args.float_reference), args.data, args.threads)))
         return
     if args.share_settings:
         for path in share_settings(Path(args.share_settings), Path(args.out), args.stem):
