@@ -21,8 +21,10 @@ def test_rows_per_backend_on_heldout_images_and_a_table(tmp_path):
             raise EdgecellError("no clothing data")
     except EdgecellError:
         pytest.skip("clothing_small_subset not found (set EDGECELL_DATA)")
-    for suffix in (".tflite", ".json"):
-        shutil.copy(PRODUCTS.with_suffix(suffix), tmp_path)
+    from edgecell.bundle.common import companion_files
+
+    for path in [PRODUCTS, PRODUCTS.with_suffix(".json"), *companion_files(PRODUCTS.with_suffix(".json"))]:
+        shutil.copy(path, tmp_path)  # the unfamiliar statistics' .npz travels with the model
     rows = agreement_rows(tmp_path, limit=2)
     assert {r["backend"] for r in rows} >= {"openvino"}
     assert all(r["images"] == 2 and r["agree"] == 2 and r["split"] == "clothing test" for r in rows)
