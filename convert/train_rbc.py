@@ -402,7 +402,7 @@ def train_patches(args) -> None:
         record = {"val_mean_auc": rep["mean_auc"], "val_exact_match": rep["exact_match"],
                   "val_own_cell_accuracy": own_acc, "val_worst_auc": worst,
                   **{f"val_auc_{n}": v["auc"] for n, v in rep["per_type"].items()}}
-        return (worst if args.select == "worst" else rep["mean_auc"]), record
+        return {"worst": worst, "mean": rep["mean_auc"], "exact": rep["exact_match"]}[args.select], record
 
     summary = train_loop(tf, model, loss_fn, next_batch, len(order) // args.batch, validate, out,
                          minutes=args.minutes, lr=args.lr, max_steps=args.max_steps, name=f"patches-{args.cells}")
@@ -747,9 +747,10 @@ def get_args(argv=None):
     sub.choices["patches"].add_argument("--balance", type=float, default=0.0,
                                         help="draw patches with rare types more often: 0 uniform (default), "
                                         "1 every type about equally often")
-    sub.choices["patches"].add_argument("--select", choices=("mean", "worst"), default="mean",
-                                        help="keep the checkpoint with the best val mean AUC, or with the best "
-                                        f"worst AUC over the types with >= {MIN_POSITIVES} val positives")
+    sub.choices["patches"].add_argument("--select", choices=("mean", "worst", "exact"), default="mean",
+                                        help="keep the checkpoint with the best val mean AUC, with the best "
+                                        f"worst AUC over the types with >= {MIN_POSITIVES} val positives, or with "
+                                        "the best val exact match (at 0.5)")
     q = sub.add_parser("export", help="FP32 + INT8 files of every format, the abnormal trees, sidecars")
     q.add_argument("--data", default=None)
     q.add_argument("--out", required=True)

@@ -253,7 +253,8 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
             "exact_match_complete": float(exact[complete_cells].mean()) if complete_cells.any() else None,
             "ms_per_smear_p90": float(np.percentile(times, 90)), "flags": flags.as_dict(),
         }
-        _write_plots(out_dir, key, truth, probs, names, cm, classes, overlay, crop)
+        _write_plots(out_dir, key, truth, probs, names, cm, classes, overlay,
+                     float(info.settings.get("cell_radius_px", crop / 4)))
     report = _clean(report)
     (out_dir / "rbc_eval.json").write_text(json.dumps(report, indent=1))
     (out_dir / "rbc_eval.md").write_text(markdown_report(report))
@@ -315,7 +316,7 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_plots(out_dir, key: str, truth, probs, names, cm, classes, overlay, crop: int) -> None:
+def _write_plots(out_dir, key: str, truth, probs, names, cm, classes, overlay, radius: float) -> None:
     """roc_<key>.png (one curve per type), confusion_<key>.png, overlay_<key>.png (prediction beside
     the labels); nothing when matplotlib is missing (the figures are in the JSON)."""
     import cv2
@@ -330,7 +331,7 @@ def _write_plots(out_dir, key: str, truth, probs, names, cm, classes, overlay, c
 
         for (x, y), c in zip(smear.points, smear.classes):
             colour = rbc.NORMAL_COLOUR if CLASS_NAMES[int(c)] not in result.abnormal_types else rbc.ABNORMAL_COLOUR
-            cv2.circle(truth_view, (int(x), int(y)), int(crop / 4 * 0.9), colour, 1, cv2.LINE_AA)
+            cv2.circle(truth_view, (int(x), int(y)), int(radius * 0.9), colour, 1, cv2.LINE_AA)
             if colour == rbc.ABNORMAL_COLOUR:
                 cv2.putText(truth_view, CLASS_NAMES[int(c)], (int(x) - 18, int(y) - 20), cv2.FONT_HERSHEY_SIMPLEX,
                             0.4, colour, 1, cv2.LINE_AA)

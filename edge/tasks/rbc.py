@@ -48,6 +48,7 @@ TASK = "rbc"
 PATCH_CROP = 80  # image pixels around a centre (4 cell radii of a Chula field)
 PATCH_SIZE = 64  # model input pixels
 PAD_VALUE = 114  # the letterbox grey, outside the field
+CELL_RADIUS = 20.0  # image pixels, a Chula red cell (sidecar `cell_radius_px`); the overlay's circles
 
 
 def cut_patches(image: np.ndarray, centres: np.ndarray, *, crop: int = PATCH_CROP, size: int = PATCH_SIZE,
@@ -403,7 +404,7 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
     counts = {name: 0 for name in classes}
     check = None
     if context is not None:
-        radius = float(info.settings.get("cell_radius_px", float(info.settings.get("patch_crop", PATCH_CROP)) / 4))
+        radius = float(info.settings.get("cell_radius_px", CELL_RADIUS))
         check = check_smear(context.image, len(outputs["centres"]), radius, info.settings.get("smear_check"))
         if not check.familiar:  # say so; report no cells rather than invented ones
             return RbcResult([], counts, False, 0.0, f"not assessed: {check.reason}", abnormal_types,
@@ -459,7 +460,7 @@ def annotate(image: np.ndarray, result: RbcResult) -> np.ndarray:
     out = as_rgb(image).copy()
     scale = max(out.shape[:2]) / 640.0
     thick = max(1, round(scale))
-    radius = max(3, int(round(PATCH_CROP / 4 * scale * 0.9)))
+    radius = max(3, int(round(CELL_RADIUS * scale * 0.9)))
     for c in result.cells:
         bad = c.abnormal >= result.abnormal_threshold
         centre = (int(round(c.x)), int(round(c.y)))
