@@ -679,31 +679,47 @@ def export_rbc(args) -> None:
     (out / "export_summary.json").write_text(json.dumps(summary, indent=1))
 
 
+def field_scores(out: Path, smears: list, threads: int | None, without_offset: bool = False
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, list]:
+    """Per precision ("fp32", "int8": `rbc_{precision}.tflite` in `out`, LiteRT) the smear score of
+    every field through the device pipeline (`load_model` + `pipeline.predict`: detected cells, not
+    labelled ones), with a mask of the fields both precisions assess (cells found, familiar), and
+    the abnormal types. `without_offset`: the INT8 file's stored `int8_smear_offset` is left out."""
+    from edgecell.model import load_model
+    from edgecell.pipeline import predict
+    from edgecell.tasks.rbc import INT8_SMEAR_OFFSET
+
+    scores, assessed, abnormal_types = {}, np.ones(len(smears), bool), []
+    for precision in ("fp32", "int8"):
+        model = load_model(out / f"rbc_{precision}.tflite", "litert", threads=threads)
+        if without_offset:
+            model.info.settings.pop(INT8_SMEAR_OFFSET, None)
+        abnormal_types = list(model.info.settings["abnormal_types"])
+        results = [predict(model, s.load())[0] for s in smears]
+        scores[precision] = np.array([r.abnormal_score for r in results])
+        assessed &= np.array([bool(r.cells) and not r.uncertain for r in results])
+    return scores, assessed, abnormal_types
+
+
 def smear_rule(args) -> None:
     """The smear cut and its borderline band, from the exported files on the val fields through the
-    device pipeline (`load_model` + `pipeline.predict`: detected cells, not labelled ones): the cut
+    device pipeline (`field_scores`; the INT8 file with its stored `int8_smear_offset`): the cut
     with the best FP32 accuracy against the val smears' truth (>= SMEAR_TRUTH_FRACTION of labelled
     cells of abnormal types); the band = the largest |INT8 - FP32| smear score over those fields
     (rounded up to 0.005), so that on val no field is decided one way in FP32 and the other in
     INT8 without one of them saying borderline. Written into every `rbc_*.json` of --out."""
     from edgecell.calibration.chula import CLASS_NAMES, list_smears
-    from edgecell.model import load_model
-    from edgecell.modelinfo import read_model_info
-    from edgecell.pipeline import predict
 
     out = Path(args.out)
     smears = list_smears(args.data, "val")
-    scores, truth = {}, None
-    for precision in ("fp32", "int8"):
-        model = load_model(out / f"rbc_{precision}.tflite", "litert", threads=args.threads)
-        ids = [CLASS_NAMES.index(t) for t in model.info.settings["abnormal_types"]]
-        truth = np.array([np.isin(s.classes, ids).mean() >= SMEAR_TRUTH_FRACTION for s in smears])
-        scores[precision] = np.array([predict(model, s.load())[0].abnormal_score for s in smears])
+    scores, _, abnormal_types = field_scores(out, smears, args.threads)
+    ids = [CLASS_NAMES.index(t) for t in abnormal_types]
+    truth = np.array([np.isin(s.classes, ids).mean() >= SMEAR_TRUTH_FRACTION for s in smears])
     cut = smear_fraction_rule(scores["fp32"], truth, np.round(np.arange(0.02, 0.9, 0.005), 3))
-    band = math.ceil(float(np.abs(scores["int8"] - scores["fp32"]).max()) / 0.005) * 0.005
+    band = math.ceil(round(float(np.abs(scores["int8"] - scores["fp32"]).max()) / 0.005, 6)) * 0.005
     rule = {"smear_min_fraction": cut, "smear_borderline": round(band, 3),
             "smear_rule_chosen_on": f"{len(smears)} val fields through the pipeline (FP32 accuracy; band = the "
-                                    "largest INT8 - FP32 score difference)"}
+                                    "largest INT8 - FP32 score difference, INT8 with its int8_smear_offset)"}
     for sidecar in sorted(out.glob("rbc_*.json")):
         meta = json.loads(sidecar.read_text())
         if meta.get("task") == "rbc" and meta.get("settings", {}).get("smear_score") == args.smear_score:
@@ -711,7 +727,42 @@ def smear_rule(args) -> None:
             sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True))
     acc = {p: float(((v >= cut) == truth).mean()) for p, v in scores.items()}
     print(json.dumps({**rule, "val_accuracy": acc, "val_borderline": {p: int((np.abs(v - cut) < band).sum())
-                                                                      for p, v in scores.items()}}), flush=True)
+                                                                      for p, v in scores.items()},
+                      "val_opposite": int(((scores["int8"] >= cut) != (scores["fp32"] >= cut)).sum()),
+                      "val_int8_minus_fp32": {"mean": round(float((scores["int8"] - scores["fp32"]).mean()), 4),
+                                              "sd": round(float((scores["int8"] - scores["fp32"]).std()), 4)}}),
+          flush=True)
+
+
+def store_smear_offset(args) -> dict:
+    """`int8-offset`: the INT8 file's smear-score bias against the float file of the same network:
+    the median over the TRAIN fields (unlabelled use: no label is read) of INT8 - FP32 smear score
+    through the pipeline (`field_scores`, any stored offset left out), stored negated in the INT8
+    sidecar (`int8_smear_offset`, read by `edgecell.tasks.rbc.smear_offset`); the FP32 files are
+    untouched. Run it before `smear-rule`, which then sizes the band with the correction on."""
+    from edgecell.calibration.chula import list_smears
+    from edgecell.modelinfo import read_model_info, write_sidecar
+    from edgecell.tasks.rbc import INT8_SMEAR_OFFSET
+
+    out = Path(args.out)
+    smears = list_smears(args.data, "train")
+    scores, assessed, _ = field_scores(out, smears, args.threads, without_offset=True)
+    shift = (scores["int8"] - scores["fp32"])[assessed]
+    offset = round(-float(np.median(shift)), 4)
+    int8_path = out / "rbc_int8.tflite"
+    meta = read_model_info(int8_path)
+    meta.settings[INT8_SMEAR_OFFSET] = offset
+    meta.settings["int8_smear_offset_fitted_on"] = (
+        f"{len(shift)} unlabelled Chula train fields against rbc_fp32.tflite through the pipeline: minus the "
+        f"median INT8 - FP32 smear score ({meta.settings.get('smear_score', 'fraction')}; mean "
+        f"{shift.mean():+.4f}, sd {shift.std():.4f})")
+    write_sidecar(int8_path, meta)
+    summary = {INT8_SMEAR_OFFSET: offset, "fields": int(len(shift)), "median_shift": round(float(np.median(shift)), 4),
+               "mean_shift": round(float(shift.mean()), 4), "sd_shift": round(float(shift.std()), 4),
+               "max_abs_shift": round(float(np.abs(shift).max()), 4),
+               "max_abs_after": round(float(np.abs(shift + offset).max()), 4)}
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -775,13 +826,18 @@ def get_args(argv=None):
     q.add_argument("--out", required=True, help="the export folder (rbc_fp32.tflite, rbc_int8.tflite, sidecars)")
     q.add_argument("--smear-score", default="mean_probability", help="update the sidecars with this smear score")
     q.add_argument("--threads", type=int, default=1)
+    q = sub.add_parser("int8-offset", help="measure the INT8 - FP32 smear-score bias on the train fields (no "
+                       "labels) and store its negative in the INT8 sidecar (int8_smear_offset); run before smear-rule")
+    q.add_argument("--data", default=None)
+    q.add_argument("--out", required=True, help="the export folder (rbc_fp32.tflite, rbc_int8.tflite, sidecars)")
+    q.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = get_args(argv)
     {"centres": train_centres, "patches": train_patches, "export": export_rbc,
-     "smear-rule": smear_rule}[args.command](args)
+     "smear-rule": smear_rule, "int8-offset": store_smear_offset}[args.command](args)
 
 
 if __name__ == "__main__":

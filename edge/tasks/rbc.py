@@ -443,8 +443,28 @@ def smear_score(abnormal: np.ndarray, info: ModelInfo) -> float:
     if not len(abnormal):
         return 0.0
     if info.settings.get("smear_score") == "mean_probability":
-        return float(abnormal.mean())
-    return float((abnormal >= float(info.settings.get("abnormal_threshold", 0.5))).mean())
+        return float(abnormal.mean()) + smear_offset(info)
+    return float((abnormal >= float(info.settings.get("abnormal_threshold", 0.5))).mean()) + smear_offset(info)
+
+
+#: sidecar setting of an INT8 file: added to its smear score (see `smear_offset`)
+INT8_SMEAR_OFFSET = "int8_smear_offset"
+
+
+def smear_offset(info: ModelInfo) -> float:
+    """The INT8 file's smear-score correction (`int8_smear_offset`; 0 for FP32 files and files
+    without it).
+
+    Why: the INT8 patch model raises a field's mean abnormal probability by about 0.014 against the
+    same network in float (a bias, not only noise: the backbone's INT8 error is correlated within a
+    field), so with one cut the INT8 file flagged more fields than its float twin. The exporter
+    measures the shift against the float model on unlabelled training fields
+    (`edgecell.convert.train_rbc int8-offset`) and stores its negative here: the network bytes stay
+    as they are, and every file sharing the sidecar (the .tflite and its OpenVINO / ONNX siblings)
+    gives FP32-like scores. Only INT8 files carry it; an FP32 file's value is ignored."""
+    if info.precision != "int8":
+        return 0.0
+    return float(info.settings.get(INT8_SMEAR_OFFSET, 0.0))
 
 
 # ----------------------------------------------------------------------------- overlay

@@ -81,6 +81,27 @@ def test_smear_score_near_the_cut_is_borderline_and_needs_attention():
     assert result.borderline and not result.abnormal and result.needs_attention and "borderline" in result.summary()
 
 
+def _score(precision: str, **settings) -> float:
+    info = _info(smear_score="mean_probability", **settings)
+    info.precision = precision
+    return rbc.postprocess(_outputs([1, -1, -1]), None, info).abnormal_score
+
+
+def test_int8_smear_offset_is_added_to_an_int8_files_score():
+    assert abs(_score("int8", int8_smear_offset=-0.1) - (_score("int8") - 0.1)) < 1e-9
+
+
+def test_int8_smear_offset_is_ignored_for_an_fp32_file():
+    assert _score("fp32", int8_smear_offset=-0.1) == _score("fp32")
+
+
+def test_int8_smear_offset_decides_the_flag():
+    base = _score("int8")
+    info = _info(smear_score="mean_probability", smear_min_fraction=base - 0.02, int8_smear_offset=-0.05)
+    info.precision = "int8"
+    assert not rbc.postprocess(_outputs([1, -1, -1]), None, info).abnormal
+
+
 def _smear(n_cells: int = 0, radius: int = 20) -> np.ndarray:
     """A flat light background with `n_cells` pink discs on a grid."""
     image = np.full((480, 640, 3), (200, 205, 215), np.uint8)
