@@ -51,6 +51,11 @@ class TaskResult(ABC):
         """Per-class counts for tasks that count things (summed over a run), else None."""
         return None
 
+    def verdict(self) -> str:
+        """A counting task's answer beyond its counts in a few words (the rbc smear flag), shown in
+        its own column of the closing table; "" where the counts are the whole answer."""
+        return ""
+
     def csv_row(self) -> dict[str, Any]:
         """Flat scalar columns for results.csv: nested dicts become `key_sub`, lists are left out."""
         return flat_row(self.to_dict())

@@ -213,6 +213,27 @@ class RbcResult(TaskResult):
     def needs_attention(self) -> bool:
         return self.abnormal or self.uncertain or self.borderline
 
+    @property
+    def unfamiliar(self) -> bool:
+        """The field is not a smear like the training ones (`check_smear`): the same contract as the
+        other tasks' `unfamiliar`, so a one-image run exits 3 and the closing table marks it."""
+        return self.uncertain
+
+    @property
+    def message(self) -> str:
+        return f"not assessed as a blood smear: {self.uncertain_reason}" if self.uncertain else ""
+
+    def verdict(self) -> str:
+        """The smear-level answer in a few words, for the closing table (the reason is in the JSON)."""
+        if self.uncertain:
+            return "not assessed"
+        if not self.cells:
+            return "no red cells"
+        types = ", ".join(t for t in self.abnormal_types if self.counts.get(t))
+        if self.borderline:
+            return "BORDERLINE, review"
+        return f"ABNORMAL ({types})" if self.abnormal and types else "ABNORMAL" if self.abnormal else "no flag"
+
     def class_counts(self) -> dict[str, int]:
         return dict(self.counts)
 

@@ -53,3 +53,8 @@ def test_closing_table_of_a_counting_run_marks_the_unfamiliar_image(tmp_path):
     (tmp_path / "a.jpg").write_bytes(PRODUCT.read_bytes())
     done = run(shipped_path("models", "cells_int8.tflite"), tmp_path)
     assert "a.jpg (unfamiliar)" in done.stdout, done.stdout
+
+
+def test_product_photo_given_to_the_morphology_task_exits_3():
+    done = run(shipped_path("models", "rbc_int8.tflite"), PRODUCT)
+    assert done.returncode == 3 and "not assessed as a blood smear" in done.stderr, done.stderr

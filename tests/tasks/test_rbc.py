@@ -175,6 +175,20 @@ def test_product_photo_is_uncertain_not_invented_cells(shipped):
     assert result.uncertain and result.cells == [] and "not a smear" in result.uncertain_reason
 
 
+def test_product_photo_is_unfamiliar_as_every_task_says_it(shipped):
+    from edgecell.images import decode_image
+
+    result = _run(shipped, decode_image(next((SAMPLES / "products").glob("hat_*.jpg"))))
+    assert result.unfamiliar and result.message.startswith("not assessed") and result.verdict() == "not assessed"
+
+
+def test_stomatocyte_smear_verdict_names_the_type(shipped):
+    from edgecell.images import decode_image
+
+    result = _run(shipped, decode_image(SAMPLES / "chula" / "chula_302.jpg"))
+    assert result.verdict() == "ABNORMAL (stomatocyte)" and not result.unfamiliar
+
+
 def test_patches_are_classified_independently_of_their_batch_neighbours(shipped):
     from edgecell.images import decode_image
 
