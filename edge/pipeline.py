@@ -157,6 +157,7 @@ class RunOptions:
     min_confidence: float | None = None  # classifiers: below this the result is marked uncertain
     thresholds: dict[str, float] | None = None  # detectors: per-class confidence
     tiles: int | None = None  # cells: N x N tiles (0 or None: automatic)
+    blood_counts: bool = False  # rbc: also the shipped cell counter's RBC / WBC / platelet counts (`--counts`)
     gate_policy: str = "reject"  # "reject" | "flag" | "pass", when a gate model is given
     gate_threshold: float | None = None
     out: Path | None = None  # folder for results.jsonl, results.csv and overlays
@@ -189,6 +190,8 @@ class RunOptions:
             options["thresholds"] = self.thresholds
         if self.tiles is not None:
             options["tiles"] = self.tiles or "auto"
+        if self.blood_counts:
+            options["blood_counts"] = True
         if self.gate_threshold is not None:
             options["gate_threshold"] = self.gate_threshold
         return options

@@ -54,6 +54,9 @@ def run(
     threshold: Optional[List[str]] = typer.Option(None, "--threshold", help="Per-class confidence, e.g. RBC=0.5 (repeatable)."),
     tiles: Optional[int] = typer.Option(None, "--tiles", help="Cells: split each image into N x N overlapping tiles (0 = auto, at most 8).",
                                  callback=_range("--tiles", 0, 8, "0 (automatic) to 8")),
+    counts: bool = typer.Option(False, "--counts", help="rbc: also count red cells, white cells and platelets "
+                                "with the shipped cell counter on the same decoded image (counts and morphology "
+                                "in one run; JSON 'blood_counts')."),
     top_k: int = typer.Option(3, "--top-k", help="Classifiers: how many classes to report.",
                        callback=_range("--top-k", 1)),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Classifiers: below this the "
@@ -155,7 +158,7 @@ def _warn_int8_saturation(loaded) -> None:
 
 def run_command(model: str, source: Optional[str | int], camera: Optional[int], backend: str, threads: Optional[int],
                 device: str, providers: Optional[str], out: Optional[Path], as_json: bool, max_frames: Optional[int],
-                fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], top_k: int,
+                fps: Optional[float], threshold: Optional[List[str]], tiles: Optional[int], counts: bool, top_k: int,
                 min_confidence: Optional[float], show: bool, serve: Optional[str], gate: Optional[str],
                 gate_policy: str, gate_threshold: Optional[float], overlays: str = "auto",
                 overlay_format: str = "auto", overlay_budget: str = "2GB", overlay_rotate: bool = False) -> None:
@@ -208,6 +211,7 @@ def run_command(model: str, source: Optional[str | int], camera: Optional[int], 
         overlay_format = "png" if files else "jpg"
     root = Path(source) if kind == "folder" else Path(source).parent if kind == "image" else None
     options = RunOptions(top_k=top_k, min_confidence=min_confidence, thresholds=thresholds, tiles=tiles,
+                         blood_counts=counts,
                          gate_policy=gate_policy, gate_threshold=gate_threshold, out=out, run_id=new_run_id(),
                          source_root=root, overlays=overlays, overlay_format=overlay_format,
                          overlay_budget=parse_size(overlay_budget), overlay_rotate=overlay_rotate)

@@ -196,6 +196,7 @@ class RbcResult(TaskResult):
     abnormal_threshold: float = 0.5
     check: SmearCheck | None = None
     borderline: bool = False  # the smear score is within `smear_borderline` of the cut: a person should look
+    blood_counts: Any = None  # the cell counter's result on the same field (`--counts`), else None
 
     @property
     def total(self) -> int:
@@ -207,11 +208,19 @@ class RbcResult(TaskResult):
                 "abnormal_types": list(self.abnormal_types), "uncertain": self.uncertain,
                 "uncertain_reason": self.uncertain_reason, "image_size": list(self.image_size),
                 "smear_check": self.check.to_dict() if self.check else None,
+                **({} if self.blood_counts is None else {"blood_counts": self.blood_counts.to_dict()}),
                 "cells": [c.to_dict() for c in self.cells]}
 
     @property
     def needs_attention(self) -> bool:
         return self.abnormal or self.uncertain or self.borderline
+
+    def csv_row(self) -> dict[str, Any]:
+        """The flat row, plus the counter's per-class counts (`blood_counts_RBC`, ...) under `--counts`."""
+        row = super().csv_row()
+        if self.blood_counts is not None:
+            row.update({f"blood_counts_{name}": n for name, n in self.blood_counts.counts.items()})
+        return row
 
     @property
     def unfamiliar(self) -> bool:
@@ -238,10 +247,11 @@ class RbcResult(TaskResult):
         return dict(self.counts)
 
     def summary(self) -> str:
+        counter = "" if self.blood_counts is None else f"; counter: {self.blood_counts.summary()}"
         if self.uncertain:
-            return f"uncertain: {self.uncertain_reason}"
+            return f"uncertain: {self.uncertain_reason}{counter}"
         verdict = "BORDERLINE, review" if self.borderline else "ABNORMAL" if self.abnormal else "no flag"
-        return f"{self.total} cells; {verdict}: {self.reason}"
+        return f"{self.total} cells; {verdict}: {self.reason}{counter}"
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -287,16 +297,31 @@ _DETECTORS: dict[tuple, Any] = {}
 def detector_for(session, info: ModelInfo):
     """The centre detector named by the sidecar (`<detector>_<precision>`), beside the model file, in
     the same format (its suffix) and on the same backend, else its .tflite; cached per path and backend."""
+    return model_beside(session, info, str(info.settings["detector"]), "cell detector")
+
+
+#: the shipped cell counter (`cells` task) an rbc run asks for with `blood_counts` (`edgecell run rbc --counts`)
+COUNTER = "cells"
+
+
+def counter_for(session, info: ModelInfo):
+    """The shipped cell counter (`cells_<precision>`) beside the rbc model, loaded as `detector_for`
+    loads the detector: RBC / WBC / platelet counts of the same decoded field, in the same run."""
+    return model_beside(session, info, COUNTER, "cell counter (for --counts)")
+
+
+def model_beside(session, info: ModelInfo, name: str, what: str):
+    """`<name>_<precision>` beside the model file, same format and backend, else its .tflite on LiteRT."""
     from edgecell.model import load_model
 
-    base = Path(session.path).parent / f"{info.settings['detector']}_{info.precision}"
+    base = Path(session.path).parent / f"{name}_{info.precision}"
     path = base.with_suffix(Path(session.path).suffix)
     if not path.is_file():
         path = base.with_suffix(".tflite")
     key = (str(path), session.backend, session.threads)
     if key not in _DETECTORS:
         if not path.is_file():
-            raise ModelError(f"{path}: the rbc model's cell detector is missing; it ships beside "
+            raise ModelError(f"{path}: the rbc model's {what} is missing; it ships beside "
                              f"{Path(session.path).name}")
         backend = "litert" if path.suffix == ".tflite" and not str(session.path).endswith(".tflite") else session.backend
         _DETECTORS[key] = load_model(path, backend, threads=session.threads)
@@ -394,8 +419,10 @@ def model_input(session, image: np.ndarray, info: ModelInfo) -> np.ndarray:
     return next(patch_inputs(patches, info))
 
 
-def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext | None = None, **_: Any) -> dict:
-    """Detect centres, cut a patch around each, classify the patches (batched)."""
+def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext | None = None,
+          blood_counts: bool = False, **_: Any) -> dict:
+    """Detect centres, cut a patch around each, classify the patches (batched); with `blood_counts`
+    also run the shipped cell counter on the same decoded field (one run: counts and morphology)."""
     check_info(info)
     image = tensor if context is None else context.image
     t0 = time.perf_counter()
@@ -407,7 +434,12 @@ def infer(session, tensor: np.ndarray, info: ModelInfo, *, context: RbcContext |
     t2 = time.perf_counter()
     if context is not None:
         context.stage_ms = {"detect_ms": (t1 - t0) * 1e3, "patches_ms": (t2 - t1) * 1e3}
-    return {"centres": centres.astype(np.float32), "scores": scores.astype(np.float32), "logits": logits}
+    outputs = {"centres": centres.astype(np.float32), "scores": scores.astype(np.float32), "logits": logits}
+    if blood_counts:
+        from edgecell.pipeline import predict
+
+        outputs["blood_counts"] = predict(counter_for(session, info), image)[0]
+    return outputs
 
 
 def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info: ModelInfo,
@@ -429,7 +461,8 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
         check = check_smear(context.image, len(outputs["centres"]), radius, info.settings.get("smear_check"))
         if not check.familiar:  # say so; report no cells rather than invented ones
             return RbcResult([], counts, False, 0.0, f"not assessed: {check.reason}", abnormal_types,
-                             tuple(image_size), True, check.reason, check=check)
+                             tuple(image_size), True, check.reason, check=check,
+                             blood_counts=outputs.get("blood_counts"))
     present = probs >= type_thresholds(info)
     cells = [RbcCell(float(c[0]), float(c[1]), float(s), dict(zip(names, map(float, p))),
                      [n for n, yes in zip(names, here) if yes], classes[int(o.argmax())], float(o.max()), float(a))
@@ -453,7 +486,8 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
                   + (f", within {float(info.settings['smear_borderline']):.1%} of it: borderline" if borderline else "")
                   + f"); abnormal types: {listed}")
     return RbcResult(cells, counts, is_abnormal, score, reason, abnormal_types, tuple(image_size),
-                     abnormal_threshold=threshold, check=check, borderline=borderline)
+                     abnormal_threshold=threshold, check=check, borderline=borderline,
+                     blood_counts=outputs.get("blood_counts"))
 
 
 def smear_score(abnormal: np.ndarray, info: ModelInfo) -> float:
@@ -529,9 +563,10 @@ class RbcTask(Task):
         shipped beside the model, with its sidecar): without it an rbc bundle cannot run at all."""
         out = super().companion_files(sidecar, meta)
         detector = (meta.get("settings") or {}).get("detector")
-        if isinstance(detector, str) and detector and "/" not in detector and "\\" not in detector:
-            stem = f"{detector}_{meta.get('precision', 'int8')}"
-            out += sorted(p for p in sidecar.parent.glob(f"{stem}.*") if p.is_file() and p not in out)
+        for name in (detector, COUNTER):  # the counter too: `--counts` must work in an offline bundle
+            if isinstance(name, str) and name and "/" not in name and "\\" not in name:
+                stem = f"{name}_{meta.get('precision', 'int8')}"
+                out += sorted(p for p in sidecar.parent.glob(f"{stem}.*") if p.is_file() and p not in out)
         return out
 
     def preprocess(self, image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, RbcContext]:

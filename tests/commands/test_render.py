@@ -35,3 +35,4 @@ def test_many_classes_fold_into_one_counts_column_on_80_columns(tmp_path):
 def test_smear_flag_has_its_own_column(tmp_path):
     done = run_rbc(CHULA / "chula_302.jpg", "-o", tmp_path)
     assert "ABNORMAL (stomatocyte)" in done.stdout and done.returncode == 0, done.stdout + done.stderr
+

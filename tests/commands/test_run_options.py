@@ -49,3 +49,11 @@ def test_sidecar_with_the_wrong_label_count_is_refused_at_load_naming_the_sideca
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line, before any image
     assert "m.json lists 4 labels" in out.stderr and "gives 3 class scores" in out.stderr
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_rbc_counts_option_adds_the_cell_counters_counts_to_the_json():
+    from edgecell.resources import shipped_path
+
+    done = edgecell("run", "rbc", shipped_path("samples", "chula") / "chula_1.jpg", "--counts", "--json")
+    record = json.loads(done.stdout.splitlines()[0])
+    assert record["result"]["blood_counts"]["counts"]["RBC"] > 0, done.stderr

@@ -153,6 +153,12 @@ def _run(model, image):
     return predict(model, image)[0]
 
 
+def _run_with(model, image, **options):
+    from edgecell.pipeline import predict
+
+    return predict(model, image, **options)[0]
+
+
 def test_stomatocyte_smear_is_flagged_with_its_type(shipped):
     from edgecell.images import decode_image
 
@@ -187,6 +193,31 @@ def test_stomatocyte_smear_verdict_names_the_type(shipped):
 
     result = _run(shipped, decode_image(SAMPLES / "chula" / "chula_302.jpg"))
     assert result.verdict() == "ABNORMAL (stomatocyte)" and not result.unfamiliar
+
+
+def test_blood_counts_come_from_the_shipped_counter_on_the_same_field(shipped):
+    from edgecell.images import decode_image
+
+    result = _run_with(shipped, decode_image(SAMPLES / "chula" / "chula_1.jpg"), blood_counts=True)
+    assert set(result.blood_counts.counts) == {"RBC", "WBC", "Platelets"} and result.blood_counts.counts["RBC"] > 50
+    assert result.csv_row()["blood_counts_RBC"] == result.blood_counts.counts["RBC"]
+
+
+def test_without_blood_counts_the_counter_does_not_run(shipped):
+    from edgecell.images import decode_image
+
+    result = _run(shipped, decode_image(SAMPLES / "chula" / "chula_1.jpg"))
+    assert result.blood_counts is None and "blood_counts" not in result.to_dict()
+
+
+def test_rbc_bundle_files_include_the_cell_counter():
+    from edgecell.modelinfo import sidecar_path
+    from edgecell.tasks import get_task
+    import json
+
+    side = sidecar_path(SHIPPED)
+    files = get_task("rbc").companion_files(side, json.loads(side.read_text()))
+    assert any(p.name == "cells_int8.tflite" for p in files) and any(p.name == "rbc_centres_int8.tflite" for p in files)
 
 
 def test_patches_are_classified_independently_of_their_batch_neighbours(shipped):
