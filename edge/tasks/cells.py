@@ -42,7 +42,7 @@ from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult, check_label_count
 from edgecell.tasks.boxes import box_iou, nms_per_class
 from edgecell.tasks.common import normalise as normalise_pixels
-from edgecell.tasks.familiarity import features_of, mahalanobis2, unfamiliar_score  # noqa: F401 (re-exported)
+from edgecell.tasks.familiarity import features_of, flag_unfamiliar, mahalanobis2  # noqa: F401 (the first and last re-exported)
 
 TASK = "cells"
 CLASSES = ("RBC", "WBC", "Platelets")
@@ -621,13 +621,7 @@ def check_familiar(result: CellsResult, outputs: dict[str, np.ndarray], info: Mo
     statistics in its sidecar (`settings["unfamiliar"]`: mean, precision, threshold). A model
     without them (the Tiny-YOLOv2 reproduction) leaves the score None. For a tiled smear the
     features are those of the last tile."""
-    scored = unfamiliar_score(outputs, info)
-    if scored is None:
-        return
-    result.unfamiliar_score, threshold = scored
-    result.unfamiliar = result.unfamiliar_score > threshold
-    if result.unfamiliar:
-        result.message = UNFAMILIAR_MESSAGE.format(score=result.unfamiliar_score, threshold=threshold)
+    flag_unfamiliar(result, outputs, info, UNFAMILIAR_MESSAGE)
 
 
 # --------------------------------------------------------------------------- tiling

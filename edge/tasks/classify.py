@@ -15,7 +15,7 @@ import numpy as np
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult, check_label_count, output_size
 from edgecell.tasks.common import require_task, softmax, to_input_tensor
-from edgecell.tasks.familiarity import load_arrays, unfamiliar_score
+from edgecell.tasks.familiarity import flag_unfamiliar, load_arrays
 
 UNFAMILIAR_MESSAGE = ("unfamiliar image: it does not look like the images this model was trained on "
                       "(score {score:.0f} > {threshold:.0f}); the answer is not to be trusted")
@@ -81,13 +81,8 @@ def postprocess(outputs: dict[str, np.ndarray], context, info: ModelInfo, *, top
         top=[(labels[i] if i < len(labels) else str(i), float(probs[i])) for i in order],
         uncertain=bool(probs[best] < threshold),
     )
-    scored = unfamiliar_score(outputs, info)
-    if scored is not None:
-        result.unfamiliar_score, limit = scored
-        result.unfamiliar = result.unfamiliar_score > limit
-        if result.unfamiliar:
-            result.uncertain = True
-            result.message = UNFAMILIAR_MESSAGE.format(score=result.unfamiliar_score, threshold=limit)
+    if flag_unfamiliar(result, outputs, info, UNFAMILIAR_MESSAGE):
+        result.uncertain = True
     return result
 
 

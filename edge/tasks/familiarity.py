@@ -99,3 +99,17 @@ def unfamiliar_score(outputs: dict[str, np.ndarray], info: ModelInfo) -> tuple[f
     if feats is None:
         return None
     return mahalanobis2(transformed(feats, stats), stats), float(stats["threshold"])
+
+
+def flag_unfamiliar(result, outputs: dict[str, np.ndarray], info: ModelInfo, message: str) -> bool:
+    """Set `result.unfamiliar_score`, `result.unfamiliar` and, when unfamiliar, `result.message`
+    (`message` formatted with the score and threshold) from `unfamiliar_score`; True when the image
+    is unfamiliar. A model without statistics or features output leaves the result as it is."""
+    scored = unfamiliar_score(outputs, info)
+    if scored is None:
+        return False
+    result.unfamiliar_score, threshold = scored
+    result.unfamiliar = result.unfamiliar_score > threshold
+    if result.unfamiliar:
+        result.message = message.format(score=result.unfamiliar_score, threshold=threshold)
+    return result.unfamiliar
