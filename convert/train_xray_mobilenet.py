@@ -506,7 +506,8 @@ def add_feature_correction(int8_path: Path, model, cal: Sequence[np.ndarray]) ->
     info.settings["feature_correction"] = {"scale": np.round(scale, 5).tolist(), "offset": np.round(offset, 5).tolist(),
                                            "fitted_on": f"{len(cal)} calibration films"}
     write_sidecar(int8_path, info)
-    shift = float(((quantized - reference).mean(0) @ (dense_head(model)["w"][:, 0] - dense_head(model)["w"][:, 1])))
+    w = dense_head(model)["w"]
+    shift = float((quantized - reference).mean(0) @ (w[:, 0] - w[:, 1]))
     print(f"[export] {int8_path.name}: feature correction fitted (COVID-Normal logit shift before: {shift:+.3f})", flush=True)
     return info.settings["feature_correction"]
 
