@@ -275,7 +275,7 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
             },
             "sweep": sw,
             "flags": run["flags"].as_dict(),
-            "counting_settings": cells.counting_settings(info), "key": key,
+            "counting_settings": cells.counting_settings(info),
         }
         if overlay_done is None:
             idx = next((i for i, a in enumerate(test) if a.stem == overlay_stem), 0)
@@ -287,12 +287,13 @@ def evaluate_cells(model_paths, data_dir, out_dir, backend: str = "auto", split:
             report["overlay"] = overlay_done
     # INT8 against FP32 of the same backend
     for key, r in report["models"].items():
-        fp = report["models"].get(key.replace("int8", "fp32")) if "int8" in key else None
+        fp_key = key.replace("int8", "fp32")
+        fp = report["models"].get(fp_key) if "int8" in key else None
         if fp:
             # same thresholds (the INT8 file's: the product's) on both: what quantization alone
             # changes; the other counting rules are the same only when the sidecars say so
             thr = np.array([r["counting"]["model_thresholds"]["thresholds"][c] for c in labels], np.float32)
-            fp_same = counting_metrics(count_matrix(all_preds[fp["key"]], thr, len(labels)), gt_test, labels)
+            fp_same = counting_metrics(count_matrix(all_preds[fp_key], thr, len(labels)), gt_test, labels)
             r["vs_fp32"] = {
                 "same_counting_settings": r["counting_settings"] == fp["counting_settings"],
                 "accuracy_delta_points_same_thresholds": {
