@@ -510,6 +510,15 @@ def thresholds_chosen_on(n: int, precision: str) -> str:
             f"(Chula's labels are incomplete, so not used)")
 
 
+def record_thresholds(meta, chosen: dict, errors: dict, holdout, precision: str) -> None:
+    """Write the thresholds `choose_thresholds` gave into `meta` (a ModelInfo), with the hold-out
+    smears (`holdout`: their stems) and how they were chosen."""
+    meta.settings["thresholds"] = chosen
+    meta.settings["threshold_holdout"] = list(holdout)
+    meta.settings["thresholds_chosen_on"] = thresholds_chosen_on(len(holdout), precision)
+    meta.settings["threshold_error_across_scales"] = errors
+
+
 def store_thresholds(path: Path, run_dir: Path, data=None, threads: int | None = None) -> dict:
     """`--thresholds`: choose the thresholds of an exported model file again on its run's hold-out
     (`run_dir/split.json`), with the counting rules its sidecar has now, and store them there."""
@@ -522,11 +531,8 @@ def store_thresholds(path: Path, run_dir: Path, data=None, threads: int | None =
     hold = [txl[s] for s in split["txl_holdout"]]
     chosen, errors = choose_thresholds(path, hold, [decode_image(a.image_path) for a in hold], threads)
     meta = read_model_info(path)
-    meta.settings["thresholds"] = chosen
-    meta.settings["threshold_holdout"] = list(split["txl_holdout"])
-    meta.settings["thresholds_chosen_on"] = thresholds_chosen_on(len(hold), meta.precision)
+    record_thresholds(meta, chosen, errors, split["txl_holdout"], meta.precision)
     meta.settings.pop("rbc_threshold_sweep", None)
-    meta.settings["threshold_error_across_scales"] = errors
     write_sidecar(path, meta)
     return chosen
 
@@ -683,10 +689,7 @@ def export_complete(args, src: Path, out: Path) -> dict:
         # paler batch of the same lab's Testing smears, 4 of 60, and one shipped sample)
         stats = unfamiliar_stats(np.array(feats))
         meta = read_model_info(path)
-        meta.settings["thresholds"] = chosen
-        meta.settings["threshold_holdout"] = list(split["txl_holdout"])
-        meta.settings["thresholds_chosen_on"] = thresholds_chosen_on(len(hold_anns), precision)
-        meta.settings["threshold_error_across_scales"] = errors
+        record_thresholds(meta, chosen, errors, split["txl_holdout"], precision)
         meta.settings["unfamiliar"] = stats
         write_sidecar(path, meta)
         print(f"  {precision}: thresholds {chosen}; unfamiliar threshold {stats['threshold']}", flush=True)
