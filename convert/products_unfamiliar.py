@@ -100,10 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgecell.calibration import data_root, dataset_dir
     from edgecell.calibration.folders import list_split, stratified_split
     from edgecell.convert.products import DATASET, FOLDERS
-    from edgecell.convert.unfamiliar import save_arrays, unfamiliar_stats
+    from edgecell.convert.unfamiliar import save_arrays, unfamiliar_scores, unfamiliar_stats
     from edgecell.model import load_model
     from edgecell.modelinfo import read_model_info, write_sidecar
-    from edgecell.tasks.familiarity import mahalanobis2, transformed
 
     p = argparse.ArgumentParser(prog="python -m edgecell.convert.products_unfamiliar", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="the INT8 product classifier (default: the shipped one)")
@@ -142,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = list_split(data, split, FOLDERS)
         f_new, p_new = run_all(model, [s[0] for s in samples])
         _, p_old = run_all(old, [s[0] for s in samples])
-        scores = np.array([mahalanobis2(f, stats) for f in transformed(f_new, stats)])
+        scores = unfamiliar_scores(f_new, stats)
         flagged = scores > stats["threshold"]
         right = p_new.argmax(1) == np.array([s[1] for s in samples])
         report[split] = {"n": len(samples), "flagged": int(flagged.sum()), "share_flagged": round(float(flagged.mean()), 4),
@@ -155,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not paths:
             continue
         f, pr = run_all(model, paths)
-        scores = np.array([mahalanobis2(x, stats) for x in transformed(f, stats)])
+        scores = unfamiliar_scores(f, stats)
         flagged = scores > stats["threshold"]
         confident = pr.max(1) >= float(info.settings.get("min_confidence", 0.5))
         report.setdefault("foreign", {})[name] = {

@@ -16,7 +16,7 @@ def unfamiliar_stats(features: np.ndarray, quantile: float = 100.0, shrink: floa
     in-distribution images) or, when None, of the training images themselves. With `classes` (the
     training images' labels): one mean per class and their pooled within-class covariance; with
     `transform` (a name in `edgecell.tasks.familiarity.TRANSFORMS`): applied to every feature first."""
-    from edgecell.tasks.familiarity import mahalanobis2, transformed
+    from edgecell.tasks.familiarity import transformed
 
     options = {"transform": transform} if transform else {}
     x = transformed(features, options)
@@ -32,11 +32,19 @@ def unfamiliar_stats(features: np.ndarray, quantile: float = 100.0, shrink: floa
     precision = np.linalg.inv(cov)
     stats = {"mean": mean.round(6).tolist(), "precision": precision.astype(np.float32).round(5).tolist(), **options}
     chosen_on = features if threshold_features is None else threshold_features
-    scores = np.array([mahalanobis2(f, stats) for f in transformed(chosen_on, options)])
+    scores = unfamiliar_scores(chosen_on, stats)
     stats["threshold"] = round(float(np.percentile(scores, quantile)), 2)
     stats["calibrated_on"] = (f"{len(features)} training images; threshold: {quantile} percentile of the scores of "
                               + (threshold_on or f"{len(chosen_on)} images"))
     return stats
+
+
+def unfamiliar_scores(features: np.ndarray, stats: dict) -> np.ndarray:
+    """The device's score (`edgecell.tasks.familiarity`: the transform, then the squared Mahalanobis
+    distance) of each row of `features` (N x K raw pooled features)."""
+    from edgecell.tasks.familiarity import mahalanobis2, transformed
+
+    return np.array([mahalanobis2(f, stats) for f in transformed(features, stats)])
 
 
 def save_arrays(stats: dict, npz_path: str | Path) -> dict:
