@@ -122,7 +122,7 @@ def describe_device() -> dict:
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "isa": isa,
-        "int8_dot_product": any(f in isa for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")),
+        "int8_dot_product": any(f in isa for f in (*VNNI_FLAGS, "asimddp")),
         "freq_mhz": int(freq) // 1000 if freq.isdigit() else None,
         "memory_gb": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
         "board": board,
