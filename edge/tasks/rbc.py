@@ -291,7 +291,8 @@ def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, RbcConte
     return image, RbcContext(image, (image.shape[1], image.shape[0]))
 
 
-_DETECTORS: dict[tuple, Any] = {}
+#: models loaded beside an rbc model (its detector, the counter), see `model_beside`
+_BESIDE: dict[tuple, Any] = {}
 
 
 def detector_for(session, info: ModelInfo):
@@ -311,21 +312,23 @@ def counter_for(session, info: ModelInfo):
 
 
 def model_beside(session, info: ModelInfo, name: str, what: str):
-    """`<name>_<precision>` beside the model file, same format and backend, else its .tflite on LiteRT."""
+    """`<name>_<precision>` beside the model file, same format and backend, else its .tflite on LiteRT;
+    cached per model file, name, backend and threads, so a run's later images touch no file."""
     from edgecell.model import load_model
 
+    key = (str(session.path), name, info.precision, session.backend, session.threads)
+    if key in _BESIDE:
+        return _BESIDE[key]
     base = Path(session.path).parent / f"{name}_{info.precision}"
     path = base.with_suffix(Path(session.path).suffix)
     if not path.is_file():
         path = base.with_suffix(".tflite")
-    key = (str(path), session.backend, session.threads)
-    if key not in _DETECTORS:
-        if not path.is_file():
-            raise ModelError(f"{path}: the rbc model's {what} is missing; it ships beside "
-                             f"{Path(session.path).name}")
-        backend = "litert" if path.suffix == ".tflite" and not str(session.path).endswith(".tflite") else session.backend
-        _DETECTORS[key] = load_model(path, backend, threads=session.threads)
-    return _DETECTORS[key]
+    if not path.is_file():
+        raise ModelError(f"{path}: the rbc model's {what} is missing; it ships beside "
+                         f"{Path(session.path).name}")
+    backend = "litert" if path.suffix == ".tflite" and not str(session.path).endswith(".tflite") else session.backend
+    _BESIDE[key] = load_model(path, backend, threads=session.threads)
+    return _BESIDE[key]
 
 
 def patch_inputs(patches: np.ndarray, info: ModelInfo) -> Iterator[np.ndarray]:
