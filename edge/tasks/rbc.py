@@ -500,9 +500,9 @@ def smear_score(abnormal: np.ndarray, info: ModelInfo) -> float:
     abnormal = np.asarray(abnormal, np.float64)
     if not len(abnormal):
         return 0.0
-    if info.settings.get("smear_score") == "mean_probability":
-        return float(abnormal.mean()) + smear_offset(info)
-    return float((abnormal >= float(info.settings.get("abnormal_threshold", 0.5))).mean()) + smear_offset(info)
+    if info.settings.get("smear_score") != "mean_probability":
+        abnormal = abnormal >= float(info.settings.get("abnormal_threshold", 0.5))
+    return float(abnormal.mean()) + smear_offset(info)
 
 
 #: sidecar setting of an INT8 file: added to its smear score (see `smear_offset`)
