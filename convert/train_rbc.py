@@ -467,8 +467,9 @@ def abnormal_truth(types: np.ndarray, abnormal_types) -> np.ndarray:
 def abnormal_care(types: np.ndarray, care: np.ndarray, abnormal_types) -> np.ndarray:
     """Per patch: whether it has an abnormal verdict (it holds an abnormal type, or no abnormal type
     is only in its don't-care band)."""
-    cols = [type_names().index(t) for t in abnormal_types]
-    return abnormal_truth(types, abnormal_types) | np.asarray(care, bool)[:, cols].all(axis=1)
+    from edgecell.evaluation.rbc import abnormal_judged
+
+    return abnormal_judged(types, care, [type_names().index(t) for t in abnormal_types])
 
 
 def fit_abnormal(probs: np.ndarray, truth: np.ndarray, seed: int = 0):
@@ -489,12 +490,13 @@ def choose_type_thresholds(probs: np.ndarray, truth: np.ndarray, care: np.ndarra
     over THRESHOLD_GRID on the given (val) patches, starting from 0.5; on ties the value nearest
     0.5. Balanced sampling (`--balance`) shifts the heads' probabilities, so 0.5 is no longer
     where a rare type is best called. `care`: entries in a don't-care band count as right."""
+    from edgecell.evaluation.rbc import exact_rows
+
     truth = np.asarray(truth).astype(bool)
-    free = np.zeros_like(truth) if care is None else ~np.asarray(care, bool)
     thr = np.full(probs.shape[1], 0.5)
 
     def exact(t: np.ndarray) -> float:
-        return float((((probs >= t) == truth) | free).all(1).mean())
+        return float(exact_rows(probs, truth, t, care).mean())
 
     for _ in range(rounds):
         for k in range(len(thr)):
@@ -587,6 +589,7 @@ def export_rbc(args) -> None:
     from edgecell.modelinfo import read_model_info, write_sidecar
     from edgecell.tasks import cells
     from edgecell.calibration.chula import CELL_RADIUS_PX
+    from edgecell.evaluation.rbc import exact_rows
     from edgecell.tasks.rbc import trees_decision
 
     out = Path(args.out)
@@ -657,7 +660,7 @@ def export_rbc(args) -> None:
             "smear_min_fraction": min_fraction, "smear_truth_fraction": SMEAR_TRUTH_FRACTION,
             "abnormal_fitted_on": f"{len(probs)} val patches (FP32 outputs), {len(val_smears)} val smears",
             "classes": list(CLASS_NAMES)})
-        hit = lambda t: float((((probs >= t) == val["types"].astype(bool)) | ~val["care"]).all(1).mean())  # noqa: E731
+        hit = lambda t: float(exact_rows(probs, val["types"], t, val["care"]).mean())  # noqa: E731
         summary[stem] = {"val_abnormal_accuracy": float((patch_abnormal == truth)[judged].mean()),
                          "val_exact_match_at_0.5": hit(0.5), "val_exact_match_at_thresholds": hit(thresholds),
                          "val_abnormal_base_rate": float(truth[judged].mean()), "smear_min_fraction": min_fraction}

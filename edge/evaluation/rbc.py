@@ -68,6 +68,20 @@ def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def exact_rows(probs: np.ndarray, truth: np.ndarray, threshold: float | np.ndarray = 0.5,
+               care: np.ndarray | None = None) -> np.ndarray:
+    """Per patch (N x T `probs` / `truth`): every head right at `threshold` (one value, or one per
+    type); an entry outside `care` (the don't-care band, `patch_truth`) counts as right."""
+    right = (probs >= threshold) == np.asarray(truth).astype(bool)
+    return (right if care is None else right | ~np.asarray(care, bool)).all(axis=1)
+
+
+def abnormal_judged(truth: np.ndarray, care: np.ndarray, cols) -> np.ndarray:
+    """Per patch: whether it has an abnormal verdict: it holds an abnormal type (`cols` of the N x T
+    `truth`), or no abnormal type is only in its don't-care band (`care`, `patch_truth`)."""
+    return np.asarray(truth)[:, cols].any(axis=1) | np.asarray(care, bool)[:, cols].all(axis=1)
+
+
 def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: float | np.ndarray = 0.5,
                       care: np.ndarray | None = None) -> dict:
     """Per-type AUC and positives, mean AUC over the types that have positives and negatives,
@@ -82,7 +96,7 @@ def multilabel_report(truth: np.ndarray, probs: np.ndarray, names, threshold: fl
         c = care[:, k]
         per_type[name] = {"auc": roc_auc(truth[c, k], probs[c, k]), "positives": int(truth[c, k].sum())}
     aucs = [v["auc"] for v in per_type.values() if not np.isnan(v["auc"])]
-    exact = (((probs >= threshold) == truth) | ~care).all(axis=1)
+    exact = exact_rows(probs, truth, threshold, care)
     return {"per_type": per_type, "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
             "exact_match": float(exact.mean()) if len(exact) else float("nan"), "patches": int(len(truth))}
 
@@ -221,12 +235,12 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
         thresholds = rbc.type_thresholds(info)
         ml = multilabel_report(truth, probs, names, thresholds, care=care)
         ab_truth = truth[:, ab_cols].any(1)
-        ab_care = ab_truth | care[:, ab_cols].all(1)  # an abnormal cell only in the don't-care band: no verdict
+        ab_care = abnormal_judged(truth, care, ab_cols)  # an abnormal cell only in the don't-care band: no verdict
         multi = np.concatenate(multi)
         complete, complete_cells = np.array(complete), np.concatenate(complete_cells)
-        exact = (((probs >= thresholds) == truth.astype(bool)) | ~care).all(1)
+        exact = exact_rows(probs, truth, thresholds, care)
         legacy = np.concatenate(legacy)
-        legacy_exact = float(((probs >= thresholds) == legacy.astype(bool)).all(1).mean())
+        legacy_exact = float(exact_rows(probs, legacy, thresholds).mean())
         legacy_auc = {n: roc_auc(legacy[:, k], probs[:, k]) for k, n in enumerate(names)}
         key = result_key(model.session.backend, info.precision, path, set(report["models"]))
         cm = confusion_matrix(own_truth, own, len(classes))
