@@ -267,8 +267,7 @@ def evaluate_rbc(model_paths, data_dir, out_dir, *, backend: str = "auto", split
             "exact_match_complete": float(exact[complete_cells].mean()) if complete_cells.any() else None,
             "ms_per_smear_p90": float(np.percentile(times, 90)), "flags": flags.as_dict(),
         }
-        _write_plots(out_dir, key, truth, probs, names, cm, classes, overlay,
-                     float(info.settings.get("cell_radius_px", crop / 4)))
+        _write_plots(out_dir, key, truth, probs, names, cm, classes, overlay, rbc.cell_radius(info))
     report = _clean(report)
     (out_dir / "rbc_eval.json").write_text(json.dumps(report, indent=1))
     (out_dir / "rbc_eval.md").write_text(markdown_report(report))

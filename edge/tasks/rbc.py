@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from edgecell.calibration.chula import CELL_RADIUS_PX
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult
@@ -48,7 +49,7 @@ TASK = "rbc"
 PATCH_CROP = 80  # image pixels around a centre (4 cell radii of a Chula field)
 PATCH_SIZE = 64  # model input pixels
 PAD_VALUE = 114  # the letterbox grey, outside the field
-CELL_RADIUS = 20.0  # image pixels, a Chula red cell (sidecar `cell_radius_px`); the overlay's circles
+CELL_RADIUS = CELL_RADIUS_PX  # image pixels, a Chula red cell (default of `cell_radius`); the overlay's circles
 
 
 def cut_patches(image: np.ndarray, centres: np.ndarray, *, crop: int = PATCH_CROP, size: int = PATCH_SIZE,
@@ -271,6 +272,11 @@ def check_info(info: ModelInfo) -> None:
                          "re-export it with edgecell.convert.train_rbc")
 
 
+def cell_radius(info: ModelInfo) -> float:
+    """A red cell's radius in image pixels: `settings["cell_radius_px"]`, else a Chula cell's."""
+    return float(info.settings.get("cell_radius_px", CELL_RADIUS))
+
+
 def type_thresholds(info: ModelInfo) -> np.ndarray:
     """Per type (in `info.labels` order) the probability from which its patch is said to hold it:
     `settings["type_thresholds"]` (chosen on the val patches at export for exact match), else 0.5."""
@@ -460,8 +466,7 @@ def postprocess(outputs: dict[str, np.ndarray], context: RbcContext | None, info
     counts = {name: 0 for name in classes}
     check = None
     if context is not None:
-        radius = float(info.settings.get("cell_radius_px", CELL_RADIUS))
-        check = check_smear(context.image, len(outputs["centres"]), radius, info.settings.get("smear_check"))
+        check = check_smear(context.image, len(outputs["centres"]), cell_radius(info), info.settings.get("smear_check"))
         if not check.familiar:  # say so; report no cells rather than invented ones
             return RbcResult([], counts, False, 0.0, f"not assessed: {check.reason}", abnormal_types,
                              tuple(image_size), True, check.reason, check=check,
