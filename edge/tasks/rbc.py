@@ -361,12 +361,12 @@ def head_logits(features: np.ndarray, info: ModelInfo) -> np.ndarray:
     (per-type logistic on `context_features`, fitted on the train patches by train_rbc export)."""
     head = info.settings["patch_head"]
     weights = _matrix(head, "weights")
-    logits = np.asarray(features, np.float32) @ weights + np.asarray(head["bias"], np.float32)
+    logits = np.asarray(features, np.float32) @ weights + _matrix(head, "bias")
     context = head.get("context") or {}
     if context.get("types") and len(logits):
         x = (context_features(features) - _matrix(context, "mean")) / _matrix(context, "std")
         cols = [list(info.labels).index(t) for t in context["types"]]
-        logits[:, cols] = x @ _matrix(context, "weights") + np.asarray(context["bias"], np.float32)
+        logits[:, cols] = x @ _matrix(context, "weights") + _matrix(context, "bias")
     return logits
 
 
