@@ -139,6 +139,12 @@ def output_size(session: "Session", name: str | None = None, *, skip_batch: bool
     return int(np.prod(dims)) if dims else 1
 
 
+def is_file_name(value: Any) -> bool:
+    """A sidecar setting that may name a file beside the model: a non-empty string with no folder
+    in it (a sidecar never points elsewhere: a bundle copies only what lies beside the model)."""
+    return isinstance(value, str) and bool(value) and "/" not in value and "\\" not in value
+
+
 class Task(ABC):
     """One kind of model output and what to do with it. Instances are stateless and shared."""
 
@@ -159,7 +165,7 @@ class Task(ABC):
         it (the X-ray model's Grad-CAM head, `settings.gradcam_head`)."""
         out = []
         for value in (meta.get("settings") or {}).values():
-            if isinstance(value, str) and value and "/" not in value and "\\" not in value:
+            if is_file_name(value):
                 candidate = sidecar.parent / value
                 try:
                     found = candidate.is_file() and candidate != sidecar

@@ -42,7 +42,7 @@ import numpy as np
 from edgecell.calibration.chula import CELL_RADIUS_PX
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
-from edgecell.tasks.base import Task, TaskResult
+from edgecell.tasks.base import Task, TaskResult, is_file_name
 from edgecell.tasks.common import normalise, require_task, softmax
 
 TASK = "rbc"
@@ -572,7 +572,7 @@ class RbcTask(Task):
         out = super().companion_files(sidecar, meta)
         detector = (meta.get("settings") or {}).get("detector")
         for name in (detector, COUNTER):  # the counter too: `--counts` must work in an offline bundle
-            if isinstance(name, str) and name and "/" not in name and "\\" not in name:
+            if is_file_name(name):
                 stem = f"{name}_{meta.get('precision', 'int8')}"
                 out += sorted(p for p in sidecar.parent.glob(f"{stem}.*") if p.is_file() and p not in out)
         return out
