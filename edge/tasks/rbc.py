@@ -240,9 +240,12 @@ class RbcResult(TaskResult):
         if not self.cells:
             return "no red cells"
         types = ", ".join(t for t in self.abnormal_types if self.counts.get(t))
-        if self.borderline:
-            return "BORDERLINE, review"
-        return f"ABNORMAL ({types})" if self.abnormal and types else "ABNORMAL" if self.abnormal else "no flag"
+        flag = self.flag_word()
+        return f"{flag} ({types})" if flag == "ABNORMAL" and types else flag
+
+    def flag_word(self) -> str:
+        """The smear flag in one word (summary line, closing table)."""
+        return "BORDERLINE, review" if self.borderline else "ABNORMAL" if self.abnormal else "no flag"
 
     def class_counts(self) -> dict[str, int]:
         return dict(self.counts)
@@ -251,8 +254,7 @@ class RbcResult(TaskResult):
         counter = "" if self.blood_counts is None else f"; counter: {self.blood_counts.summary()}"
         if self.uncertain:
             return f"uncertain: {self.uncertain_reason}{counter}"
-        verdict = "BORDERLINE, review" if self.borderline else "ABNORMAL" if self.abnormal else "no flag"
-        return f"{self.total} cells; {verdict}: {self.reason}{counter}"
+        return f"{self.total} cells; {self.flag_word()}: {self.reason}{counter}"
 
 
 # ----------------------------------------------------------------------------- pipeline
