@@ -37,6 +37,7 @@ import numpy as np
 
 from edgecell.calibration import dataset_dir
 from edgecell.errors import EdgecellError
+from edgecell.tasks.rbc import CELL_RADIUS
 
 DATASET = "chula_rbc12"
 # Class id -> name, in the upstream order (SOURCE.md). "burr" is the echinocyte.
@@ -49,7 +50,7 @@ SPLIT_FRACTIONS = {"test": 0.20, "val": 0.10}  # the rest is train
 # A red cell's radius in these fields: the scale bar printed on some images reads 20 um over about
 # 104 px (5.2 px/um) and a normal red cell is 7-8 um across (36-42 px); the median distance between
 # neighbouring labelled centres is 43 px. Used for "a detection within one cell radius" and for patches.
-CELL_RADIUS_PX = 20.0
+CELL_RADIUS_PX = CELL_RADIUS  # the runtime's value (edgecell.tasks.rbc): the datasets sit above the runtime
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Fields whose labels cover >= 70 % of the cells (see the module docstring for how this was measured).
 COMPLETE_STEMS = frozenset("""

@@ -52,6 +52,15 @@ def test_runtime_never_imports_training_or_benchmarks():
     assert bad == []
 
 
+def test_device_runtime_never_imports_the_datasets_at_module_level():
+    """Dataset readers sit above the runtime; a task's `evaluate` hook may reach them lazily."""
+    above = ("edge/evaluation/", "edge/fleet/", *CLI)
+    bad = [(rel(p), n.module) for p in files("edge") if not rel(p).startswith(above)
+           for n in ast.parse(p.read_text()).body
+           if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("edgecell.calibration")]
+    assert bad == []
+
+
 def test_datasets_never_import_evaluation_training_or_benchmarks():
     bad = [(rel(p), m) for p in files("calibration") for m in imported_modules(p)
            if m.startswith(("edgecell.evaluation", "edgecell.convert", "edgecell.benchmarks", "edgecell.cli",

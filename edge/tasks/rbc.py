@@ -39,7 +39,6 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from edgecell.calibration.chula import CELL_RADIUS_PX
 from edgecell.errors import ModelError
 from edgecell.modelinfo import ModelInfo
 from edgecell.tasks.base import Task, TaskResult, is_file_name
@@ -49,7 +48,7 @@ TASK = "rbc"
 PATCH_CROP = 80  # image pixels around a centre (4 cell radii of a Chula field)
 PATCH_SIZE = 64  # model input pixels
 PAD_VALUE = 114  # the letterbox grey, outside the field
-CELL_RADIUS = CELL_RADIUS_PX  # image pixels, a Chula red cell (default of `cell_radius`); the overlay's circles
+CELL_RADIUS = 20.0  # image pixels, a Chula red cell (default of `cell_radius`; measured: calibration.chula); the overlay's circles
 
 
 def cut_patches(image: np.ndarray, centres: np.ndarray, *, crop: int = PATCH_CROP, size: int = PATCH_SIZE,
